@@ -1,0 +1,21 @@
+//! The engine core: a pure state machine over one run.
+//!
+//! `apply(plan, state, input, now)` mutates the run state and returns the events to
+//! append and the actions (dispatch / abort) for the shell to perform after the
+//! state and events are committed.
+//!
+//! Invariants: no I/O, no clock reads, no randomness (jitter is derived from the
+//! attempt id), so every transition can be replayed from the same inputs.
+
+mod backoff;
+mod plan;
+mod run;
+mod state;
+
+pub use backoff::retry_delay_ms;
+pub use plan::{EdgeKind, Plan, PlanEdge, PlanNode};
+pub use run::{Action, Input, Step, apply, in_flight};
+pub use state::{
+    Event, ItemState, MapState, NodeState, NodeStatus, Outcome, RunState, RunStatus, Task, TaskError,
+    TaskId, Token,
+};

@@ -1,0 +1,504 @@
+//! The embedded store: SQLite in WAL mode.
+//!
+//! One writer thread owns the only write connection and commits whatever has queued
+//! up in a single transaction (group commit), so throughput is not one fsync per
+//! transition. Reads go to a small pool of read connections on blocking threads.
+
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+use aob_engine::{RunState, RunStatus};
+use aob_store::*;
+
+/// How much a commit survives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync on every commit: survives power loss.
+    Fsync,
+    /// No fsync: survives the process being killed, not the machine losing power.
+    Process,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub path: PathBuf,
+    pub durability: Durability,
+    pub readers: usize,
+}
+
+impl Options {
+    pub fn new(path: impl AsRef<Path>) -> Options {
+        Options { path: path.as_ref().to_path_buf(), durability: Durability::Fsync, readers: 4 }
+    }
+}
+
+type Job = Box<dyn FnOnce(&rusqlite::Transaction<'_>) -> std::result::Result<(), String> + Send>;
+
+enum Msg {
+    Commit(Vec<RunWrite>, oneshot::Sender<Result<()>>),
+    /// Any other write, run inside the next group transaction.
+    Exec(Job, oneshot::Sender<Result<()>>),
+}
+
+/// Cheap to clone; all clones share the writer thread and the read pool.
+#[derive(Clone)]
+pub struct SqliteStore {
+    tx: mpsc::Sender<Msg>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    path: PathBuf,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn open(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
+    let c = Connection::open(path)?;
+    c.busy_timeout(std::time::Duration::from_secs(5))?;
+    c.pragma_update(None, "journal_mode", "WAL")?;
+    c.pragma_update(None, "synchronous", if durability == Durability::Fsync { "FULL" } else { "NORMAL" })?;
+    c.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(c)
+}
+
+impl SqliteStore {
+    pub fn open(opts: Options) -> Result<SqliteStore> {
+        if let Some(dir) = opts.path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(backend)?;
+            }
+        }
+        let mut writer = open(&opts.path, opts.durability).map_err(backend)?;
+        schema::migrate(&mut writer).map_err(backend)?;
+        let mut readers = Vec::new();
+        for _ in 0..opts.readers.max(1) {
+            readers.push(open(&opts.path, opts.durability).map_err(backend)?);
+        }
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("aob-sqlite-writer".into())
+            .spawn(move || writer_loop(writer, rx))
+            .map_err(backend)?;
+        Ok(SqliteStore { tx, readers: Arc::new(Mutex::new(readers)), path: opts.path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn send(&self, make: impl FnOnce(oneshot::Sender<Result<()>>) -> Msg) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).map_err(|_| StoreError::Unavailable("sqlite writer stopped".into()))?;
+        rx.await.map_err(|_| StoreError::Unavailable("sqlite writer stopped".into()))?
+    }
+
+    async fn exec(&self, job: Job) -> Result<()> {
+        self.send(|tx| Msg::Exec(job, tx)).await
+    }
+
+    async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static) -> Result<T> {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.lock().map_err(|_| StoreError::Backend("reader pool poisoned".into()))?.pop();
+            let conn = match conn {
+                Some(c) => c,
+                None => Connection::open_with_flags(
+                    pool_path_hint(&pool).ok_or_else(|| StoreError::Backend("no reader".into()))?,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                )
+                .map_err(backend)?,
+            };
+            let out = f(&conn).map_err(backend);
+            if let Ok(mut p) = pool.lock() {
+                p.push(conn);
+            }
+            out
+        })
+        .await
+        .map_err(backend)?
+    }
+}
+
+/// Readers are returned after use; if all are busy a caller waits on a fresh one.
+fn pool_path_hint(pool: &Arc<Mutex<Vec<Connection>>>) -> Option<String> {
+    pool.lock().ok()?.first().and_then(|c| c.path().map(str::to_string))
+}
+
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < 1024 {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        // One transaction for the whole group; each message gets its own savepoint so
+        // one bad write fails alone without undoing the others.
+        let result = (|| -> rusqlite::Result<Vec<Result<()>>> {
+            let mut tx = conn.transaction()?;
+            let mut results = Vec::with_capacity(batch.len());
+            for m in &mut batch {
+                let sp = tx.savepoint()?;
+                let r = match m {
+                    Msg::Commit(writes, _) => apply_writes(&sp, writes),
+                    Msg::Exec(job, _) => {
+                        let job = std::mem::replace(job, Box::new(|_| Ok(())));
+                        job(&sp).map_err(StoreError::Conflict)
+                    }
+                };
+                if r.is_ok() {
+                    sp.commit()?;
+                } else {
+                    drop(sp);
+                }
+                results.push(r);
+            }
+            tx.commit()?;
+            Ok(results)
+        })();
+        match result {
+            Ok(results) => {
+                for (m, r) in batch.into_iter().zip(results) {
+                    reply(m, r);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "sqlite group commit failed");
+                for m in batch {
+                    reply(m, Err(backend(&e)));
+                }
+            }
+        }
+    }
+}
+
+fn reply(m: Msg, r: Result<()>) {
+    match m {
+        Msg::Commit(_, tx) | Msg::Exec(_, tx) => {
+            let _ = tx.send(r);
+        }
+    }
+}
+
+fn is_terminal(s: RunStatus) -> bool {
+    s.is_terminal()
+}
+
+fn apply_writes(tx: &rusqlite::Transaction<'_>, writes: &[RunWrite]) -> Result<()> {
+    let mut ins_run = tx
+        .prepare_cached(
+            "INSERT INTO runs (run_id, owner, workflow_hash, tag, parent_run_id, idempotency_key, status, active, created_at, started_at, completed_at, state)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        )
+        .map_err(backend)?;
+    let mut upd_run = tx
+        .prepare_cached("UPDATE runs SET status = ?2, active = ?3, started_at = ?4, completed_at = ?5, state = ?6 WHERE run_id = ?1")
+        .map_err(backend)?;
+    let mut ins_ev = tx
+        .prepare_cached("INSERT INTO events (run_id, seq, owner, kind, body) VALUES (?1, ?2, (SELECT owner FROM runs WHERE run_id = ?1), ?3, ?4)")
+        .map_err(backend)?;
+    for w in writes {
+        let st = &w.state;
+        let active = !is_terminal(st.status);
+        match &w.create {
+            Some(c) => {
+                ins_run
+                    .execute(params![
+                        st.run_id,
+                        c.owner,
+                        c.workflow_hash,
+                        c.tag,
+                        c.parent_run_id,
+                        c.idempotency_key,
+                        st.status.as_str(),
+                        active,
+                        st.created_at,
+                        st.started_at,
+                        st.completed_at,
+                        w.state_json
+                    ])
+                    .map_err(|e| StoreError::Conflict(e.to_string()))?;
+            }
+            None => {
+                let n = upd_run
+                    .execute(params![st.run_id, st.status.as_str(), active, st.started_at, st.completed_at, w.state_json])
+                    .map_err(backend)?;
+                if n == 0 {
+                    return Err(StoreError::NotFound(format!("run {}", st.run_id)));
+                }
+            }
+        }
+        for e in &w.events {
+            ins_ev
+                .execute(params![e.run_id, e.seq as i64, e.kind, e.body])
+                .map_err(|err| StoreError::Conflict(format!("event {}#{}: {err}", e.run_id, e.seq)))?;
+        }
+    }
+    Ok(())
+}
+
+fn parse_state(json: &str) -> rusqlite::Result<RunState> {
+    serde_json::from_str(json).map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+}
+
+fn summary(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunSummary> {
+    let status: String = row.get(4)?;
+    Ok(RunSummary {
+        run_id: row.get(0)?,
+        owner: row.get(1)?,
+        workflow_hash: row.get(2)?,
+        tag: row.get(3)?,
+        status: RunStatus::parse(&status).unwrap_or(RunStatus::Failed),
+        created_at: row.get(5)?,
+        started_at: row.get(6)?,
+        completed_at: row.get(7)?,
+    })
+}
+
+fn tag_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Tag> {
+    Ok(Tag {
+        owner: row.get(0)?,
+        name: row.get(1)?,
+        hash: row.get(2)?,
+        version: row.get::<_, i64>(3)? as u64,
+        created_by: row.get(4)?,
+        moved_by: row.get(5)?,
+        created_at: row.get(6)?,
+        moved_at: row.get(7)?,
+    })
+}
+
+const TAG_COLS: &str = "owner, name, hash, version, created_by, moved_by, created_at, moved_at";
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn put_blob(&self, blob: Blob) -> Result<()> {
+        self.exec(Box::new(move |tx| {
+            let content = blob.content.to_string();
+            tx.execute(
+                "INSERT OR IGNORE INTO blobs (hash, kind, content, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![blob.hash, blob.kind, content, blob.created_at],
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        }))
+        .await
+    }
+
+    async fn get_blob(&self, hash: &str) -> Result<Option<Blob>> {
+        let hash = hash.to_string();
+        self.read(move |c| {
+            c.query_row("SELECT hash, kind, content, created_at FROM blobs WHERE hash = ?1", [hash], |r| {
+                let content: String = r.get(2)?;
+                Ok(Blob {
+                    hash: r.get(0)?,
+                    kind: r.get(1)?,
+                    content: serde_json::from_str(&content).unwrap_or(serde_json::Value::Null),
+                    created_at: r.get(3)?,
+                })
+            })
+            .optional()
+        })
+        .await
+    }
+
+    async fn set_tag(&self, u: TagUpdate) -> Result<Tag> {
+        let (owner, name) = (u.owner.clone(), u.name.clone());
+        self.exec(Box::new(move |tx| {
+            let current: Option<i64> = tx
+                .query_row("SELECT version FROM tags WHERE owner = ?1 AND name = ?2", params![u.owner, u.name], |r| r.get(0))
+                .optional()
+                .map_err(|e| e.to_string())?;
+            let have = current.unwrap_or(0) as u64;
+            if let Some(expected) = u.expected_version {
+                if expected != have {
+                    return Err(format!("tag {} is at version {have}, expected {expected}", u.name));
+                }
+            }
+            let next = have + 1;
+            if current.is_some() {
+                tx.execute(
+                    "UPDATE tags SET hash = ?3, version = ?4, moved_by = ?5, moved_at = ?6 WHERE owner = ?1 AND name = ?2",
+                    params![u.owner, u.name, u.hash, next as i64, u.by, u.at],
+                )
+            } else {
+                tx.execute(
+                    "INSERT INTO tags (owner, name, hash, version, created_by, moved_by, created_at, moved_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?6)",
+                    params![u.owner, u.name, u.hash, next as i64, u.by, u.at],
+                )
+            }
+            .map_err(|e| e.to_string())?;
+            let seq: i64 = tx
+                .query_row("SELECT COALESCE(MAX(seq) + 1, 0) FROM tag_history WHERE owner = ?1 AND name = ?2", params![u.owner, u.name], |r| r.get(0))
+                .map_err(|e| e.to_string())?;
+            tx.execute(
+                "INSERT INTO tag_history (owner, name, seq, hash, op, by, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![u.owner, u.name, seq, u.hash, u.op, u.by, u.at],
+            )
+            .map_err(|e| e.to_string())?;
+            Ok(())
+        }))
+        .await?;
+        self.get_tag(&owner, &name).await?.ok_or_else(|| StoreError::NotFound(name))
+    }
+
+    async fn get_tag(&self, owner: &str, name: &str) -> Result<Option<Tag>> {
+        let (owner, name) = (owner.to_string(), name.to_string());
+        self.read(move |c| {
+            c.query_row(&format!("SELECT {TAG_COLS} FROM tags WHERE owner = ?1 AND name = ?2"), params![owner, name], tag_row).optional()
+        })
+        .await
+    }
+
+    async fn list_tags(&self, owner: &str) -> Result<Vec<Tag>> {
+        let owner = owner.to_string();
+        self.read(move |c| {
+            let mut st = c.prepare(&format!("SELECT {TAG_COLS} FROM tags WHERE owner = ?1 ORDER BY name"))?;
+            st.query_map([owner], tag_row)?.collect()
+        })
+        .await
+    }
+
+    async fn tag_history(&self, owner: &str, name: &str) -> Result<Vec<TagVersion>> {
+        let (owner, name) = (owner.to_string(), name.to_string());
+        self.read(move |c| {
+            let mut st = c.prepare("SELECT seq, hash, op, by, at FROM tag_history WHERE owner = ?1 AND name = ?2 ORDER BY seq")?;
+            st.query_map(params![owner, name], |r| {
+                Ok(TagVersion { seq: r.get::<_, i64>(0)? as u64, hash: r.get(1)?, op: r.get(2)?, by: r.get(3)?, at: r.get(4)? })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn delete_tag(&self, owner: &str, name: &str) -> Result<bool> {
+        let existed = self.get_tag(owner, name).await?.is_some();
+        let (owner, name) = (owner.to_string(), name.to_string());
+        self.exec(Box::new(move |tx| {
+            tx.execute("DELETE FROM tags WHERE owner = ?1 AND name = ?2", params![owner, name]).map_err(|e| e.to_string())?;
+            tx.execute("DELETE FROM tag_history WHERE owner = ?1 AND name = ?2", params![owner, name]).map_err(|e| e.to_string())?;
+            Ok(())
+        }))
+        .await?;
+        Ok(existed)
+    }
+
+    async fn commit(&self, writes: Vec<RunWrite>) -> Result<()> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.send(|tx| Msg::Commit(writes, tx)).await
+    }
+
+    async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>> {
+        let run_id = run_id.to_string();
+        self.read(move |c| {
+            c.query_row(
+                "SELECT run_id, owner, workflow_hash, tag, parent_run_id, state FROM runs WHERE run_id = ?1",
+                [run_id],
+                |r| {
+                    let state: String = r.get(5)?;
+                    Ok(RunRecord {
+                        run_id: r.get(0)?,
+                        owner: r.get(1)?,
+                        workflow_hash: r.get(2)?,
+                        tag: r.get(3)?,
+                        parent_run_id: r.get(4)?,
+                        state: parse_state(&state)?,
+                    })
+                },
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn list_runs(&self, f: RunFilter) -> Result<Vec<RunSummary>> {
+        self.read(move |c| {
+            let mut sql = String::from("SELECT run_id, owner, workflow_hash, tag, status, created_at, started_at, completed_at FROM runs WHERE 1=1");
+            let mut args: Vec<rusqlite::types::Value> = Vec::new();
+            if let Some(o) = f.owner {
+                args.push(o.into());
+                sql.push_str(&format!(" AND owner = ?{}", args.len()));
+            }
+            if let Some(s) = f.status {
+                args.push(s.as_str().to_string().into());
+                sql.push_str(&format!(" AND status = ?{}", args.len()));
+            }
+            if let Some(t) = f.tag {
+                args.push(t.into());
+                sql.push_str(&format!(" AND tag = ?{}", args.len()));
+            }
+            if let Some((at, id)) = f.before {
+                args.push(at.into());
+                args.push(id.into());
+                let (a, b) = (args.len() - 1, args.len());
+                sql.push_str(&format!(" AND (created_at < ?{a} OR (created_at = ?{a} AND run_id < ?{b}))"));
+            }
+            sql.push_str(&format!(" ORDER BY created_at DESC, run_id DESC LIMIT {}", f.limit.clamp(1, 1000)));
+            let mut st = c.prepare(&sql)?;
+            st.query_map(rusqlite::params_from_iter(args), summary)?.collect()
+        })
+        .await
+    }
+
+    async fn active_runs(&self) -> Result<Vec<String>> {
+        self.read(|c| {
+            let mut st = c.prepare("SELECT run_id FROM runs WHERE active = 1")?;
+            st.query_map([], |r| r.get(0))?.collect()
+        })
+        .await
+    }
+
+    async fn events(&self, run_id: &str, after: u64, limit: usize) -> Result<Vec<StoredEvent>> {
+        let run_id = run_id.to_string();
+        self.read(move |c| {
+            let mut st = c.prepare_cached("SELECT run_id, seq, kind, body FROM events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")?;
+            st.query_map(params![run_id, after as i64, limit.min(100_000) as i64], |r| {
+                Ok(StoredEvent { run_id: r.get(0)?, seq: r.get::<_, i64>(1)? as u64, kind: r.get(2)?, body: r.get(3)? })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn owner_events(&self, owner: &str, after: i64, limit: usize) -> Result<Vec<(i64, StoredEvent)>> {
+        let owner = owner.to_string();
+        self.read(move |c| {
+            let mut st = c.prepare_cached("SELECT id, run_id, seq, kind, body FROM events WHERE owner = ?1 AND id > ?2 ORDER BY id LIMIT ?3")?;
+            st.query_map(params![owner, after, limit.min(100_000) as i64], |r| {
+                Ok((r.get(0)?, StoredEvent { run_id: r.get(1)?, seq: r.get::<_, i64>(2)? as u64, kind: r.get(3)?, body: r.get(4)? }))
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    async fn run_by_idempotency_key(&self, owner: &str, key: &str) -> Result<Option<String>> {
+        let (owner, key) = (owner.to_string(), key.to_string());
+        self.read(move |c| {
+            c.query_row("SELECT run_id FROM runs WHERE owner = ?1 AND idempotency_key = ?2", params![owner, key], |r| r.get(0)).optional()
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn fresh() -> Box<SqliteStore> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.keep().join("aob.db");
+        Box::new(SqliteStore::open(Options { path, durability: Durability::Process, readers: 2 }).unwrap())
+    }
+
+    aob_store::store_conformance!(fresh());
+}

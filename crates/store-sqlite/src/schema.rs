@@ -1,0 +1,71 @@
+//! Schema migrations, tracked in `PRAGMA user_version`. Never edit an applied step.
+
+use rusqlite::Connection;
+
+const STEPS: &[&str] = &[r#"
+CREATE TABLE blobs (
+    hash TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    content TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE tags (
+    owner TEXT NOT NULL,
+    name TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    created_by TEXT NOT NULL,
+    moved_by TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    moved_at INTEGER NOT NULL,
+    PRIMARY KEY (owner, name)
+);
+CREATE TABLE tag_history (
+    owner TEXT NOT NULL,
+    name TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    op TEXT NOT NULL,
+    by TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (owner, name, seq)
+);
+CREATE TABLE runs (
+    run_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    workflow_hash TEXT NOT NULL,
+    tag TEXT,
+    parent_run_id TEXT,
+    idempotency_key TEXT,
+    status TEXT NOT NULL,
+    active INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    started_at INTEGER,
+    completed_at INTEGER,
+    state TEXT NOT NULL
+);
+CREATE INDEX runs_owner_created ON runs (owner, created_at DESC, run_id DESC);
+CREATE INDEX runs_active ON runs (active) WHERE active = 1;
+CREATE UNIQUE INDEX runs_idempotency ON runs (owner, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    body TEXT NOT NULL,
+    UNIQUE (run_id, seq)
+);
+CREATE INDEX events_owner ON events (owner, id);
+"#];
+
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let have: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for (i, step) in STEPS.iter().enumerate().skip(have.max(0) as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(step)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! The conformance suite every [`Store`] backend runs. Use [`store_conformance!`]
+//! in the backend's tests with an expression that yields a fresh, empty store.
+
+use serde_json::json;
+
+use aob_engine::{Event, RunState, RunStatus};
+
+use crate::*;
+
+fn state(run_id: &str, status: RunStatus, seq: u64, at: i64) -> RunState {
+    RunState {
+        run_id: run_id.into(),
+        status,
+        inputs: json!({"x": 1}),
+        nodes: vec![],
+        edges: vec![],
+        seq,
+        paused: false,
+        error: None,
+        outputs: None,
+        created_at: at,
+        started_at: None,
+        completed_at: None,
+    }
+}
+
+fn event(seq: u64, kind: &str) -> Event {
+    Event { seq, kind: kind.into(), node_id: None, attempt: None, at: 1_700_000_000_000, data: json!({}) }
+}
+
+fn write(run_id: &str, owner: &str, create: bool, status: RunStatus, seqs: std::ops::RangeInclusive<u64>, at: i64) -> RunWrite {
+    let events: Vec<Event> = seqs.clone().map(|s| event(s, "node_completed")).collect();
+    let st = state(run_id, status, *seqs.end(), at);
+    RunWrite {
+        create: create.then(|| NewRun {
+            owner: owner.into(),
+            workflow_hash: "sha256:abc".into(),
+            tag: Some("t1".into()),
+            parent_run_id: None,
+            idempotency_key: Some(format!("key-{run_id}")),
+        }),
+        state_json: serde_json::to_string(&st).unwrap_or_default(),
+        state: st,
+        events: stored_events(run_id, &events),
+    }
+}
+
+pub async fn blobs(s: &dyn Store) {
+    let b = Blob { hash: "sha256:1".into(), kind: "workflow".into(), content: json!({"nodes": []}), created_at: 5 };
+    s.put_blob(b.clone()).await.unwrap();
+    s.put_blob(b.clone()).await.unwrap();
+    assert_eq!(s.get_blob("sha256:1").await.unwrap(), Some(b));
+    assert_eq!(s.get_blob("sha256:2").await.unwrap(), None);
+}
+
+pub async fn tags(s: &dyn Store) {
+    let up = |hash: &str, expected: Option<u64>| TagUpdate {
+        owner: "alice".into(),
+        name: "release/v1".into(),
+        hash: hash.into(),
+        expected_version: expected,
+        by: "alice".into(),
+        op: "create".into(),
+        at: 10,
+    };
+    let t = s.set_tag(up("h1", Some(0))).await.unwrap();
+    assert_eq!(t.version, 1);
+    assert!(matches!(s.set_tag(up("h2", Some(0))).await, Err(StoreError::Conflict(_))));
+    let t = s.set_tag(up("h2", Some(1))).await.unwrap();
+    assert_eq!((t.version, t.hash.as_str()), (2, "h2"));
+    assert!(matches!(s.set_tag(up("h3", Some(1))).await, Err(StoreError::Conflict(_))));
+    let t = s.set_tag(up("h3", None)).await.unwrap();
+    assert_eq!(t.version, 3);
+    let h = s.tag_history("alice", "release/v1").await.unwrap();
+    assert_eq!(h.iter().map(|v| (v.seq, v.hash.as_str())).collect::<Vec<_>>(), vec![(0, "h1"), (1, "h2"), (2, "h3")]);
+    assert_eq!(s.get_tag("bob", "release/v1").await.unwrap(), None);
+    assert_eq!(s.list_tags("alice").await.unwrap().len(), 1);
+    assert!(s.delete_tag("alice", "release/v1").await.unwrap());
+    assert!(!s.delete_tag("alice", "release/v1").await.unwrap());
+    assert_eq!(s.get_tag("alice", "release/v1").await.unwrap(), None);
+}
+
+pub async fn runs_and_events(s: &dyn Store) {
+    s.commit(vec![write("r1", "alice", true, RunStatus::Running, 1..=2, 100)]).await.unwrap();
+    s.commit(vec![write("r1", "alice", false, RunStatus::Running, 3..=5, 100), write("r2", "bob", true, RunStatus::Running, 1..=1, 200)])
+        .await
+        .unwrap();
+    let r = s.get_run("r1").await.unwrap().unwrap();
+    assert_eq!((r.owner.as_str(), r.state.seq, r.tag.as_deref()), ("alice", 5, Some("t1")));
+    let ev = s.events("r1", 2, 100).await.unwrap();
+    assert_eq!(ev.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
+    let body: serde_json::Value = serde_json::from_str(&ev[0].body).unwrap();
+    assert_eq!(body["run_id"], "r1");
+    assert_eq!(body["seq"], 3);
+    assert_eq!(s.events("r1", 0, 2).await.unwrap().len(), 2);
+    assert_eq!(s.run_by_idempotency_key("alice", "key-r1").await.unwrap().as_deref(), Some("r1"));
+    assert_eq!(s.run_by_idempotency_key("bob", "key-r1").await.unwrap(), None);
+    assert!(s.get_run("nope").await.unwrap().is_none());
+}
+
+/// A batch with a duplicate event seq fails as a whole and changes nothing.
+pub async fn commit_is_atomic(s: &dyn Store) {
+    s.commit(vec![write("a1", "alice", true, RunStatus::Running, 1..=3, 100)]).await.unwrap();
+    let bad = vec![write("a2", "alice", true, RunStatus::Running, 1..=1, 100), write("a1", "alice", false, RunStatus::Completed, 3..=4, 100)];
+    assert!(s.commit(bad).await.is_err());
+    assert!(s.get_run("a2").await.unwrap().is_none());
+    let r = s.get_run("a1").await.unwrap().unwrap();
+    assert_eq!((r.state.seq, r.state.status), (3, RunStatus::Running));
+    assert_eq!(s.events("a1", 0, 100).await.unwrap().len(), 3);
+}
+
+pub async fn listing(s: &dyn Store) {
+    for i in 0..5 {
+        let status = if i % 2 == 0 { RunStatus::Completed } else { RunStatus::Running };
+        s.commit(vec![write(&format!("l{i}"), "carol", true, status, 1..=1, 1000 + i)]).await.unwrap();
+    }
+    s.commit(vec![write("other", "dave", true, RunStatus::Running, 1..=1, 5000)]).await.unwrap();
+    let all = s.list_runs(RunFilter { owner: Some("carol".into()), limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(all.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), vec!["l4", "l3", "l2", "l1", "l0"]);
+    let page = s.list_runs(RunFilter { owner: Some("carol".into()), limit: 2, ..Default::default() }).await.unwrap();
+    assert_eq!(page.len(), 2);
+    let last = &page[1];
+    let next = s
+        .list_runs(RunFilter { owner: Some("carol".into()), limit: 10, before: Some((last.created_at, last.run_id.clone())), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(next.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), vec!["l2", "l1", "l0"]);
+    let running = s.list_runs(RunFilter { owner: Some("carol".into()), status: Some(RunStatus::Running), limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(running.len(), 2);
+    let mut active = s.active_runs().await.unwrap();
+    active.sort();
+    assert_eq!(active, vec!["l1", "l3", "other"]);
+    let ev = s.owner_events("carol", 0, 100).await.unwrap();
+    assert_eq!(ev.len(), 5);
+    assert!(ev.windows(2).all(|w| w[0].0 < w[1].0));
+    let after = s.owner_events("carol", ev[2].0, 100).await.unwrap();
+    assert_eq!(after.len(), 2);
+}
+
+/// Generates one `#[tokio::test]` per conformance check. `$make` is an async
+/// expression yielding a fresh backend (anything that derefs to `dyn Store`).
+#[macro_export]
+macro_rules! store_conformance {
+    ($make:expr) => {
+        mod store_conformance {
+            use super::*;
+            #[tokio::test]
+            async fn blobs() {
+                let s = $make.await;
+                $crate::conformance::blobs(&*s).await;
+            }
+            #[tokio::test]
+            async fn tags() {
+                let s = $make.await;
+                $crate::conformance::tags(&*s).await;
+            }
+            #[tokio::test]
+            async fn runs_and_events() {
+                let s = $make.await;
+                $crate::conformance::runs_and_events(&*s).await;
+            }
+            #[tokio::test]
+            async fn commit_is_atomic() {
+                let s = $make.await;
+                $crate::conformance::commit_is_atomic(&*s).await;
+            }
+            #[tokio::test]
+            async fn listing() {
+                let s = $make.await;
+                $crate::conformance::listing(&*s).await;
+            }
+        }
+    };
+}

@@ -1,0 +1,57 @@
+//! The storage seam: runs with their state and event log, workflows (content-addressed
+//! blobs) and tags. Every backend implements [`Store`] and passes [`conformance`].
+//!
+//! Invariant: a run's state and the events of the transition that produced it are
+//! written in one transaction ([`Store::commit`]); an event's `seq` is unique per run.
+
+pub mod conformance;
+mod types;
+
+pub use types::*;
+
+use async_trait::async_trait;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An optimistic check failed (tag version, duplicate key).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("storage backend error: {0}")]
+    Backend(String),
+    /// The backend is shutting down or unreachable.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a content-addressed blob; storing the same hash twice is a no-op.
+    async fn put_blob(&self, blob: Blob) -> Result<()>;
+    async fn get_blob(&self, hash: &str) -> Result<Option<Blob>>;
+
+    /// Points a tag at a blob. With `expected_version`, fails with `Conflict` unless the
+    /// tag's current version matches (0 = the tag must not exist).
+    async fn set_tag(&self, update: TagUpdate) -> Result<Tag>;
+    async fn get_tag(&self, owner: &str, name: &str) -> Result<Option<Tag>>;
+    async fn list_tags(&self, owner: &str) -> Result<Vec<Tag>>;
+    /// Every version the tag pointed at, oldest first (`seq` 0 is the original).
+    async fn tag_history(&self, owner: &str, name: &str) -> Result<Vec<TagVersion>>;
+    async fn delete_tag(&self, owner: &str, name: &str) -> Result<bool>;
+
+    /// Writes run creations, states and events atomically (one transaction for the batch).
+    async fn commit(&self, writes: Vec<RunWrite>) -> Result<()>;
+    async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>>;
+    async fn list_runs(&self, filter: RunFilter) -> Result<Vec<RunSummary>>;
+    /// Ids of runs that are not terminal: what recovery resumes.
+    async fn active_runs(&self) -> Result<Vec<String>>;
+    /// A run's events with `seq > after`, in order.
+    async fn events(&self, run_id: &str, after: u64, limit: usize) -> Result<Vec<StoredEvent>>;
+    /// Events of every run of `owner`, ordered by a global position greater than `after`.
+    async fn owner_events(&self, owner: &str, after: i64, limit: usize) -> Result<Vec<(i64, StoredEvent)>>;
+    /// Finds a run created with this idempotency key by this owner.
+    async fn run_by_idempotency_key(&self, owner: &str, key: &str) -> Result<Option<String>>;
+}

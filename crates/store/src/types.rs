@@ -1,0 +1,139 @@
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use aob_engine::{RunState, RunStatus};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Blob {
+    /// `sha256:<hex>` of the canonical content.
+    pub hash: String,
+    /// What the blob holds, e.g. `workflow`.
+    pub kind: String,
+    pub content: Value,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TagUpdate {
+    pub owner: String,
+    pub name: String,
+    pub hash: String,
+    pub expected_version: Option<u64>,
+    pub by: String,
+    /// `create`, `move` or `patch`, recorded in the history.
+    pub op: String,
+    pub at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tag {
+    pub owner: String,
+    pub name: String,
+    pub hash: String,
+    /// Starts at 1 and grows by one on every move.
+    pub version: u64,
+    pub created_by: String,
+    pub moved_by: String,
+    pub created_at: i64,
+    pub moved_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TagVersion {
+    pub seq: u64,
+    pub hash: String,
+    pub op: String,
+    pub by: String,
+    pub at: i64,
+}
+
+/// A new run's identity, written with its first state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRun {
+    pub owner: String,
+    pub workflow_hash: String,
+    pub tag: Option<String>,
+    pub parent_run_id: Option<String>,
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub run_id: String,
+    pub seq: u64,
+    pub kind: String,
+    /// The event as served to clients: one-line JSON.
+    pub body: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunWrite {
+    pub create: Option<NewRun>,
+    pub state: RunState,
+    /// Serialized `state`; the caller serializes once (it is also cached in memory).
+    pub state_json: String,
+    pub events: Vec<StoredEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub owner: String,
+    pub workflow_hash: String,
+    pub tag: Option<String>,
+    pub parent_run_id: Option<String>,
+    pub state: RunState,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub owner: String,
+    pub workflow_hash: String,
+    pub tag: Option<String>,
+    pub status: RunStatus,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub completed_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub owner: Option<String>,
+    pub status: Option<RunStatus>,
+    pub tag: Option<String>,
+    /// Cursor: only runs strictly older than this `(created_at, run_id)`.
+    pub before: Option<(i64, String)>,
+    pub limit: usize,
+}
+
+/// Renders an engine event as the JSON served to clients and stored in the log.
+pub fn event_body(run_id: &str, e: &aob_engine::Event) -> String {
+    let mut m = serde_json::Map::new();
+    m.insert("run_id".into(), Value::String(run_id.to_string()));
+    m.insert("seq".into(), Value::from(e.seq));
+    m.insert("type".into(), Value::String(e.kind.clone()));
+    m.insert("timestamp".into(), Value::String(rfc3339_ms(e.at)));
+    if let Some(n) = &e.node_id {
+        m.insert("node_id".into(), Value::String(n.clone()));
+    }
+    if let Some(a) = e.attempt {
+        m.insert("attempt".into(), Value::from(a));
+    }
+    m.insert("data".into(), e.data.clone());
+    Value::Object(m).to_string()
+}
+
+pub fn stored_events(run_id: &str, events: &[aob_engine::Event]) -> Vec<StoredEvent> {
+    events
+        .iter()
+        .map(|e| StoredEvent { run_id: run_id.to_string(), seq: e.seq, kind: e.kind.clone(), body: event_body(run_id, e) })
+        .collect()
+}
+
+/// Unix milliseconds as RFC 3339 with millisecond precision, UTC.
+pub fn rfc3339_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
