@@ -38,7 +38,7 @@ impl Options {
     }
 }
 
-type Job = Box<dyn FnOnce(&rusqlite::Transaction<'_>) -> std::result::Result<(), String> + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> std::result::Result<(), String> + Send>;
 
 enum Msg {
     Commit(Vec<RunWrite>, oneshot::Sender<Result<()>>),
@@ -191,7 +191,7 @@ fn is_terminal(s: RunStatus) -> bool {
     s.is_terminal()
 }
 
-fn apply_writes(tx: &rusqlite::Transaction<'_>, writes: &[RunWrite]) -> Result<()> {
+fn apply_writes(tx: &Connection, writes: &[RunWrite]) -> Result<()> {
     let mut ins_run = tx
         .prepare_cached(
             "INSERT INTO runs (run_id, owner, workflow_hash, tag, parent_run_id, idempotency_key, status, active, created_at, started_at, completed_at, state)

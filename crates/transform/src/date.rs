@@ -45,7 +45,10 @@ impl ParseDate {
         if let Some(format) = &format
             && StrftimeItems::new(format).parse().is_err()
         {
-            p.problem_at("format", format!("`{format}` is not a valid strftime format"));
+            p.problem_at(
+                "format",
+                format!("`{format}` is not a valid strftime format"),
+            );
         }
         let output = match p.choice("output", &["rfc3339", "unix", "unix_ms", "date"], "rfc3339") {
             "unix" => Output::Unix,
@@ -208,7 +211,11 @@ fn from_unix(f: f64) -> Option<DateTime<FixedOffset>> {
     if !f.is_finite() {
         return None;
     }
-    let seconds = if f.abs() >= MILLIS_THRESHOLD { f / 1000.0 } else { f };
+    let seconds = if f.abs() >= MILLIS_THRESHOLD {
+        f / 1000.0
+    } else {
+        f
+    };
     let whole = seconds.floor();
     // `as` saturates, and chrono rejects out-of-range seconds, so huge inputs become None.
     let nanos = ((seconds - whole) * 1e9).round().clamp(0.0, 999_999_999.0) as u32;
@@ -239,8 +246,14 @@ mod tests {
     fn default_formats() {
         let cases = [
             (json!("2024-03-05T10:20:30Z"), "2024-03-05T10:20:30Z"),
-            (json!("2024-03-05T10:20:30.5+02:00"), "2024-03-05T10:20:30.500+02:00"),
-            (json!("Tue, 5 Mar 2024 10:20:30 +0000"), "2024-03-05T10:20:30Z"),
+            (
+                json!("2024-03-05T10:20:30.5+02:00"),
+                "2024-03-05T10:20:30.500+02:00",
+            ),
+            (
+                json!("Tue, 5 Mar 2024 10:20:30 +0000"),
+                "2024-03-05T10:20:30Z",
+            ),
             (json!("2024-03-05"), "2024-03-05T00:00:00Z"),
             (json!("2024-03-05 10:20:30"), "2024-03-05T10:20:30Z"),
             (json!("2024-03-05T10:20"), "2024-03-05T10:20:00Z"),
@@ -251,34 +264,53 @@ mod tests {
             (json!(" 2024-03-05 "), "2024-03-05T00:00:00Z"),
         ];
         for (input, expected) in cases {
-            assert_eq!(run(json!({}), input.clone()).unwrap(), json!(expected), "{input}");
+            assert_eq!(
+                run(json!({}), input.clone()).unwrap(),
+                json!(expected),
+                "{input}"
+            );
         }
     }
 
     #[test]
     fn outputs() {
         let input = json!("2024-03-05T10:20:30+01:00");
-        assert_eq!(run(json!({"output": "unix"}), input.clone()).unwrap(), json!(1_709_630_430));
+        assert_eq!(
+            run(json!({"output": "unix"}), input.clone()).unwrap(),
+            json!(1_709_630_430)
+        );
         assert_eq!(
             run(json!({"output": "unix_ms"}), input.clone()).unwrap(),
             json!(1_709_630_430_000i64)
         );
-        assert_eq!(run(json!({"output": "date"}), input).unwrap(), json!("2024-03-05"));
+        assert_eq!(
+            run(json!({"output": "date"}), input).unwrap(),
+            json!("2024-03-05")
+        );
     }
 
     #[test]
     fn custom_format() {
         let step = json!({"format": "%d/%m/%Y"});
-        assert_eq!(run(step.clone(), json!("05/03/2024")).unwrap(), json!("2024-03-05T00:00:00Z"));
+        assert_eq!(
+            run(step.clone(), json!("05/03/2024")).unwrap(),
+            json!("2024-03-05T00:00:00Z")
+        );
         let err = run(step, json!("2024-03-05")).unwrap_err();
-        assert!(err.contains("\"2024-03-05\"") && err.contains("%d/%m/%Y"), "{err}");
+        assert!(
+            err.contains("\"2024-03-05\"") && err.contains("%d/%m/%Y"),
+            "{err}"
+        );
         let step = json!({"format": "%d.%m.%Y %H:%M %z"});
         assert_eq!(
             run(step, json!("05.03.2024 10:20 +0100")).unwrap(),
             json!("2024-03-05T10:20:00+01:00")
         );
         let step = json!({"format": "%s", "output": "date"});
-        assert_eq!(run(step, json!(1_709_634_030)).unwrap(), json!("2024-03-05"));
+        assert_eq!(
+            run(step, json!(1_709_634_030)).unwrap(),
+            json!("2024-03-05")
+        );
     }
 
     #[test]
@@ -286,7 +318,11 @@ mod tests {
         let input = json!([{"d": "2024-03-05"}, {"d": null}, {}]);
         let out = run(json!({"field": "d", "output": "unix"}), input.clone()).unwrap();
         assert_eq!(out, json!([{"d": 1_709_596_800}, {"d": null}, {"d": null}]));
-        let out = run(json!({"field": "d", "into": "meta.day", "output": "date"}), input).unwrap();
+        let out = run(
+            json!({"field": "d", "into": "meta.day", "output": "date"}),
+            input,
+        )
+        .unwrap();
         assert_eq!(
             out,
             json!([
@@ -302,7 +338,11 @@ mod tests {
 
     #[test]
     fn arrays_of_scalars() {
-        let out = run(json!({"output": "date"}), json!(["2024-03-05T23:00:00Z", 0, null])).unwrap();
+        let out = run(
+            json!({"output": "date"}),
+            json!(["2024-03-05T23:00:00Z", 0, null]),
+        )
+        .unwrap();
         assert_eq!(out, json!(["2024-03-05", "1970-01-01", null]));
     }
 
@@ -311,12 +351,23 @@ mod tests {
         let err = run(json!({}), json!("next tuesday")).unwrap_err();
         assert!(err.contains("\"next tuesday\""), "{err}");
         let err = run(json!({"field": "d"}), json!([{"d": "ok?"}])).unwrap_err();
-        assert!(err.contains("record 0") && err.contains("`d`") && err.contains("ok?"), "{err}");
+        assert!(
+            err.contains("record 0") && err.contains("`d`") && err.contains("ok?"),
+            "{err}"
+        );
         assert!(run(json!({}), json!(true)).is_err());
-        assert!(run(json!({}), json!([{"d": 1}])).unwrap_err().contains("set `field`"));
+        assert!(
+            run(json!({}), json!([{"d": 1}]))
+                .unwrap_err()
+                .contains("set `field`")
+        );
         assert!(run(json!({}), json!({"d": 1})).is_err());
         assert!(run(json!({"field": "d"}), json!("2024-03-05")).is_err());
-        assert!(run(json!({"field": "d"}), json!([3])).unwrap_err().contains("record 0"));
+        assert!(
+            run(json!({"field": "d"}), json!([3]))
+                .unwrap_err()
+                .contains("record 0")
+        );
         assert!(run(json!({}), json!(1e300)).is_err());
         assert!(run(json!({}), json!(i64::MAX)).is_err());
         assert!(run(json!({}), json!("-")).is_err());

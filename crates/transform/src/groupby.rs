@@ -6,7 +6,9 @@ use serde_json::{Map, Value};
 
 use crate::params::{Params, escape};
 use crate::path::Path;
-use crate::value::{canonical_key, cmp_values, expect_array, float_value, number_from_i128, preview, type_name};
+use crate::value::{
+    canonical_key, cmp_values, expect_array, float_value, number_from_i128, preview, type_name,
+};
 
 const OPS: [&str; 9] = [
     "count",
@@ -61,9 +63,10 @@ impl GroupBy {
                 for (i, item) in items.iter().enumerate() {
                     match item.as_str().map(Path::parse) {
                         Some(Ok(path)) => by.push(path),
-                        Some(Err(message)) => {
-                            p.problem(&format!("/by/{i}"), format!("invalid field path: {message}"))
-                        }
+                        Some(Err(message)) => p.problem(
+                            &format!("/by/{i}"),
+                            format!("invalid field path: {message}"),
+                        ),
                         None => p.problem(
                             &format!("/by/{i}"),
                             format!("must be a string, got {}", type_name(item)),
@@ -73,7 +76,10 @@ impl GroupBy {
             }
             Some(other) => p.problem_at(
                 "by",
-                format!("must be a field path or an array of them, got {}", type_name(other)),
+                format!(
+                    "must be a field path or an array of them, got {}",
+                    type_name(other)
+                ),
             ),
         }
 
@@ -102,7 +108,10 @@ impl GroupBy {
             }
             Some(other) => p.problem_at(
                 "aggregations",
-                format!("must be an object of output name to {{op, field}}, got {}", type_name(other)),
+                format!(
+                    "must be an object of output name to {{op, field}}, got {}",
+                    type_name(other)
+                ),
             ),
         }
         Some(Self { by, aggregations })
@@ -119,7 +128,11 @@ impl GroupBy {
                 .iter()
                 .map(|path| path.get(row).cloned().unwrap_or(Value::Null))
                 .collect();
-            let canonical = key.iter().map(canonical_key).collect::<Vec<_>>().join("\u{1f}");
+            let canonical = key
+                .iter()
+                .map(canonical_key)
+                .collect::<Vec<_>>()
+                .join("\u{1f}");
             match index.get(&canonical) {
                 Some(&g) => {
                     if let Some(group) = groups.get_mut(g) {
@@ -196,11 +209,17 @@ fn aggregate(aggregation: &Aggregation, members: &[&Value]) -> Result<Value, Str
                 (None, _) => Value::Null,
             }
         }
-        Op::Min => non_null().min_by(|a, b| cmp_values(a, b)).cloned().unwrap_or(Value::Null),
-        Op::Max => non_null().max_by(|a, b| cmp_values(a, b)).cloned().unwrap_or(Value::Null),
+        Op::Min => non_null()
+            .min_by(|a, b| cmp_values(a, b))
+            .cloned()
+            .unwrap_or(Value::Null),
+        Op::Max => non_null()
+            .max_by(|a, b| cmp_values(a, b))
+            .cloned()
+            .unwrap_or(Value::Null),
         Op::List => Value::Array(present().cloned().collect()),
         Op::First => non_null().next().cloned().unwrap_or(Value::Null),
-        Op::Last => non_null().last().cloned().unwrap_or(Value::Null),
+        Op::Last => non_null().next_back().cloned().unwrap_or(Value::Null),
         Op::CountDistinct => {
             let distinct: HashSet<String> = non_null().map(canonical_key).collect();
             Value::from(distinct.len())
@@ -210,7 +229,10 @@ fn aggregate(aggregation: &Aggregation, members: &[&Value]) -> Result<Value, Str
 
 /// Sums numbers exactly while they are integers and switches to floats otherwise.
 /// Non-numbers are an error: silently skipping "12.5" would produce a wrong total.
-fn sum<'v>(values: impl Iterator<Item = &'v Value>, field: &Path) -> Result<(Value, usize), String> {
+fn sum<'v>(
+    values: impl Iterator<Item = &'v Value>,
+    field: &Path,
+) -> Result<(Value, usize), String> {
     let mut int_total: Option<i128> = Some(0);
     let mut float_total = 0.0_f64;
     let mut count = 0;
@@ -303,7 +325,11 @@ mod tests {
         let input = json!([
             {"a": 1, "b": "x"}, {"a": 1.0, "b": "x"}, {"a": 1, "b": "y"}, {"a": "1", "b": "x"}
         ]);
-        let out = run(json!({"by": ["a", "b"], "aggregations": {"n": {"op": "count"}}}), input).unwrap();
+        let out = run(
+            json!({"by": ["a", "b"], "aggregations": {"n": {"op": "count"}}}),
+            input,
+        )
+        .unwrap();
         assert_eq!(
             out,
             json!([
@@ -329,7 +355,10 @@ mod tests {
             "mn": {"op": "min", "field": "v"}, "l": {"op": "list", "field": "v"}
         }});
         let out = run(step, json!([{"g": 1}])).unwrap();
-        assert_eq!(out, json!([{"g": 1, "s": 0, "a": null, "mn": null, "l": []}]));
+        assert_eq!(
+            out,
+            json!([{"g": 1, "s": 0, "a": null, "mn": null, "l": []}])
+        );
     }
 
     #[test]
@@ -337,7 +366,11 @@ mod tests {
         let step = json!({"by": "g", "aggregations": {
             "mn": {"op": "min", "field": "v"}, "mx": {"op": "max", "field": "v"}
         }});
-        let out = run(step, json!([{"g": 1, "v": "b"}, {"g": 1, "v": 3}, {"g": 1, "v": "a"}])).unwrap();
+        let out = run(
+            step,
+            json!([{"g": 1, "v": "b"}, {"g": 1, "v": 3}, {"g": 1, "v": "a"}]),
+        )
+        .unwrap();
         assert_eq!(out, json!([{"g": 1, "mn": 3, "mx": "b"}]));
     }
 
@@ -345,15 +378,27 @@ mod tests {
     fn sum_errors_on_non_numbers_and_handles_overflow() {
         let step = json!({"by": "g", "aggregations": {"s": {"op": "sum", "field": "v"}}});
         let err = run(step.clone(), json!([{"g": 1, "v": "12"}])).unwrap_err();
-        assert!(err.contains("aggregation `s`") && err.contains("\"12\""), "{err}");
-        let out = run(step, json!([{"g": 1, "v": u64::MAX}, {"g": 1, "v": u64::MAX}])).unwrap();
+        assert!(
+            err.contains("aggregation `s`") && err.contains("\"12\""),
+            "{err}"
+        );
+        let out = run(
+            step,
+            json!([{"g": 1, "v": u64::MAX}, {"g": 1, "v": u64::MAX}]),
+        )
+        .unwrap();
         assert_eq!(out[0]["s"].as_f64().unwrap(), 2.0 * u64::MAX as f64);
     }
 
     #[test]
     fn validation() {
         let pointers = |step: Value| -> Vec<String> {
-            parse(step).err().unwrap().into_iter().map(|(p, _)| p).collect()
+            parse(step)
+                .err()
+                .unwrap()
+                .into_iter()
+                .map(|(p, _)| p)
+                .collect()
         };
         assert_eq!(pointers(json!({})), vec!["/by"]);
         assert_eq!(pointers(json!({"by": []})), vec!["/by"]);
@@ -376,6 +421,9 @@ mod tests {
                 "/aggregations/w~11/bogus"
             ]
         );
-        assert_eq!(pointers(json!({"by": "a", "aggregations": []})), vec!["/aggregations"]);
+        assert_eq!(
+            pointers(json!({"by": "a", "aggregations": []})),
+            vec!["/aggregations"]
+        );
     }
 }

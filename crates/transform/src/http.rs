@@ -26,7 +26,10 @@ impl HttpRequest {
         let method = match p.str("method") {
             None => Some("GET"),
             Some(given) => {
-                let found = METHODS.iter().find(|m| m.eq_ignore_ascii_case(given)).copied();
+                let found = METHODS
+                    .iter()
+                    .find(|m| m.eq_ignore_ascii_case(given))
+                    .copied();
                 if found.is_none() {
                     p.problem_at(
                         "method",
@@ -95,7 +98,10 @@ impl HttpRequest {
         };
         let sends_body = !matches!(self.method, "GET" | "DELETE");
         let (query, body) = match (&self.body, params) {
-            (Some(body), params) => (params.map(query_pairs).unwrap_or_default(), Some(body.clone())),
+            (Some(body), params) => (
+                params.map(query_pairs).unwrap_or_default(),
+                Some(body.clone()),
+            ),
             (None, Some(params)) if sends_body => (Vec::new(), Some(Value::Object(params.clone()))),
             (None, params) => (params.map(query_pairs).unwrap_or_default(), None),
         };
@@ -197,7 +203,8 @@ mod tests {
         let req = request(json!({"url": "u", "method": "POST", "params": {"a": 1}}));
         assert_eq!(req.body, Some(json!({"a": 1})));
         assert!(req.query.is_empty());
-        let req = request(json!({"url": "u", "method": "PATCH", "params": {"a": 1}, "body": [1, 2]}));
+        let req =
+            request(json!({"url": "u", "method": "PATCH", "params": {"a": 1}, "body": [1, 2]}));
         assert_eq!(req.body, Some(json!([1, 2])));
         assert_eq!(req.query, vec![("a".into(), "1".into())]);
         let req = request(json!({"url": "u", "method": "PUT"}));
@@ -216,19 +223,36 @@ mod tests {
     #[test]
     fn validation() {
         let pointers = |step: Value| -> Vec<String> {
-            parse(step).err().unwrap().into_iter().map(|(p, _)| p).collect()
+            parse(step)
+                .err()
+                .unwrap()
+                .into_iter()
+                .map(|(p, _)| p)
+                .collect()
         };
         assert_eq!(pointers(json!({})), vec!["/url"]);
         assert_eq!(pointers(json!({"url": " "})), vec!["/url"]);
         assert_eq!(pointers(json!({"url": 3})), vec!["/url"]);
-        assert_eq!(pointers(json!({"url": "u", "method": "TRACE"})), vec!["/method"]);
-        assert_eq!(pointers(json!({"url": "u", "params": [1]})), vec!["/params"]);
+        assert_eq!(
+            pointers(json!({"url": "u", "method": "TRACE"})),
+            vec!["/method"]
+        );
+        assert_eq!(
+            pointers(json!({"url": "u", "params": [1]})),
+            vec!["/params"]
+        );
         assert_eq!(
             pointers(json!({"url": "u", "headers": {"A": 1, "B": "ok"}})),
             vec!["/headers/A"]
         );
-        assert_eq!(pointers(json!({"url": "u", "headers": "x"})), vec!["/headers"]);
+        assert_eq!(
+            pointers(json!({"url": "u", "headers": "x"})),
+            vec!["/headers"]
+        );
         assert_eq!(pointers(json!({"url": "u", "body": {}})), vec!["/body"]);
-        assert_eq!(pointers(json!({"url": "u", "timeout": 3})), vec!["/timeout"]);
+        assert_eq!(
+            pointers(json!({"url": "u", "timeout": 3})),
+            vec!["/timeout"]
+        );
     }
 }

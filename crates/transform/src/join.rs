@@ -27,13 +27,17 @@ pub(crate) struct Join {
     right_on: Path,
     how: How,
     right_prefix: String,
+    max_rows: usize,
 }
 
 impl Join {
     pub(crate) fn parse(p: &mut Params<'_>) -> Option<Self> {
         let right = match p.value("right") {
             None => {
-                p.problem_at("right", "is required (the right table, an array of records)");
+                p.problem_at(
+                    "right",
+                    "is required (the right table, an array of records)",
+                );
                 None
             }
             Some(Value::Array(rows)) => {
@@ -67,8 +71,11 @@ impl Join {
         let left_given = p.value("left_on").is_some();
         let right_given = p.value("right_on").is_some();
         if on_given && (left_given || right_given) {
-            p.problem_at("on", "give either `on` or `left_on` and `right_on`, not both");
-        } else if !on_given && !(left_given && right_given) {
+            p.problem_at(
+                "on",
+                "give either `on` or `left_on` and `right_on`, not both",
+            );
+        } else if !(on_given || left_given && right_given) {
             p.problem_at("on", "is required (or both `left_on` and `right_on`)");
         }
         let (left_on, right_on) = if on_given {
@@ -89,12 +96,15 @@ impl Join {
             right_on: right_on?,
             how,
             right_prefix,
+            max_rows: MAX_OUTPUT_ROWS,
         })
     }
 
     pub(crate) fn run(&self, input: Value) -> Result<Value, String> {
         let right = self.right.as_ref().map_err(|reference| {
-            format!("`right` must be an array of records, got the unresolved reference `{reference}`")
+            format!(
+                "`right` must be an array of records, got the unresolved reference `{reference}`"
+            )
         })?;
         let left: Vec<Map<String, Value>> = expect_array(input)?
             .into_iter()
@@ -140,9 +150,12 @@ impl Join {
         let keep_right = matches!(self.how, How::Right | How::Outer);
         let mut matched_right = vec![false; right.len()];
         let mut out: Vec<Value> = Vec::new();
-        let mut push = |out: &mut Vec<Value>, row: Map<String, Value>| {
-            if out.len() >= MAX_OUTPUT_ROWS {
-                return Err(format!("join would produce more than {MAX_OUTPUT_ROWS} rows"));
+        let push = |out: &mut Vec<Value>, row: Map<String, Value>| {
+            if out.len() >= self.max_rows {
+                return Err(format!(
+                    "join would produce more than {} rows",
+                    self.max_rows
+                ));
             }
             out.push(Value::Object(row));
             Ok(())
@@ -209,9 +222,7 @@ impl Join {
 
 /// Null and missing keys never match, as in SQL.
 fn join_key(path: &Path, row: &Map<String, Value>) -> Option<String> {
-    path.get_in(row)
-        .filter(|v| !v.is_null())
-        .map(canonical_key)
+    path.get_in(row).filter(|v| !v.is_null()).map(canonical_key)
 }
 
 /// Column names in first-seen order across all rows.
@@ -302,8 +313,10 @@ mod tests {
     fn different_key_names_duplicates_and_prefix() {
         let left = json!([{"uid": 1, "v": "a"}, {"uid": 1, "v": "b"}, {"uid": null}]);
         let right = json!([{"user": 1, "v": "x"}, {"user": 1, "v": "y"}, {"user": null, "v": "n"}]);
-        let j = parse(json!({"right": right, "left_on": "uid", "right_on": "user", "right_prefix": "r."}))
-            .unwrap();
+        let j = parse(
+            json!({"right": right, "left_on": "uid", "right_on": "user", "right_prefix": "r."}),
+        )
+        .unwrap();
         let out = j.run(left).unwrap();
         assert_eq!(
             out,
@@ -347,24 +360,47 @@ mod tests {
 
     #[test]
     fn output_is_bounded() {
-        let left: Vec<Value> = (0..1001).map(|_| json!({"k": 1})).collect();
-        let right: Vec<Value> = (0..1000).map(|_| json!({"k": 1})).collect();
-        let j = parse(json!({"right": right, "on": "k"})).unwrap();
-        let err = j.run(Value::Array(left)).unwrap_err();
-        assert!(err.contains("more than"), "{err}");
+        let rows: Vec<Value> = (0..4).map(|_| json!({"k": 1})).collect();
+        let mut j = parse(json!({"right": rows.clone(), "on": "k"})).unwrap();
+        j.max_rows = 16;
+        assert_eq!(
+            j.run(Value::Array(rows.clone()))
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .len(),
+            16
+        );
+        j.max_rows = 15;
+        let err = j.run(Value::Array(rows)).unwrap_err();
+        assert!(err.contains("more than 15 rows"), "{err}");
     }
 
     #[test]
     fn validation() {
         let pointers = |step: Value| -> Vec<String> {
-            parse(step).err().unwrap().into_iter().map(|(p, _)| p).collect()
+            parse(step)
+                .err()
+                .unwrap()
+                .into_iter()
+                .map(|(p, _)| p)
+                .collect()
         };
         assert_eq!(pointers(json!({"on": "id"})), vec!["/right"]);
         assert_eq!(pointers(json!({"right": 3, "on": "id"})), vec!["/right"]);
-        assert_eq!(pointers(json!({"right": [{}, 1], "on": "id"})), vec!["/right/1"]);
+        assert_eq!(
+            pointers(json!({"right": [{}, 1], "on": "id"})),
+            vec!["/right/1"]
+        );
         assert_eq!(pointers(json!({"right": []})), vec!["/on"]);
         assert_eq!(pointers(json!({"right": [], "left_on": "a"})), vec!["/on"]);
-        assert_eq!(pointers(json!({"right": [], "on": "a", "left_on": "a"})), vec!["/on"]);
-        assert_eq!(pointers(json!({"right": [], "on": "a", "how": "cross"})), vec!["/how"]);
+        assert_eq!(
+            pointers(json!({"right": [], "on": "a", "left_on": "a"})),
+            vec!["/on"]
+        );
+        assert_eq!(
+            pointers(json!({"right": [], "on": "a", "how": "cross"})),
+            vec!["/how"]
+        );
     }
 }

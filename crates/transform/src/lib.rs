@@ -17,8 +17,8 @@
 mod date;
 mod groupby;
 mod http;
-mod jq;
 mod join;
+mod jq;
 mod params;
 mod path;
 mod regex_extract;
@@ -205,7 +205,10 @@ fn parse_step(raw: &Value) -> Result<Step, Vec<Problem>> {
         Some(other) => {
             return Err(vec![(
                 "/step".to_owned(),
-                format!("must be a string naming a primitive ({allowed}), got {}", type_name(other)),
+                format!(
+                    "must be a string naming a primitive ({allowed}), got {}",
+                    type_name(other)
+                ),
             )]);
         }
         None => {

@@ -155,8 +155,9 @@ impl<'a> Params<'a> {
             .obj
             .keys()
             .filter(|k| {
-                !self.known.contains(&k.as_str())
-                    && !(self.allow_metadata && METADATA_KEYS.contains(&k.as_str()))
+                let key = k.as_str();
+                let is_metadata = self.allow_metadata && METADATA_KEYS.contains(&key);
+                !(self.known.contains(&key) || is_metadata)
             })
             .collect();
         let mut expected: Vec<&str> = Vec::new();
@@ -166,7 +167,10 @@ impl<'a> Params<'a> {
             }
         }
         for key in unknown {
-            let message = format!("unknown parameter; expected one of: {}", expected.join(", "));
+            let message = format!(
+                "unknown parameter; expected one of: {}",
+                expected.join(", ")
+            );
             let pointer = self.pointer(key);
             self.problems.push((pointer, message));
         }

@@ -218,7 +218,10 @@ mod tests {
 
     #[test]
     fn string_input_default_group_choice() {
-        assert_eq!(run(json!({"pattern": "\\d+"}), json!("ab 12 cd 34")).unwrap(), json!("12"));
+        assert_eq!(
+            run(json!({"pattern": "\\d+"}), json!("ab 12 cd 34")).unwrap(),
+            json!("12")
+        );
         assert_eq!(
             run(json!({"pattern": "id=(\\w+)"}), json!("x id=abc y")).unwrap(),
             json!("abc")
@@ -231,13 +234,19 @@ mod tests {
             run(json!({"pattern": "(?P<k>\\w+)=(?P<v>\\d+)?"}), json!("a=")).unwrap(),
             json!({"k": "a", "v": null})
         );
-        assert_eq!(run(json!({"pattern": "z"}), json!("abc")).unwrap(), json!(null));
+        assert_eq!(
+            run(json!({"pattern": "z"}), json!("abc")).unwrap(),
+            json!(null)
+        );
     }
 
     #[test]
     fn explicit_group_and_all() {
         let step = json!({"pattern": "(\\w)(\\d)", "group": 2, "all": true});
-        assert_eq!(run(step, json!("a1 b2 c3")).unwrap(), json!(["1", "2", "3"]));
+        assert_eq!(
+            run(step, json!("a1 b2 c3")).unwrap(),
+            json!(["1", "2", "3"])
+        );
         let step = json!({"pattern": "(?P<n>\\d)", "group": "n", "all": true});
         assert_eq!(run(step, json!("x")).unwrap(), json!([]));
         let step = json!({"pattern": "(\\w)(\\d)", "group": 0});
@@ -291,7 +300,10 @@ mod tests {
         assert_eq!(pointer(json!({})), "/pattern");
         assert_eq!(pointer(json!({"pattern": "("})), "/pattern");
         assert_eq!(pointer(json!({"pattern": "(a)", "group": 2})), "/group");
-        assert_eq!(pointer(json!({"pattern": "(a)", "group": "nope"})), "/group");
+        assert_eq!(
+            pointer(json!({"pattern": "(a)", "group": "nope"})),
+            "/group"
+        );
         assert_eq!(pointer(json!({"pattern": "(a)", "group": true})), "/group");
         assert_eq!(pointer(json!({"pattern": "a", "into": "b"})), "/into");
         assert_eq!(pointer(json!({"pattern": "a", "all": 1})), "/all");

@@ -105,20 +105,32 @@ fn multi_step_pipeline_with_fetch() {
         {"step": "table_select", "fields": {"who": "name", "spent": "spent", "days": "last_day"}}
     ]);
     let out = run(steps, Value::Null, &fetcher).unwrap();
-    assert_eq!(out, json!([{"who": "Ann", "spent": 80, "days": "2024-03-03"}]));
+    assert_eq!(
+        out,
+        json!([{"who": "Ann", "spent": 80, "days": "2024-03-03"}])
+    );
 
     let requests = fetcher.requests();
     assert_eq!(requests.len(), 1);
     assert_eq!(requests[0].method, "GET");
-    assert_eq!(requests[0].query, vec![("limit".to_owned(), "10".to_owned())]);
+    assert_eq!(
+        requests[0].query,
+        vec![("limit".to_owned(), "10".to_owned())]
+    );
 }
 
 #[test]
 fn first_step_receives_the_input() {
     let fetcher = FakeFetcher::default();
     let steps = json!([{"step": "top_k", "k": 2}]);
-    assert_eq!(run(steps, json!([1, 2, 3]), &fetcher).unwrap(), json!([1, 2]));
-    assert_eq!(run(json!([]), json!({"a": 1}), &fetcher).unwrap(), json!({"a": 1}));
+    assert_eq!(
+        run(steps, json!([1, 2, 3]), &fetcher).unwrap(),
+        json!([1, 2])
+    );
+    assert_eq!(
+        run(json!([]), json!({"a": 1}), &fetcher).unwrap(),
+        json!({"a": 1})
+    );
 }
 
 #[test]
@@ -143,7 +155,10 @@ fn fetch_failures_are_step_errors() {
     let steps = json!([{"step": "http_request", "url": "https://nowhere.example"}]);
     let (index, step, message) = step_error(run(steps, Value::Null, &fetcher).unwrap_err());
     assert_eq!((index, step.as_str()), (0, "http_request"));
-    assert!(message.contains("https://nowhere.example") && message.contains("404"), "{message}");
+    assert!(
+        message.contains("https://nowhere.example") && message.contains("404"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -212,7 +227,10 @@ fn validate_rejects_non_arrays_and_accepts_valid_pipelines() {
         {"step": "regex_extract", "pattern": "a"},
         {"step": "parse_date"}
     ]);
-    assert_eq!(validate_pipeline(&every_primitive), Vec::<(String, String)>::new());
+    assert_eq!(
+        validate_pipeline(&every_primitive),
+        Vec::<(String, String)>::new()
+    );
 }
 
 #[test]

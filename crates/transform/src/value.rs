@@ -237,7 +237,10 @@ mod tests {
         assert_eq!(cmp_values(&json!(-2), &json!(-2.5)), Ordering::Greater);
         assert_eq!(cmp_values(&json!(2), &json!(2.5)), Ordering::Less);
         assert_eq!(cmp_values(&json!(0), &json!(-0.0)), Ordering::Equal);
-        assert_eq!(cmp_values(&json!(1e300), &json!(u64::MAX)), Ordering::Greater);
+        assert_eq!(
+            cmp_values(&json!(1e300), &json!(u64::MAX)),
+            Ordering::Greater
+        );
         assert_eq!(cmp_values(&json!(-1e300), &json!(i64::MIN)), Ordering::Less);
     }
 
@@ -290,7 +293,10 @@ mod tests {
         let null = json!(null);
         for desc in [false, true] {
             assert_eq!(cmp_sort_keys(None, Some(&one), desc), Ordering::Greater);
-            assert_eq!(cmp_sort_keys(Some(&null), Some(&one), desc), Ordering::Greater);
+            assert_eq!(
+                cmp_sort_keys(Some(&null), Some(&one), desc),
+                Ordering::Greater
+            );
             assert_eq!(cmp_sort_keys(Some(&null), None, desc), Ordering::Equal);
         }
     }

@@ -1,0 +1,456 @@
+//! The engine loop (options → service → cheap handle).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use aob_engine::{Action, Input, Outcome, Plan, RunState, RunStatus, Task, TaskId, apply, in_flight};
+use aob_exec::Executors;
+use aob_model::Workflow;
+use aob_store::{Blob, NewRun, RunWrite, Store, StoreError, stored_events};
+
+use crate::children::ChildRunner;
+use crate::{Clock, EventHub, HubEvent, Plans, failpoint};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Tasks executing at once in this process.
+    pub max_tasks: usize,
+    /// Most commands folded into one group commit.
+    pub max_batch: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { max_tasks: 512, max_batch: 1024 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("invalid: {0}")]
+    Invalid(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("the engine is stopping")]
+    Stopped,
+}
+
+/// What it takes to start a run.
+#[derive(Debug, Clone)]
+pub struct StartRun {
+    pub run_id: String,
+    pub owner: String,
+    pub plan: Arc<Plan>,
+    pub inputs: Value,
+    pub tag: Option<String>,
+    pub parent_run_id: Option<String>,
+    pub idempotency_key: Option<String>,
+}
+
+enum Command {
+    Start(Box<StartRun>, oneshot::Sender<Result<RunState, RuntimeError>>),
+    Control(String, Input, oneshot::Sender<Result<RunState, RuntimeError>>),
+    Done(String, TaskId, Outcome),
+}
+
+/// Cheap to clone: everything the API needs to talk to the engine.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Command>,
+    pub store: Arc<dyn Store>,
+    pub hub: EventHub,
+    pub plans: Plans,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Handle {
+    /// Validates, stores (content-addressed) and compiles a workflow.
+    pub async fn register(&self, wf: Workflow) -> Result<Arc<Plan>, RuntimeError> {
+        let plan = self.plans.compile(wf).map_err(|issues| {
+            RuntimeError::Invalid(issues.iter().map(|i| format!("{}: {}", i.pointer, i.message)).collect::<Vec<_>>().join("; "))
+        })?;
+        self.store
+            .put_blob(Blob { hash: plan.hash.clone(), kind: "workflow".into(), content: plan.workflow.to_canonical_json(), created_at: self.clock.now_ms() })
+            .await?;
+        Ok(plan)
+    }
+
+    /// Starts a run; returns its state once the start is committed.
+    pub async fn start(&self, req: StartRun) -> Result<RunState, RuntimeError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Start(Box::new(req), tx)).await.map_err(|_| RuntimeError::Stopped)?;
+        rx.await.map_err(|_| RuntimeError::Stopped)?
+    }
+
+    /// Cancel, pause or resume; returns the committed state.
+    pub async fn control(&self, run_id: &str, input: Input) -> Result<RunState, RuntimeError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Control(run_id.to_string(), input, tx)).await.map_err(|_| RuntimeError::Stopped)?;
+        rx.await.map_err(|_| RuntimeError::Stopped)?
+    }
+
+    /// Waits until the run is terminal and returns its final state.
+    pub async fn wait_terminal(&self, run_id: &str) -> Result<RunState, RuntimeError> {
+        let mut rx = self.hub.subscribe_run(run_id);
+        loop {
+            let rec = self.store.get_run(run_id).await?.ok_or_else(|| RuntimeError::NotFound(run_id.to_string()))?;
+            if rec.state.status.is_terminal() {
+                return Ok(rec.state);
+            }
+            // Any event (or a lag, or a quiet minute) is a reason to look again.
+            let _ = tokio::time::timeout(Duration::from_secs(60), async {
+                loop {
+                    match rx.recv().await {
+                        Ok(e) if e.terminal => return,
+                        Ok(_) => continue,
+                        Err(_) => return,
+                    }
+                }
+            })
+            .await;
+        }
+    }
+}
+
+pub struct Runtime {
+    pub handle: Handle,
+    shutdown: CancellationToken,
+    join: tokio::task::JoinHandle<()>,
+}
+
+impl Runtime {
+    /// Starts the engine loop; recovery of unfinished runs happens before the first command.
+    pub fn start(opts: Options, store: Arc<dyn Store>, guard: aob_ssrf::Guard, clock: Arc<dyn Clock>) -> Runtime {
+        let (tx, rx) = mpsc::channel(65_536);
+        let handle = Handle { tx, store: store.clone(), hub: EventHub::new(4096), plans: Plans::default(), clock };
+        let executors = Executors::new(guard).with_children(Arc::new(ChildRunner { handle: handle.clone() }));
+        let shutdown = CancellationToken::new();
+        let service = Service {
+            rx,
+            handle: handle.clone(),
+            executors,
+            runs: HashMap::new(),
+            timers: BTreeSet::new(),
+            wake: HashMap::new(),
+            running: HashMap::new(),
+            sem: Arc::new(Semaphore::new(opts.max_tasks.max(1))),
+            max_batch: opts.max_batch.max(1),
+        };
+        let token = shutdown.clone();
+        let join = tokio::spawn(service.run(token));
+        Runtime { handle, shutdown, join }
+    }
+
+    /// Stops taking commands and waits for the loop to finish its current batch.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.join.await;
+    }
+}
+
+/// Records that `id` takes part in this batch, keeping first-seen order.
+fn note(order: &mut Vec<String>, pending: &mut HashMap<String, Pending>, id: &str) {
+    if !pending.contains_key(id) {
+        order.push(id.to_string());
+        pending.insert(id.to_string(), Pending::default());
+    }
+}
+
+struct Live {
+    plan: Arc<Plan>,
+    state: RunState,
+    owner: Arc<str>,
+}
+
+#[derive(Default)]
+struct Pending {
+    create: Option<NewRun>,
+    events: Vec<aob_engine::Event>,
+    actions: Vec<Action>,
+}
+
+enum Reply {
+    State(String, oneshot::Sender<Result<RunState, RuntimeError>>),
+}
+
+struct Service {
+    rx: mpsc::Receiver<Command>,
+    handle: Handle,
+    executors: Executors,
+    runs: HashMap<String, Live>,
+    timers: BTreeSet<(i64, String)>,
+    wake: HashMap<String, i64>,
+    running: HashMap<String, AbortHandle>,
+    sem: Arc<Semaphore>,
+    max_batch: usize,
+}
+
+impl Service {
+    async fn run(mut self, shutdown: CancellationToken) {
+        if let Err(e) = self.recover().await {
+            tracing::error!(error = %e, "recovery failed");
+        }
+        loop {
+            let next = self.timers.first().map(|(t, _)| *t);
+            let mut cmds = Vec::new();
+            let sleep = async {
+                match next {
+                    Some(t) => {
+                        let wait = (t - self.handle.clock.now_ms()).max(0) as u64;
+                        tokio::time::sleep(Duration::from_millis(wait)).await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                c = self.rx.recv() => match c {
+                    Some(c) => cmds.push(c),
+                    None => break,
+                },
+                _ = sleep => {}
+                _ = shutdown.cancelled() => break,
+            }
+            while cmds.len() < self.max_batch {
+                match self.rx.try_recv() {
+                    Ok(c) => cmds.push(c),
+                    Err(_) => break,
+                }
+            }
+            self.process(cmds).await;
+        }
+        for (_, h) in self.running.drain() {
+            h.abort();
+        }
+    }
+
+    async fn load(&mut self, run_id: &str) -> Result<(), RuntimeError> {
+        if self.runs.contains_key(run_id) {
+            return Ok(());
+        }
+        let rec = self.handle.store.get_run(run_id).await?.ok_or_else(|| RuntimeError::NotFound(run_id.to_string()))?;
+        let plan = self.handle.plans.get(&*self.handle.store, &rec.workflow_hash).await?;
+        self.runs.insert(run_id.to_string(), Live { plan, state: rec.state, owner: rec.owner.into() });
+        Ok(())
+    }
+
+    async fn recover(&mut self) -> Result<(), RuntimeError> {
+        let ids = self.handle.store.active_runs().await?;
+        let mut tasks = Vec::new();
+        for id in ids {
+            if let Err(e) = self.load(&id).await {
+                tracing::error!(run_id = %id, error = %e, "cannot recover run");
+                continue;
+            }
+            let Some(live) = self.runs.get(&id) else { continue };
+            tasks.extend(in_flight(&live.plan, &live.state));
+            let wake = if live.state.status == RunStatus::Queued { Some(0) } else { live.state.next_wake() };
+            let idle = !live.state.has_tasks_in_flight(&live.plan);
+            self.set_timer(&id, wake);
+            if idle {
+                self.runs.remove(&id);
+            }
+        }
+        tracing::info!(tasks = tasks.len(), runs = self.runs.len(), "recovered in-flight work");
+        for t in tasks {
+            self.dispatch(t);
+        }
+        Ok(())
+    }
+
+    fn set_timer(&mut self, run_id: &str, at: Option<i64>) {
+        if let Some(old) = self.wake.remove(run_id) {
+            self.timers.remove(&(old, run_id.to_string()));
+        }
+        if let Some(t) = at {
+            self.wake.insert(run_id.to_string(), t);
+            self.timers.insert((t, run_id.to_string()));
+        }
+    }
+
+    async fn process(&mut self, cmds: Vec<Command>) {
+        let now = self.handle.clock.now_ms();
+        let mut order: Vec<String> = Vec::new();
+        let mut pending: HashMap<String, Pending> = HashMap::new();
+        let mut replies: Vec<Reply> = Vec::new();
+        for cmd in cmds {
+            match cmd {
+                Command::Start(req, reply) => {
+                    if self.runs.contains_key(&req.run_id) || pending.contains_key(&req.run_id) {
+                        let _ = reply.send(Err(RuntimeError::Conflict(format!("run {} exists", req.run_id))));
+                        continue;
+                    }
+                    let mut state = RunState::new(req.run_id.clone(), &req.plan, req.inputs.clone(), now);
+                    let step = apply(&req.plan, &mut state, Input::Start, now);
+                    note(&mut order, &mut pending, &req.run_id);
+                    if let Some(p) = pending.get_mut(&req.run_id) {
+                        p.create = Some(NewRun {
+                            owner: req.owner.clone(),
+                            workflow_hash: req.plan.hash.clone(),
+                            tag: req.tag.clone(),
+                            parent_run_id: req.parent_run_id.clone(),
+                            idempotency_key: req.idempotency_key.clone(),
+                        });
+                        p.events.extend(step.events);
+                        p.actions.extend(step.actions);
+                    }
+                    self.runs.insert(req.run_id.clone(), Live { plan: req.plan.clone(), state, owner: req.owner.as_str().into() });
+                    replies.push(Reply::State(req.run_id.clone(), reply));
+                }
+                Command::Control(run_id, input, reply) => {
+                    if let Err(e) = self.load(&run_id).await {
+                        let _ = reply.send(Err(e));
+                        continue;
+                    }
+                    self.step(&run_id, input, now, &mut order, &mut pending);
+                    replies.push(Reply::State(run_id, reply));
+                }
+                Command::Done(run_id, task, outcome) => {
+                    self.running.remove(&task.key(&run_id));
+                    if let Err(e) = self.load(&run_id).await {
+                        tracing::warn!(run_id = %run_id, error = %e, "completion for an unknown run");
+                        continue;
+                    }
+                    self.step(&run_id, Input::Done { task, outcome }, now, &mut order, &mut pending);
+                }
+            }
+        }
+        while let Some((t, id)) = self.timers.first().cloned() {
+            if t > now {
+                break;
+            }
+            self.timers.remove(&(t, id.clone()));
+            self.wake.remove(&id);
+            if self.load(&id).await.is_err() {
+                continue;
+            }
+            let input = match self.runs.get(&id).map(|l| l.state.status) {
+                Some(RunStatus::Queued) => Input::Start,
+                _ => Input::Tick,
+            };
+            self.step(&id, input, now, &mut order, &mut pending);
+        }
+        if order.is_empty() {
+            self.finish_replies(replies, None);
+            return;
+        }
+
+        let mut writes = Vec::with_capacity(order.len());
+        for id in &order {
+            let (Some(live), Some(p)) = (self.runs.get(id), pending.get_mut(id)) else { continue };
+            if p.create.is_none() && p.events.is_empty() {
+                continue; // nothing changed (a duplicate or stale input)
+            }
+            writes.push(RunWrite {
+                create: p.create.take(),
+                state_json: serde_json::to_string(&live.state).unwrap_or_default(),
+                state: live.state.clone(),
+                events: stored_events(id, &p.events),
+            });
+        }
+        failpoint!("before_commit");
+        let committed = self.handle.store.commit(writes).await;
+        if let Err(e) = committed {
+            tracing::error!(error = %e, "commit failed; dropping in-memory state of the batch");
+            for id in &order {
+                self.runs.remove(id);
+            }
+            let err = match e {
+                StoreError::Conflict(m) => RuntimeError::Conflict(m),
+                other => RuntimeError::Store(other),
+            };
+            self.finish_replies(replies, Some(err));
+            return;
+        }
+        failpoint!("after_commit");
+
+        let mut published = Vec::new();
+        for id in &order {
+            let Some(p) = pending.remove(id) else { continue };
+            let Some(live) = self.runs.get(id) else { continue };
+            let owner = live.owner.clone();
+            for e in stored_events(id, &p.events) {
+                let terminal = matches!(e.kind.as_str(), "workflow_completed" | "workflow_failed" | "workflow_cancelled");
+                published.push(Arc::new(HubEvent { owner: owner.clone(), event: e, terminal }));
+            }
+            for a in p.actions {
+                match a {
+                    Action::Dispatch(t) => self.dispatch(t),
+                    Action::Abort(t) => {
+                        if let Some(h) = self.running.remove(&t.key(id)) {
+                            h.abort();
+                        }
+                    }
+                }
+            }
+        }
+        self.handle.hub.publish(published);
+        self.finish_replies(replies, None);
+
+        for id in &order {
+            let Some(live) = self.runs.get(id) else { continue };
+            let wake = live.state.next_wake();
+            let keep = !live.state.status.is_terminal() && live.state.has_tasks_in_flight(&live.plan);
+            self.set_timer(id, wake);
+            if !keep {
+                self.runs.remove(id);
+            }
+        }
+    }
+
+    fn step(&mut self, run_id: &str, input: Input, now: i64, order: &mut Vec<String>, pending: &mut HashMap<String, Pending>) {
+        let Some(live) = self.runs.get_mut(run_id) else { return };
+        let step = apply(&live.plan, &mut live.state, input, now);
+        note(order, pending, run_id);
+        if let Some(p) = pending.get_mut(run_id) {
+            p.events.extend(step.events);
+            p.actions.extend(step.actions);
+        }
+    }
+
+    fn finish_replies(&mut self, replies: Vec<Reply>, err: Option<RuntimeError>) {
+        for r in replies {
+            match r {
+                Reply::State(id, tx) => {
+                    let res = match &err {
+                        Some(RuntimeError::Conflict(m)) => Err(RuntimeError::Conflict(m.clone())),
+                        Some(e) => Err(RuntimeError::Invalid(e.to_string())),
+                        None => match self.runs.get(&id) {
+                            Some(l) => Ok(l.state.clone()),
+                            None => Err(RuntimeError::NotFound(id)),
+                        },
+                    };
+                    let _ = tx.send(res);
+                }
+            }
+        }
+    }
+
+    fn dispatch(&mut self, task: Task) {
+        let key = task.idempotency_key();
+        let tx = self.handle.tx.clone();
+        let executors = self.executors.clone();
+        let sem = self.sem.clone();
+        let span = tracing::info_span!("attempt", run_id = %task.run_id, node_id = %task.node_id, attempt = task.id.attempt, item = ?task.id.item);
+        let h = tokio::spawn(
+            async move {
+                let _permit = sem.acquire_owned().await;
+                let outcome = executors.execute(&task).await;
+                failpoint!("after_effect");
+                let _ = tx.send(Command::Done(task.run_id.clone(), task.id, outcome)).await;
+            }
+            .instrument(span),
+        );
+        self.running.insert(key, h.abort_handle());
+    }
+}
