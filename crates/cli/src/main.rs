@@ -1,1 +1,142 @@
-fn main() {}
+//! `aob`: the server and its command-line client in one binary.
+//! Data goes to stdout; progress, diagnostics and errors go to stderr.
+
+mod client;
+mod commands;
+mod config;
+mod output;
+mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use client::exit;
+use output::Format;
+
+#[derive(Parser)]
+#[command(name = "aob", version, about = "Durable agentic workflows", propagate_version = true)]
+struct Cli {
+    /// Base URL of the aob server.
+    #[arg(long, global = true, env = "AOB_API_URL", default_value = "http://127.0.0.1:8080")]
+    api_url: String,
+    /// How to print results.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Pretty)]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server: API, engine and workers with the embedded store.
+    Serve(ServeArgs),
+    /// Start and manage runs.
+    #[command(subcommand)]
+    Run(commands::RunCmd),
+    /// Follow a run's events.
+    #[command(subcommand)]
+    Logs(commands::LogsCmd),
+    /// Validate, store and inspect workflows.
+    #[command(subcommand)]
+    Workflow(commands::WorkflowCmd),
+    /// Read content-addressed artifacts.
+    #[command(subcommand)]
+    Artifact(commands::ArtifactCmd),
+    /// Show the effective server configuration.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+}
+
+#[derive(Args, Clone, Default)]
+pub struct ServeArgs {
+    /// Listen address.
+    #[arg(long)]
+    addr: Option<String>,
+    /// Data directory of the embedded store.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// A TOML config file (default: ./aob.toml if present).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// fsync (power-loss safe) or process (survives kill -9, faster).
+    #[arg(long)]
+    durability: Option<String>,
+    /// Allow outbound requests to this IP/CIDR/IP:port despite the SSRF rules (repeatable).
+    #[arg(long = "ssrf-allow")]
+    ssrf_allow: Vec<String>,
+}
+
+impl ServeArgs {
+    fn load(&self) -> anyhow::Result<config::Config> {
+        let flags = config::Overrides { addr: self.addr.clone(), data_dir: self.data_dir.clone(), durability: self.durability.clone() };
+        config::Config::load(self.config.as_ref(), flags, &self.ssrf_allow)
+    }
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Print the merged configuration (defaults, file, AOB_* env, flags).
+    Dump(ServeArgs),
+}
+
+fn init_tracing(cfg: &config::Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if cfg.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(exit::FAILED);
+        }
+    };
+    let code = rt.block_on(async move {
+        let result = tokio::select! {
+            r = dispatch(cli) => r,
+            _ = tokio::signal::ctrl_c() => Ok(exit::INTERRUPTED),
+        };
+        match result {
+            Ok(code) => code,
+            Err(e) => {
+                let code = e.downcast_ref::<client::CliError>().map(|c| c.exit_code()).unwrap_or(exit::FAILED);
+                eprintln!("error: {e:#}");
+                if let Some(client::CliError::Api { details, .. }) = e.downcast_ref::<client::CliError>() {
+                    output::print_error_details(details);
+                }
+                code
+            }
+        }
+    });
+    std::process::exit(code);
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    let client = client::Client::new(&cli.api_url);
+    let fmt = cli.output;
+    match cli.command {
+        Command::Serve(args) => {
+            let cfg = args.load()?;
+            init_tracing(&cfg);
+            serve::run(cfg).await?;
+            Ok(exit::OK)
+        }
+        Command::Config(ConfigCmd::Dump(args)) => {
+            let cfg = args.load()?;
+            output::print(fmt, &serde_json::to_value(&cfg)?);
+            Ok(exit::OK)
+        }
+        Command::Run(cmd) => commands::run(cmd, &client, fmt).await,
+        Command::Logs(cmd) => commands::logs(cmd, &client, fmt).await,
+        Command::Workflow(cmd) => commands::workflow(cmd, &client, fmt).await,
+        Command::Artifact(cmd) => commands::artifact(cmd, &client, fmt).await,
+    }
+}

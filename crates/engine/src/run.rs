@@ -150,6 +150,13 @@ impl Machine<'_> {
             if self.st.status == RunStatus::Queued {
                 self.start();
             }
+            // Map items are held back while paused (see `fill_map`); a running map is
+            // not `Ready`, so `advance` would never look at it again: refill it here.
+            for i in 0..self.st.nodes.len() {
+                if self.plan.nodes[i].kind == NodeKind::Map && self.st.nodes[i].status == NodeStatus::Running {
+                    self.fill_map(i);
+                }
+            }
         }
     }
 
@@ -169,7 +176,19 @@ impl Machine<'_> {
         self.emit("workflow_cancelled", None, None, json!({"reason": reason}));
     }
 
+    /// Stops an attempt. An attempt dispatched earlier in this same step was never sent:
+    /// drop its dispatch instead, so that a step never both starts and stops a task and a
+    /// run that ends in this step dispatches nothing.
+    fn abort(&mut self, id: TaskId) {
+        let before = self.step.actions.len();
+        self.step.actions.retain(|a| !matches!(a, Action::Dispatch(t) if t.id == id));
+        if self.step.actions.len() == before {
+            self.step.actions.push(Action::Abort(id));
+        }
+    }
+
     fn abort_all(&mut self) {
+        let mut aborts = Vec::new();
         for i in 0..self.st.nodes.len() {
             let n = &self.st.nodes[i];
             if n.status != NodeStatus::Running {
@@ -182,16 +201,19 @@ impl Machine<'_> {
                         for (it, s) in ms.item_states.iter().enumerate() {
                             if s.status == NodeStatus::Running {
                                 let id = TaskId { node: i as u32, activation: n.activation, item: Some(it as u32), attempt: s.attempt };
-                                self.step.actions.push(Action::Abort(id));
+                                aborts.push(id);
                             }
                         }
                     }
                 }
                 _ => {
                     let id = TaskId { node: i as u32, activation: n.activation, item: None, attempt: n.attempt };
-                    self.step.actions.push(Action::Abort(id));
+                    aborts.push(id);
                 }
             }
+        }
+        for id in aborts {
+            self.abort(id);
         }
     }
 
@@ -203,7 +225,9 @@ impl Machine<'_> {
         }
         match task.item {
             None => {
-                if n.attempt != task.attempt || self.plan.nodes[i].kind == NodeKind::Map {
+                // Map and wait nodes have no node-level task: only their items / the timer
+                // finish them, never a completion naming the node itself.
+                if n.attempt != task.attempt || matches!(self.plan.nodes[i].kind, NodeKind::Map | NodeKind::Wait) {
                     return;
                 }
                 match outcome {
@@ -485,6 +509,11 @@ impl Machine<'_> {
     }
 
     fn fill_map(&mut self, i: usize) {
+        // Pause stops new dispatch, map items included: item completions and due item
+        // retries arrive while paused and would otherwise start more items.
+        if self.st.paused {
+            return;
+        }
         loop {
             let Some(ms) = self.st.nodes[i].map.as_ref() else { return };
             let running = ms.item_states.iter().filter(|s| s.status == NodeStatus::Running).count() as u32;
@@ -526,13 +555,17 @@ impl Machine<'_> {
 
     fn abort_map_items(&mut self, i: usize) {
         let activation = self.st.nodes[i].activation;
+        let mut aborts = Vec::new();
         if let Some(ms) = self.st.nodes[i].map.as_mut() {
             for (it, s) in ms.item_states.iter_mut().enumerate() {
                 if s.status == NodeStatus::Running {
-                    self.step.actions.push(Action::Abort(TaskId { node: i as u32, activation, item: Some(it as u32), attempt: s.attempt }));
+                    aborts.push(TaskId { node: i as u32, activation, item: Some(it as u32), attempt: s.attempt });
                     s.status = NodeStatus::Cancelled;
                 }
             }
+        }
+        for id in aborts {
+            self.abort(id);
         }
     }
 
@@ -653,6 +686,9 @@ impl Machine<'_> {
     }
 
     fn complete(&mut self, i: usize, output: Value, exit: Option<EdgeKind>) {
+        // Record the output before routing: the node's own out-edge conditions see it as
+        // `nodes.<id>` too, like every finished node's (and not a previous iteration's).
+        self.st.nodes[i].output = Some(output.clone());
         let tokens = match self.route(i, &output, false, exit) {
             Ok(t) => t,
             Err(msg) => return self.fail_node(i, TaskError::new("condition_error", msg, false)),
@@ -682,6 +718,10 @@ impl Machine<'_> {
         n.deadline = None;
         n.due_at = None;
         n.error = Some(error.clone());
+        // A failed node has no output. In a loop body the previous iteration's output
+        // would otherwise shadow the error (`scope_value` prefers the output) and be
+        // what successors and the loop condition see.
+        n.output = None;
         let attempt = n.attempt;
         self.emit("node_failed", Some(i), Some(attempt.max(1)), json!({"error": error}));
         let node = &self.plan.nodes[i];
@@ -773,6 +813,9 @@ impl Machine<'_> {
                 n.activation += 1;
                 n.attempt = 0;
                 n.error = None;
+                // The previous iteration's output must not leak into this one (stale
+                // values for conditions, references and inputs of skipped paths).
+                n.output = None;
                 n.due_at = None;
                 n.deadline = None;
                 n.started_at = None;
@@ -797,6 +840,10 @@ impl Machine<'_> {
 
     fn check_done(&mut self) {
         if !matches!(self.st.status, RunStatus::Running | RunStatus::Paused | RunStatus::WaitingForApproval) {
+            return;
+        }
+        // A run paused before it started has no active node yet, but it is not done.
+        if self.st.started_at.is_none() {
             return;
         }
         if self.st.nodes.iter().any(|n| n.status.is_active()) {

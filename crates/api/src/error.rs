@@ -1,0 +1,133 @@
+//! The one error envelope: `{"error": {"code", "message", "details"}}` with stable codes.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use aob_runtime::RuntimeError;
+use aob_store::StoreError;
+
+/// Every error code the API returns, with its HTTP status. Codes are part of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    BadRequest,
+    InvalidJson,
+    ValidationFailed,
+    NotFound,
+    Conflict,
+    InvalidState,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    MethodNotAllowed,
+    Unavailable,
+    Internal,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::BadRequest => "bad_request",
+            Code::InvalidJson => "invalid_json",
+            Code::ValidationFailed => "validation_failed",
+            Code::NotFound => "not_found",
+            Code::Conflict => "conflict",
+            Code::InvalidState => "invalid_state",
+            Code::PayloadTooLarge => "payload_too_large",
+            Code::UnsupportedMediaType => "unsupported_media_type",
+            Code::MethodNotAllowed => "method_not_allowed",
+            Code::Unavailable => "unavailable",
+            Code::Internal => "internal",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            Code::BadRequest | Code::InvalidJson | Code::ValidationFailed => StatusCode::BAD_REQUEST,
+            Code::NotFound => StatusCode::NOT_FOUND,
+            Code::Conflict | Code::InvalidState => StatusCode::CONFLICT,
+            Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub const ALL: [Code; 11] = [
+        Code::BadRequest,
+        Code::InvalidJson,
+        Code::ValidationFailed,
+        Code::NotFound,
+        Code::Conflict,
+        Code::InvalidState,
+        Code::PayloadTooLarge,
+        Code::UnsupportedMediaType,
+        Code::MethodNotAllowed,
+        Code::Unavailable,
+        Code::Internal,
+    ];
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: Code,
+    pub message: String,
+    pub details: Value,
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    pub fn new(code: Code, message: impl Into<String>) -> ApiError {
+        ApiError { code, message: message.into(), details: Value::Null }
+    }
+    pub fn with_details(mut self, details: Value) -> ApiError {
+        self.details = details;
+        self
+    }
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(Code::BadRequest, message)
+    }
+    pub fn not_found(what: impl Into<String>) -> ApiError {
+        ApiError::new(Code::NotFound, format!("{} not found", what.into()))
+    }
+    pub fn validation(issues: &[aob_model::Issue]) -> ApiError {
+        let errors: Vec<&aob_model::Issue> = issues.iter().filter(|i| i.severity == aob_model::Severity::Error).collect();
+        let summary = errors.iter().map(|i| format!("{}: {}", if i.pointer.is_empty() { "/" } else { &i.pointer }, i.message)).collect::<Vec<_>>().join("; ");
+        ApiError::new(Code::ValidationFailed, format!("workflow is invalid ({} errors): {summary}", errors.len()))
+            .with_details(json!({"errors": errors, "warnings": issues.iter().filter(|i| i.severity == aob_model::Severity::Warning).collect::<Vec<_>>()}))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.code == Code::Internal || self.code == Code::Unavailable {
+            tracing::error!(code = self.code.as_str(), message = %self.message, "request failed");
+        }
+        let body = json!({"error": {"code": self.code.as_str(), "message": self.message, "details": self.details}});
+        (self.code.status(), axum::Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::Conflict(m) => ApiError::new(Code::Conflict, m),
+            StoreError::NotFound(m) => ApiError::not_found(m),
+            StoreError::Unavailable(m) => ApiError::new(Code::Unavailable, m),
+            StoreError::Backend(m) => ApiError::new(Code::Internal, m),
+        }
+    }
+}
+
+impl From<RuntimeError> for ApiError {
+    fn from(e: RuntimeError) -> ApiError {
+        match e {
+            RuntimeError::Store(s) => s.into(),
+            RuntimeError::NotFound(m) => ApiError::not_found(m),
+            RuntimeError::Invalid(m) => ApiError::new(Code::ValidationFailed, m),
+            RuntimeError::Conflict(m) => ApiError::new(Code::Conflict, m),
+            RuntimeError::Stopped => ApiError::new(Code::Unavailable, "the server is shutting down"),
+        }
+    }
+}

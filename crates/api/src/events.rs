@@ -1,0 +1,204 @@
+//! Event streams: SSE per run and per owner, and a JSON page of a run's events.
+//!
+//! A stream subscribes to live events first, then replays the stored history after
+//! the client's position, then forwards live events with a higher seq. A subscriber
+//! that falls behind catches up from the store, so it never sees a gap or a duplicate.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::Stream;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+use aob_store::StoredEvent;
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Caller, Query};
+use crate::{AppState, runs};
+
+const PAGE: usize = 1000;
+
+#[derive(Deserialize, Default)]
+pub struct StreamQuery {
+    last_event_id: Option<String>,
+    types: Option<String>,
+}
+
+fn position(headers: &HeaderMap, q: &StreamQuery) -> ApiResult<i64> {
+    let raw = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_string).or_else(|| q.last_event_id.clone());
+    match raw {
+        None => Ok(0),
+        Some(s) if s.trim().is_empty() => Ok(0),
+        Some(s) => s.trim().parse::<i64>().map_err(|_| ApiError::bad_request(format!("Last-Event-ID '{s}' is not an integer"))).map(|v| v.max(0)),
+    }
+}
+
+fn type_filter(q: &StreamQuery) -> Option<HashSet<String>> {
+    q.types.as_ref().map(|t| t.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+}
+
+fn is_terminal(kind: &str) -> bool {
+    matches!(kind, "workflow_completed" | "workflow_failed" | "workflow_cancelled")
+}
+
+fn sse_event(id: i64, e: &StoredEvent) -> Event {
+    Event::default().id(id.to_string()).event(e.kind.clone()).data(e.body.clone())
+}
+
+fn keep_alive() -> KeepAlive {
+    KeepAlive::new().interval(Duration::from_secs(15)).text("heartbeat")
+}
+
+pub async fn run_stream(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<StreamQuery>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let after = position(&headers, &q)? as u64;
+    let types = type_filter(&q);
+    runs::load(&app, &caller, &id).await?;
+    let mut live = app.rt.hub.subscribe_run(&id);
+    let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(256);
+    let store = app.rt.store.clone();
+    tokio::spawn(async move {
+        let mut last = after;
+        let send = |e: &StoredEvent| {
+            let keep = types.as_ref().is_none_or(|t| t.contains(&e.kind));
+            let ev = sse_event(e.seq as i64, e);
+            let tx = tx.clone();
+            async move { !keep || tx.send(Ok(ev)).await.is_ok() }
+        };
+        // History, then live; `catch_up` is also how a lagging subscriber recovers.
+        'outer: loop {
+            loop {
+                let page = match store.events(&id, last, PAGE).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(run_id = %id, error = %e, "event stream read failed");
+                        return;
+                    }
+                };
+                let n = page.len();
+                for e in &page {
+                    if !send(e).await {
+                        return;
+                    }
+                    last = e.seq;
+                    if is_terminal(&e.kind) {
+                        return;
+                    }
+                }
+                if n < PAGE {
+                    break;
+                }
+            }
+            loop {
+                tokio::select! {
+                    r = live.recv() => match r {
+                        Ok(h) => {
+                            let e = &h.event;
+                            if e.seq <= last {
+                                continue;
+                            }
+                            if e.seq > last + 1 {
+                                continue 'outer;
+                            }
+                            if !send(e).await {
+                                return;
+                            }
+                            last = e.seq;
+                            if h.terminal {
+                                return;
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue 'outer,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                    _ = tx.closed() => return,
+                }
+            }
+        }
+    });
+    Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(keep_alive()))
+}
+
+/// Every event of every run of the caller; ids are global log positions.
+pub async fn owner_stream(
+    State(app): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Query(q): Query<StreamQuery>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let after = position(&headers, &q)?;
+    let types = type_filter(&q);
+    let mut live = app.rt.hub.subscribe_all();
+    let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(256);
+    let store = app.rt.store.clone();
+    let owner = caller.owner.clone();
+    tokio::spawn(async move {
+        let keep = |e: &StoredEvent| types.as_ref().is_none_or(|t| t.contains(&e.kind));
+        let mut last = after;
+        // Live events carry no global position, so resync from the log after each wake-up.
+        loop {
+            loop {
+                let page = match store.owner_events(&owner, last, PAGE).await {
+                    Ok(p) => p,
+                    Err(_) => return,
+                };
+                let n = page.len();
+                for (pos, e) in page {
+                    if keep(&e) && tx.send(Ok(sse_event(pos, &e))).await.is_err() {
+                        return;
+                    }
+                    last = pos;
+                }
+                if n < PAGE {
+                    break;
+                }
+            }
+            loop {
+                tokio::select! {
+                    r = live.recv() => match r {
+                        Ok(h) if &*h.owner == owner => break,
+                        Ok(_) => continue,
+                        Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                    _ = tx.closed() => return,
+                }
+            }
+        }
+    });
+    Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(keep_alive()))
+}
+
+#[derive(Deserialize, Default)]
+pub struct PageQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+    types: Option<String>,
+}
+
+pub async fn run_page(State(app): State<AppState>, caller: Caller, Path(id): Path<String>, Query(q): Query<PageQuery>) -> ApiResult<axum::Json<Value>> {
+    runs::load(&app, &caller, &id).await?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let after = q.after.unwrap_or(0);
+    let page = app.rt.store.events(&id, after, limit).await?;
+    let types: Option<HashSet<&str>> = q.types.as_deref().map(|t| t.split(',').map(str::trim).collect());
+    let next = if page.len() == limit { page.last().map(|e| e.seq) } else { None };
+    let events: Vec<Value> = page
+        .iter()
+        .filter(|e| types.as_ref().is_none_or(|t| t.contains(e.kind.as_str())))
+        .map(|e| serde_json::from_str(&e.body).unwrap_or(Value::Null))
+        .collect();
+    Ok(axum::Json(json!({"run_id": id, "events": events, "count": events.len(), "next_after": next})))
+}

@@ -1,0 +1,67 @@
+//! Extractors whose rejections use the API error envelope.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use crate::error::{ApiError, Code};
+
+pub struct Json<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Json(v)),
+            Err(JsonRejection::MissingJsonContentType(_)) => {
+                Err(ApiError::new(Code::UnsupportedMediaType, "expected Content-Type: application/json"))
+            }
+            Err(JsonRejection::BytesRejection(e)) => {
+                if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    Err(ApiError::new(Code::PayloadTooLarge, "request body is too large"))
+                } else {
+                    Err(ApiError::bad_request(e.body_text()))
+                }
+            }
+            Err(e) => Err(ApiError::new(Code::InvalidJson, e.body_text())),
+        }
+    }
+}
+
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Query(v)),
+            Err(e @ QueryRejection::FailedToDeserializeQueryString(_)) => Err(ApiError::bad_request(e.body_text())),
+            Err(e) => Err(ApiError::bad_request(e.body_text())),
+        }
+    }
+}
+
+/// Who is calling. Until API keys land, every caller is the local owner.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub owner: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(_parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        Ok(Caller { owner: crate::LOCAL_OWNER.to_string() })
+    }
+}
+
+/// Parses an optional JSON body: empty means `None`.
+pub fn optional_json<T: DeserializeOwned>(body: &[u8]) -> Result<Option<T>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(body).map(Some).map_err(|e| ApiError::new(Code::InvalidJson, format!("invalid JSON body: {e}")))
+}

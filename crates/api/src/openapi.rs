@@ -1,0 +1,79 @@
+//! The OpenAPI document. Kept next to the router; a test checks that every route of
+//! the router is described here, so the two cannot drift apart.
+
+use serde_json::{Value, json};
+
+fn op(summary: &str, ok: &str) -> Value {
+    json!({
+        "summary": summary,
+        "responses": {
+            ok: {"description": "success"},
+            "4XX": {"description": "caller mistake", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        }
+    })
+}
+
+fn with_body(mut v: Value, schema: Value) -> Value {
+    v["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": schema}}});
+    v
+}
+
+fn sse(mut v: Value) -> Value {
+    v["responses"]["200"]["content"] = json!({"text/event-stream": {"schema": {"type": "string"}}});
+    v["parameters"] = json!([
+        {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
+        {"name": "last_event_id", "in": "query", "schema": {"type": "string"}},
+        {"name": "types", "in": "query", "description": "comma-separated event types", "schema": {"type": "string"}}
+    ]);
+    v
+}
+
+pub fn spec() -> Value {
+    let wf = json!({"$ref": "#/components/schemas/Workflow"});
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "aob API", "version": env!("CARGO_PKG_VERSION")},
+        "paths": {
+            "/health": {"get": op("Liveness", "200")},
+            "/readiness": {"get": op("Readiness (store reachable)", "200")},
+            "/openapi.json": {"get": op("This document", "200")},
+            "/api/v1/version": {"get": op("Server version", "200")},
+            "/api/v1/schema/workflow": {"get": op("JSON Schema of workflow documents", "200")},
+            "/api/v1/workflows": {
+                "post": with_body(op("Store a workflow and point a tag at it", "201"), json!({"type": "object", "required": ["tag_name", "workflow"], "properties": {"tag_name": {"type": "string"}, "workflow": wf}})),
+                "get": op("List tags", "200")
+            },
+            "/api/v1/workflows/validate": {"post": with_body(op("Validate a workflow without storing it", "200"), json!({"type": "object", "properties": {"workflow": wf}}))},
+            "/api/v1/workflows/{tag}": {"get": op("Get a tag and its workflow (?materialize=)", "200"), "delete": op("Delete a tag", "200")},
+            "/api/v1/workflows/{tag}/versions/{seq}": {"get": op("A past version of a tag (0 = original)", "200")},
+            "/api/v1/workflows/{tag}/execute": {"post": with_body(op("Start a run of a tag (seed route)", "201"), json!({"type": "object", "properties": {"inputs": {"type": "object"}}}))},
+            "/api/v1/runs": {
+                "post": with_body(op("Start a run from a tag or an inline workflow", "201"), json!({"type": "object", "properties": {"workflow": wf, "tag": {"type": "string"}, "inputs": {"type": "object"}, "idempotency_key": {"type": "string"}}})),
+                "get": op("List runs (status, tag, cursor, limit)", "200")
+            },
+            "/api/v1/runs/{id}": {"get": op("A run", "200")},
+            "/api/v1/runs/{id}/details": {"get": op("Per-node state, attempts, outputs, timings", "200")},
+            "/api/v1/runs/{id}/cancel": {"post": op("Cancel a run", "200")},
+            "/api/v1/runs/{id}/pause": {"post": op("Pause a run", "200")},
+            "/api/v1/runs/{id}/resume": {"post": op("Resume a paused run", "200")},
+            "/api/v1/runs/{id}/events": {"get": sse(op("SSE stream of a run's events", "200"))},
+            "/api/v1/runs/{id}/events/list": {"get": op("A page of a run's events (after, limit, types)", "200")},
+            "/api/v1/events": {"get": sse(op("SSE stream of every event of the caller's runs", "200"))},
+            "/api/v1/artifacts/{id}": {"get": op("A content-addressed artifact", "200")}
+        },
+        "components": {
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
+                        "code": {"type": "string", "enum": crate::error::Code::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>()},
+                        "message": {"type": "string"},
+                        "details": {}
+                    }}}
+                },
+                "Workflow": aob_model::schema::workflow_schema()
+            }
+        }
+    })
+}

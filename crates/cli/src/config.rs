@@ -1,0 +1,107 @@
+//! Server configuration: defaults < config file < `AOB_*` environment < flags,
+//! loaded once in `main` and passed down.
+
+use std::path::PathBuf;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Address the API listens on.
+    pub addr: String,
+    /// Where the embedded store lives.
+    pub data_dir: PathBuf,
+    /// `fsync` (power-loss safe) or `process` (survives kill -9).
+    pub durability: String,
+    /// Tasks executing at once.
+    pub max_tasks: usize,
+    /// Largest request body, bytes.
+    pub body_limit: usize,
+    pub ssrf: Ssrf,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Ssrf {
+    /// Addresses outbound requests may reach despite the block rules: `IP`, `CIDR`,
+    /// `IP:port`, `[IPv6]:port`. Empty by default; meant for tests and intranets.
+    pub allow: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Log {
+    /// `pretty` or `json`.
+    pub format: String,
+    /// A tracing filter, e.g. `info,aob_runtime=debug`.
+    pub level: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log { format: "pretty".into(), level: "info".into() }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            addr: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("./aob-data"),
+            durability: "fsync".into(),
+            max_tasks: 512,
+            body_limit: 4 * 1024 * 1024,
+            ssrf: Ssrf::default(),
+            log: Log::default(),
+        }
+    }
+}
+
+/// Values given on the command line; `None` leaves the lower layers alone.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub durability: Option<String>,
+}
+
+impl Config {
+    pub fn load(file: Option<&PathBuf>, flags: Overrides, ssrf_allow: &[String]) -> anyhow::Result<Config> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(f) => {
+                if !f.exists() {
+                    anyhow::bail!("config file {} does not exist", f.display());
+                }
+                fig = fig.merge(Toml::file(f));
+            }
+            None => fig = fig.merge(Toml::file("aob.toml")),
+        }
+        fig = fig.merge(Env::prefixed("AOB_").split("__").ignore(&["api_url", "failpoints", "admin_key"]));
+        fig = fig.merge(Serialized::defaults(flags));
+        let mut cfg: Config = fig.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        cfg.ssrf.allow.extend(ssrf_allow.iter().cloned());
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !matches!(self.durability.as_str(), "fsync" | "process") {
+            anyhow::bail!("durability must be fsync or process, not '{}'", self.durability);
+        }
+        if !matches!(self.log.format.as_str(), "pretty" | "json") {
+            anyhow::bail!("log.format must be pretty or json, not '{}'", self.log.format);
+        }
+        for a in &self.ssrf.allow {
+            a.parse::<aob_ssrf::AllowRule>().map_err(|e| anyhow::anyhow!("ssrf.allow entry '{a}': {e}"))?;
+        }
+        Ok(())
+    }
+}

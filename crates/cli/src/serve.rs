@@ -1,0 +1,75 @@
+//! `aob serve`: the embedded store, the runtime and the API in one process.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use aob_runtime::{Runtime, SystemClock};
+use aob_store_sqlite::{Durability, Options as StoreOptions, SqliteStore};
+
+use crate::config::Config;
+
+pub struct Server {
+    pub addr: std::net::SocketAddr,
+    pub runtime: Runtime,
+    pub serve: tokio::task::JoinHandle<std::io::Result<()>>,
+    pub stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Opens the store, recovers runs, binds the listener and starts serving.
+pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    let durability = if cfg.durability == "process" { Durability::Process } else { Durability::Fsync };
+    let store = SqliteStore::open(StoreOptions { path: cfg.data_dir.join("aob.db"), durability, readers: 4 })
+        .with_context(|| format!("opening store in {}", cfg.data_dir.display()))?;
+    let mut policy = aob_ssrf::Policy::default();
+    for a in &cfg.ssrf.allow {
+        policy.allow.push(a.parse().map_err(|e| anyhow::anyhow!("ssrf.allow '{a}': {e}"))?);
+    }
+    let guard = aob_ssrf::Guard::new(policy);
+    let clock = Arc::new(SystemClock);
+    let started_at = aob_runtime::Clock::now_ms(&*clock);
+    let runtime = Runtime::start(aob_runtime::Options { max_tasks: cfg.max_tasks, ..Default::default() }, Arc::new(store), guard, clock);
+    let listener = tokio::net::TcpListener::bind(&cfg.addr).await.with_context(|| format!("binding {}", cfg.addr))?;
+    let addr = listener.local_addr()?;
+    let state = aob_api::AppState { rt: runtime.handle.clone(), started_at };
+    let app = aob_api::router(state, &aob_api::Options { body_limit: cfg.body_limit });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serve = tokio::spawn(aob_api::serve(listener, app, async move {
+        let _ = stopped.await;
+    }));
+    Ok(Server { addr, runtime, serve, stop })
+}
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let server = start(&cfg).await?;
+    tracing::info!(addr = %server.addr, data_dir = %cfg.data_dir.display(), durability = %cfg.durability, "aob listening");
+    eprintln!("aob listening on http://{}", server.addr);
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = server.stop.send(());
+    let _ = server.serve.await;
+    server.runtime.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
