@@ -1,11 +1,7 @@
 //! `aob`: the server and its command-line client in one binary.
 //! Data goes to stdout; progress, diagnostics and errors go to stderr.
 
-mod client;
-mod commands;
-mod config;
-mod output;
-mod serve;
+use aob_cli::{client, commands, config, output, serve};
 
 use std::path::PathBuf;
 

@@ -188,28 +188,33 @@ impl Machine<'_> {
     }
 
     fn abort_all(&mut self) {
-        let mut aborts = Vec::new();
         for i in 0..self.st.nodes.len() {
-            let n = &self.st.nodes[i];
-            if n.status != NodeStatus::Running {
-                continue;
-            }
-            match self.plan.nodes[i].kind {
-                NodeKind::Wait => {}
-                NodeKind::Map => {
-                    if let Some(ms) = &n.map {
-                        for (it, s) in ms.item_states.iter().enumerate() {
-                            if s.status == NodeStatus::Running {
-                                let id = TaskId { node: i as u32, activation: n.activation, item: Some(it as u32), attempt: s.attempt };
-                                aborts.push(id);
-                            }
+            self.abort_node(i);
+        }
+    }
+
+    /// Aborts the attempts node `i` has in flight (none unless it is running).
+    fn abort_node(&mut self, i: usize) {
+        let n = &self.st.nodes[i];
+        if n.status != NodeStatus::Running {
+            return;
+        }
+        let mut aborts = Vec::new();
+        match self.plan.nodes[i].kind {
+            NodeKind::Wait => {}
+            NodeKind::Map => {
+                if let Some(ms) = &n.map {
+                    for (it, s) in ms.item_states.iter().enumerate() {
+                        if s.status == NodeStatus::Running {
+                            let id = TaskId { node: i as u32, activation: n.activation, item: Some(it as u32), attempt: s.attempt };
+                            aborts.push(id);
                         }
                     }
                 }
-                _ => {
-                    let id = TaskId { node: i as u32, activation: n.activation, item: None, attempt: n.attempt };
-                    aborts.push(id);
-                }
+            }
+            _ => {
+                let id = TaskId { node: i as u32, activation: n.activation, item: None, attempt: n.attempt };
+                aborts.push(id);
             }
         }
         for id in aborts {
@@ -808,6 +813,9 @@ impl Machine<'_> {
             self.emit("loop_iteration", Some(i), Some(attempt), json!({"iteration": iterations, "output": body_output}));
             let plan_node = &self.plan.nodes[i];
             for &v in &plan_node.loop_body {
+                // A body node can still be running when the loop node fires early
+                // (`join: any`); the reset discards that attempt, so stop it too.
+                self.abort_node(v);
                 let n = &mut self.st.nodes[v];
                 n.status = NodeStatus::Pending;
                 n.activation += 1;
