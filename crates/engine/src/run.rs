@@ -452,7 +452,19 @@ impl Machine<'_> {
 
     fn node_task(&self, i: usize, attempt: u32) -> Result<Task, refs::RefError> {
         let node = &self.plan.nodes[i];
-        let config = self.resolve(&node.raw_config, None)?;
+        let config = if node.kind == NodeKind::Subworkflow {
+            // An inline child workflow is the child's own document: its references
+            // belong to the child run, so only the parent-side fields are resolved.
+            let mut raw = node.raw_config.clone();
+            let child = raw.as_object_mut().and_then(|o| o.remove("workflow"));
+            let mut resolved = self.resolve(&raw, None)?;
+            if let (Some(obj), Some(child)) = (resolved.as_object_mut(), child) {
+                obj.insert("workflow".into(), child);
+            }
+            resolved
+        } else {
+            self.resolve(&node.raw_config, None)?
+        };
         let n = &self.st.nodes[i];
         Ok(Task {
             run_id: self.st.run_id.clone(),

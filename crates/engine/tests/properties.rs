@@ -27,15 +27,27 @@ enum Out {
     Fatal,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    /// Dispatched.
+    Http,
+    /// Evaluated inline.
+    Noop,
+    /// A timer.
+    Wait,
+    /// Fans out over `items` numbers with an http step.
+    Map { items: u8, concurrency: u32 },
+}
+
 #[derive(Debug, Clone)]
 struct NodeSpec {
-    http: bool,
+    kind: Kind,
     join_any: bool,
     continue_on_error: bool,
     /// (max_attempts, backoff_ms)
     retry: Option<(u32, u64)>,
     timeout: bool,
-    /// Outcome of attempt `a` is `outcomes[(a - 1) % len]` (http nodes).
+    /// Outcome of attempt `a` is `outcomes[(a - 1 + item) % len]` (http nodes, map items).
     outcomes: Vec<Out>,
     /// Noop nodes: output `{"v": v}`, or a missing reference when `noop_fails`.
     v: u8,
@@ -67,9 +79,18 @@ fn out() -> impl Strategy<Value = Out> {
     ]
 }
 
+fn kind() -> impl Strategy<Value = Kind> {
+    prop_oneof![
+        4 => Just(Kind::Http),
+        4 => Just(Kind::Noop),
+        1 => Just(Kind::Wait),
+        1 => (0u8..4, 1u32..3).prop_map(|(items, concurrency)| Kind::Map { items, concurrency }),
+    ]
+}
+
 fn node_spec() -> impl Strategy<Value = NodeSpec> {
     (
-        any::<bool>(),
+        kind(),
         prop::bool::weighted(0.3),
         prop::bool::weighted(0.2),
         prop::option::weighted(0.4, (1u32..4, 0u64..50)),
@@ -78,8 +99,8 @@ fn node_spec() -> impl Strategy<Value = NodeSpec> {
         0u8..3,
         prop::bool::weighted(0.05),
     )
-        .prop_map(|(http, join_any, continue_on_error, retry, timeout, outcomes, v, noop_fails)| NodeSpec {
-            http,
+        .prop_map(|(kind, join_any, continue_on_error, retry, timeout, outcomes, v, noop_fails)| NodeSpec {
+            kind,
             join_any,
             continue_on_error,
             retry,
@@ -126,12 +147,19 @@ fn workflow(c: &Case) -> Value {
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            let mut n = if s.http {
-                json!({"id": format!("n{i}"), "type": "http", "config": {"url": format!("https://e/{i}")}})
-            } else if s.noop_fails {
-                json!({"id": format!("n{i}"), "type": "noop", "config": {"output": "$inputs.missing"}})
-            } else {
-                json!({"id": format!("n{i}"), "type": "noop", "config": {"output": {"v": s.v}}})
+            let id = format!("n{i}");
+            let mut n = match s.kind {
+                Kind::Http => json!({"id": id, "type": "http", "config": {"url": format!("https://e/{i}")}}),
+                Kind::Noop if s.noop_fails => {
+                    json!({"id": id, "type": "noop", "config": {"output": "$inputs.missing"}})
+                }
+                Kind::Noop => json!({"id": id, "type": "noop", "config": {"output": {"v": s.v}}}),
+                Kind::Wait => json!({"id": id, "type": "wait", "config": {"duration_ms": u64::from(s.v) * 700}}),
+                Kind::Map { items, concurrency } => json!({"id": id, "type": "map", "config": {
+                    "items": (0..items).collect::<Vec<u8>>(),
+                    "concurrency": concurrency,
+                    "node": {"type": "http", "config": {"url": "https://e/m/${item}"}}
+                }}),
             };
             if s.join_any {
                 n["join"] = json!("any");
@@ -169,7 +197,8 @@ fn workflow(c: &Case) -> Value {
 
 fn outcome_for(c: &Case, id: &TaskId) -> Outcome {
     let s = &c.nodes[id.node as usize];
-    match s.outcomes[(id.attempt as usize - 1) % s.outcomes.len()] {
+    let k = id.attempt as usize - 1 + id.item.unwrap_or(0) as usize;
+    match s.outcomes[k % s.outcomes.len()] {
         Out::Ok(v) => Outcome::Ok(json!({"v": v})),
         Out::Retryable => Outcome::Err(TaskError::new("unavailable", "try again", true)),
         Out::Fatal => Outcome::Err(TaskError::new("bad_request", "no", false)),
@@ -248,7 +277,6 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
         prop_assert_eq!(e.seq, k as u64 + 1);
     }
 
-    let n = c.nodes.len();
     let mut started: HashMap<(String, u32), usize> = HashMap::new();
     let mut completed: HashMap<String, usize> = HashMap::new();
     let mut finished: HashMap<String, usize> = HashMap::new();
@@ -294,6 +322,9 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
         // Attempts never exceed the policy.
         let max = s.retry.map_or(1, |r| r.0);
         prop_assert!(h.st.nodes[i].attempt <= max);
+        if let Some(m) = &h.st.nodes[i].map {
+            prop_assert!(m.item_states.iter().all(|it| it.attempt <= max));
+        }
         // A node starts only once its join condition holds.
         if let Some(&seq) = first_start.get(&id) {
             let preds: Vec<String> = c.edges.iter().filter(|e| e.to == i).map(|e| format!("n{}", e.from)).collect();
@@ -308,7 +339,19 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
             prop_assert!(h.st.nodes[i].status != NodeStatus::Cancelled);
         }
     }
-    prop_assert!(h.dispatched.len() <= n * 3);
+    let most: usize = c
+        .nodes
+        .iter()
+        .map(|s| {
+            let attempts = s.retry.map_or(1, |r| r.0 as usize);
+            match s.kind {
+                Kind::Http => attempts,
+                Kind::Map { items, .. } => attempts * items as usize,
+                Kind::Noop | Kind::Wait => 0,
+            }
+        })
+        .sum();
+    prop_assert!(h.dispatched.len() <= most);
     Ok(())
 }
 

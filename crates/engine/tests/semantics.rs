@@ -1017,3 +1017,69 @@ fn in_flight_rebuilds_exactly_the_in_flight_tasks_after_a_crash() {
     assert_eq!(h.count("node_started", "D"), 1);
     assert_eq!(h.output("M"), Some(&json!([{}, 1, {}])));
 }
+
+// ---------------------------------------------------------------- regressions
+
+#[test]
+fn a_run_that_fails_in_the_step_that_dispatched_a_task_dispatches_nothing() {
+    // Three entry nodes: the http one is dispatched, then the failing noop fails the run
+    // in the same step. The step must not both dispatch and abort that task.
+    let wf = json!({
+        "nodes": [noop("a"), http("b"), {"id": "c", "type": "noop", "config": {"output": "$inputs.missing"}}],
+        "edges": []
+    });
+    let mut h = Harness::new(wf, json!({}));
+    let step = h.apply(Input::Start);
+    assert_eq!(h.st.status, RunStatus::Failed);
+    assert!(step.actions.is_empty(), "{:?}", step.actions);
+    assert_eq!(h.status("b"), NodeStatus::Cancelled);
+    assert!(h.rebuilt_in_flight().is_empty());
+}
+
+#[test]
+fn a_map_item_with_a_bad_reference_fails_the_map_without_dispatching_siblings() {
+    let items = json!([{"id": 0}, {"other": 1}, {"id": 2}]);
+    let mut h = Harness::new(map_wf(3, None), json!({"items": items}));
+    let step = h.apply(Input::Start);
+    assert!(step.actions.is_empty(), "{:?}", step.actions);
+    assert_eq!(h.status("fan"), NodeStatus::Failed);
+    let e = h.st.nodes[0].error.clone().unwrap();
+    assert_eq!(e["code"], "reference_error");
+    assert!(e["message"].as_str().unwrap().starts_with("item 1:"), "{e}");
+    assert_eq!(h.st.status, RunStatus::Failed);
+}
+
+#[test]
+fn a_completion_naming_a_wait_node_is_ignored() {
+    let wf = json!({"nodes": [{"id": "w", "type": "wait", "config": {"duration_ms": 1000}}], "edges": []});
+    let mut h = Harness::started(wf, json!({}));
+    let before = h.st.clone();
+    let id = TaskId { node: 0, activation: 0, item: None, attempt: 1 };
+    assert!(h.apply(Input::Done { task: id, outcome: ok(json!({})) }).is_empty());
+    assert_eq!(h.st, before);
+    h.tick_to(1000);
+    assert_eq!(h.st.status, RunStatus::Completed);
+}
+
+#[test]
+fn a_loop_firing_early_aborts_the_body_attempts_it_discards() {
+    let wf = json!({
+        "nodes": [
+            noop("start"), http("A"), http("B"),
+            {"id": "again", "type": "loop", "join": "any", "config": {
+                "max_iterations": 2, "loop_back_to": "start", "condition": "true", "timeout_path": ["end"]}},
+            noop("end")
+        ],
+        "edges": [edge("start", "A"), edge("start", "B"), edge("A", "again"), edge("B", "again")]
+    });
+    let mut h = Harness::started(wf, json!({}));
+    let b0 = h.task("B").id;
+    let step = h.finish("A", ok(json!({})));
+    assert!(step.actions.contains(&Action::Abort(b0)), "{:?}", step.actions);
+    assert_eq!(h.task("B").id.activation, 1);
+    assert_eq!(h.rebuilt_in_flight().len(), h.in_flight.len());
+    h.run_to_end();
+    assert_eq!(h.st.status, RunStatus::Completed);
+    assert_eq!(h.status("end"), NodeStatus::Completed);
+    assert_eq!(h.dispatches_of("A").len(), 2);
+}

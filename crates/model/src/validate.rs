@@ -214,7 +214,14 @@ fn validate_at(wf: &Workflow, base: &str) -> Vec<Issue> {
     }
     for (i, node) in wf.nodes.iter().enumerate() {
         let mut found = Vec::new();
-        refs::collect(&node.config, &format!("{base}/nodes/{i}/config"), &mut found);
+        let mut scoped = node.config.clone();
+        if node.kind() == Some(NodeKind::Subworkflow) {
+            // An inline child's references are resolved in the child run, not here.
+            if let Some(o) = scoped.as_object_mut() {
+                o.remove("workflow");
+            }
+        }
+        refs::collect(&scoped, &format!("{base}/nodes/{i}/config"), &mut found);
         let mut ancestors: Option<HashSet<usize>> = None;
         for (pointer, r) in found {
             match &r.root {
