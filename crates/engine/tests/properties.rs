@@ -211,13 +211,17 @@ fn sorted_ids(tasks: &[aob_engine::Task]) -> Vec<TaskId> {
     ids
 }
 
-/// Runs a case to the end and checks every property along the way.
-fn check(c: &Case) -> Result<(), TestCaseError> {
-    let mut h = Harness::new(workflow(c), json!({}));
-    h.apply(Input::Start);
+/// Drives a started run to its end with the given choices (then a default schedule),
+/// checking after every step that duplicates are no-ops and that the state alone
+/// rebuilds exactly the tasks in flight. The harness checks seqs and liveness.
+fn drive(
+    h: &mut Harness,
+    choices: &[(u8, u16, u16)],
+    outcome_for: impl Fn(&TaskId) -> Outcome,
+) -> Result<(), TestCaseError> {
     // Completions already delivered (or aborted): any later delivery must be a no-op.
     let mut stale: Vec<(TaskId, Outcome)> = Vec::new();
-    let mut driver = c.driver.iter().copied();
+    let mut driver = choices.iter().copied();
     let mut steps = 0;
     while !h.st.status.is_terminal() {
         steps += 1;
@@ -249,7 +253,7 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
         } else {
             // Complete one in-flight task, chosen at random.
             let t = h.in_flight[a as usize % h.in_flight.len()].clone();
-            let outcome = outcome_for(c, &t.id);
+            let outcome = outcome_for(&t.id);
             h.done(t.id, outcome.clone());
             stale.push((t.id, outcome));
         }
@@ -263,6 +267,14 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
         prop_assert_eq!(sorted_ids(&aob_engine::in_flight(&h.plan, &back)), sorted_ids(&h.in_flight));
         prop_assert_eq!(back.has_tasks_in_flight(&h.plan), !h.in_flight.is_empty());
     }
+    Ok(())
+}
+
+/// Runs a case to the end and checks every property along the way.
+fn check(c: &Case) -> Result<(), TestCaseError> {
+    let mut h = Harness::new(workflow(c), json!({}));
+    h.apply(Input::Start);
+    drive(&mut h, &c.driver, |id| outcome_for(c, id))?;
 
     // Terminal, with nothing left to do.
     prop_assert!(matches!(h.st.status, RunStatus::Completed | RunStatus::Failed), "{:?}", h.st.status);
@@ -361,5 +373,164 @@ proptest! {
     #[test]
     fn random_dags_run_to_a_consistent_end(c in case()) {
         check(&c)?;
+    }
+}
+
+#[derive(Debug, Clone)]
+struct LoopCase {
+    max_iterations: u32,
+    condition: usize,
+    /// `call`: (retry max_attempts, on_error continue, timeout)
+    call_retry: u32,
+    call_continue: bool,
+    call_timeout: bool,
+    /// `mid` is dispatched (http) or inline (noop passing `call`'s output through).
+    mid_http: bool,
+    /// Outcome of the k-th dispatch of `call` / `mid`.
+    call_outcomes: Vec<Out>,
+    mid_outcomes: Vec<Out>,
+    driver: Vec<(u8, u16, u16)>,
+}
+
+const LOOP_CONDITIONS: [&str; 4] =
+    ["true", "false", "has(output.v) && output.v != 2", "!has(output.v) || output.v == 0"];
+
+fn loop_case() -> impl Strategy<Value = LoopCase> {
+    (
+        1u32..5,
+        0..LOOP_CONDITIONS.len(),
+        1u32..3,
+        prop::bool::weighted(0.3),
+        prop::bool::weighted(0.2),
+        any::<bool>(),
+        prop::collection::vec(out(), 1..12),
+        prop::collection::vec(out(), 1..12),
+        prop::collection::vec((0u8..100, any::<u16>(), any::<u16>()), 0..120),
+    )
+        .prop_map(
+            |(max_iterations, condition, call_retry, call_continue, call_timeout, mid_http, call_outcomes, mid_outcomes, driver)| {
+                LoopCase {
+                    max_iterations,
+                    condition,
+                    call_retry,
+                    call_continue,
+                    call_timeout,
+                    mid_http,
+                    call_outcomes,
+                    mid_outcomes,
+                    driver,
+                }
+            },
+        )
+}
+
+fn loop_workflow(c: &LoopCase) -> Value {
+    let mut call = json!({"id": "call", "type": "http", "config": {"url": "https://e/call"},
+        "retry": {"max_attempts": c.call_retry, "backoff_ms": 20}});
+    if c.call_continue {
+        call["on_error"] = json!("continue");
+    }
+    if c.call_timeout {
+        call["timeout_ms"] = json!(500);
+    }
+    let mid = if c.mid_http {
+        json!({"id": "mid", "type": "http", "config": {"url": "https://e/mid/${nodes.call.v}"}, "on_error": "continue"})
+    } else {
+        json!({"id": "mid", "type": "noop"})
+    };
+    json!({
+        "nodes": [
+            {"id": "pre", "type": "http", "config": {"url": "https://e/pre"}},
+            call,
+            mid,
+            {"id": "lp", "type": "loop", "config": {
+                "max_iterations": c.max_iterations, "loop_back_to": "call",
+                "condition": LOOP_CONDITIONS[c.condition],
+                "break_path": ["ok"], "timeout_path": ["give_up"]}},
+            {"id": "ok", "type": "noop"},
+            {"id": "give_up", "type": "noop"},
+            {"id": "after", "type": "noop", "join": "any"}
+        ],
+        "edges": [
+            {"from": "pre", "to": "call"},
+            {"from": "call", "to": "mid"},
+            {"from": "mid", "to": "lp"},
+            {"from": "ok", "to": "after"},
+            {"from": "give_up", "to": "after"}
+        ]
+    })
+}
+
+fn pick(outs: &[Out], k: usize) -> Outcome {
+    match outs[k % outs.len()] {
+        Out::Ok(v) => Outcome::Ok(json!({"v": v})),
+        Out::Retryable => Outcome::Err(TaskError::new("unavailable", "try again", true)),
+        Out::Fatal => Outcome::Err(TaskError::new("bad_request", "no", false)),
+    }
+}
+
+fn check_loop(c: &LoopCase) -> Result<(), TestCaseError> {
+    let mut h = Harness::new(loop_workflow(c), json!({}));
+    h.apply(Input::Start);
+    let (call, mid) = (h.node_index("call") as u32, h.node_index("mid") as u32);
+    // Outcomes depend only on the task id, so redeliveries and reorderings agree.
+    let per_try = c.call_retry as usize;
+    drive(&mut h, &c.driver, |id| {
+        let k = id.activation as usize * per_try + id.attempt as usize - 1;
+        if id.node == call {
+            pick(&c.call_outcomes, k)
+        } else if id.node == mid {
+            pick(&c.mid_outcomes, k)
+        } else {
+            Outcome::Ok(json!({"v": 1}))
+        }
+    })?;
+    prop_assert!(matches!(h.st.status, RunStatus::Completed | RunStatus::Failed), "{:?}", h.st.status);
+    let iterations = h.count("loop_iteration", "lp");
+    prop_assert!(iterations < c.max_iterations as usize);
+    // Each activation of the body starts `call` at most `call_retry` times, each attempt once.
+    let activations = h.dispatches_of("call").iter().map(|t| t.id.activation).max().map_or(0, |a| a + 1);
+    prop_assert!(activations as usize <= iterations + 1);
+    prop_assert!(h.dispatches_of("call").len() <= (iterations + 1) * per_try);
+    prop_assert_eq!(h.count("node_started", "pre"), 1);
+    if h.st.status == RunStatus::Completed {
+        let exits = [h.status("ok"), h.status("give_up")];
+        prop_assert!(
+            exits == [NodeStatus::Completed, NodeStatus::Skipped] || exits == [NodeStatus::Skipped, NodeStatus::Completed],
+            "{:?}",
+            exits
+        );
+        prop_assert_eq!(h.count("node_completed", "after"), 1);
+        prop_assert_eq!(h.count("node_completed", "lp"), 1);
+        // The exit agrees with the loop condition on the body's last output.
+        let done = h.events.iter().find(|e| e.kind == "node_completed" && e.node_id.as_deref() == Some("lp")).unwrap();
+        let v = done.data["output"].get("v").and_then(Value::as_u64);
+        let go_on = match c.condition {
+            0 => true,
+            1 => false,
+            2 => v.is_some_and(|v| v != 2),
+            _ => v.is_none_or(|v| v == 0),
+        };
+        if done.data["exit"] == "timeout" {
+            prop_assert!(go_on && iterations + 1 == c.max_iterations as usize);
+            prop_assert_eq!(h.status("give_up"), NodeStatus::Completed);
+        } else {
+            prop_assert_eq!(&done.data["exit"], "break");
+            prop_assert!(!go_on);
+            prop_assert_eq!(h.status("ok"), NodeStatus::Completed);
+        }
+        for i in 0..h.st.nodes.len() {
+            prop_assert!(h.st.nodes[i].status.is_done());
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_loops_run_to_a_consistent_end(c in loop_case()) {
+        check_loop(&c)?;
     }
 }

@@ -174,3 +174,264 @@ pub fn assert_gapless(events: &[Value]) {
         assert_eq!(e["seq"].as_u64(), Some(i as u64 + 1), "gap or duplicate at index {i}: {events:#?}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// Helpers added for the black-box API tests (tests/api_*.rs).
+// ---------------------------------------------------------------------------
+
+/// One SSE frame as received: `id:`, `event:` and the `data:` parsed as JSON.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub id: String,
+    pub event: String,
+    pub data: Value,
+}
+
+impl TestServer {
+    /// Sends `body` as is with the given content type (`None`: no Content-Type header).
+    pub async fn post_raw(&self, path: &str, content_type: Option<&str>, body: Vec<u8>) -> (u16, Value) {
+        let mut req = self.http.post(format!("{}{}", self.url, path)).body(body);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// POST with extra headers.
+    pub async fn post_with(&self, path: &str, headers: &[(&str, &str)], body: &Value) -> (u16, Value) {
+        let mut req = self.http.post(format!("{}{}", self.url, path)).json(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Reads an SSE endpoint (`path` may carry a query) until the server closes the
+    /// stream, or until `stop` says enough; panics after `secs` seconds.
+    pub async fn sse_frames_until(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        secs: u64,
+        mut stop: impl FnMut(&[Frame]) -> bool,
+    ) -> Vec<Frame> {
+        let mut req = self.http.get(format!("{}{}", self.url, path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "SSE {path} answered {}", resp.status());
+        let ct = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        assert!(ct.starts_with("text/event-stream"), "content-type of {path} is {ct}");
+        let mut out = Vec::new();
+        let mut stream = resp.bytes_stream().eventsource();
+        let read = async {
+            while let Some(ev) = stream.next().await {
+                let ev = ev.expect("malformed SSE stream");
+                let data: Value = serde_json::from_str(&ev.data).unwrap_or_else(|e| panic!("data is not JSON ({e}): {}", ev.data));
+                out.push(Frame { id: ev.id, event: ev.event, data });
+                if stop(&out) {
+                    break;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(secs), read).await.unwrap_or_else(|_| panic!("SSE {path} did not end within {secs} s"));
+        out
+    }
+
+    /// Reads an SSE endpoint until the server closes it.
+    pub async fn sse_frames(&self, path: &str, headers: &[(&str, &str)]) -> Vec<Frame> {
+        self.sse_frames_until(path, headers, 60, |_| false).await
+    }
+
+    /// Polls `GET path` until `ok` holds for the body; panics after `secs` seconds.
+    pub async fn poll_until(&self, path: &str, secs: u64, ok: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let (_, v) = self.get(path).await;
+            if ok(&v) {
+                return v;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "condition on {path} not met within {secs} s; last: {v}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stores `workflow` under `tag`; panics unless 201.
+    pub async fn create_workflow(&self, tag: &str, workflow: &Value) -> Value {
+        let (s, v) = self.post("/api/v1/workflows", &json!({"tag_name": tag, "workflow": workflow})).await;
+        assert_eq!(s, 201, "create workflow {tag} failed: {v}");
+        v
+    }
+
+    /// Every stored event of a run, through the paged JSON listing.
+    pub async fn event_list(&self, run_id: &str) -> Vec<Value> {
+        let (s, v) = self.get(&format!("/api/v1/runs/{run_id}/events/list?limit=1000")).await;
+        assert_eq!(s, 200, "{v}");
+        v["events"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// Polls `check` until it holds; panics after `secs` seconds with `what`.
+pub async fn wait_for(what: &str, secs: u64, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {secs} s waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Asserts the error envelope `{"error": {"code", "message", "details"}}` with `code`.
+pub fn assert_envelope(body: &Value, code: &str) {
+    let e = &body["error"];
+    assert!(e.is_object(), "no error envelope in {body}");
+    assert_eq!(e["code"], code, "unexpected error code in {body}");
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "error without a message: {body}");
+    assert!(e.as_object().is_some_and(|o| o.contains_key("details")), "error without details: {body}");
+}
+
+pub type AsyncResponder = Arc<dyn Fn(Hit, usize) -> futures::future::BoxFuture<'static, (u16, Value)> + Send + Sync>;
+
+/// Like [`Stub`], but the responder is async (to hold requests open, count overlap,
+/// or wait on a gate). Also counts requests in flight and the most seen at once.
+pub struct AsyncStub {
+    pub addr: std::net::SocketAddr,
+    pub hits: Arc<Mutex<Vec<Hit>>>,
+    pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    pub max_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl AsyncStub {
+    pub async fn start(respond: AsyncResponder) -> AsyncStub {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let hits: Arc<Mutex<Vec<Hit>>> = Arc::default();
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let max_in_flight = Arc::new(AtomicUsize::new(0));
+        let (h, inf, mx) = (hits.clone(), in_flight.clone(), max_in_flight.clone());
+        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+            let (hits, respond, inf, mx) = (h.clone(), respond.clone(), inf.clone(), mx.clone());
+            async move {
+                let now = inf.fetch_add(1, Ordering::SeqCst) + 1;
+                mx.fetch_max(now, Ordering::SeqCst);
+                let (parts, body) = req.into_parts();
+                let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+                let hit = Hit {
+                    method: parts.method.to_string(),
+                    path: parts.uri.path().to_string(),
+                    query: parts.uri.query().map(str::to_string),
+                    headers: parts.headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect(),
+                    body: String::from_utf8_lossy(&bytes).into_owned(),
+                };
+                let n = {
+                    let mut g = hits.lock().unwrap();
+                    let n = g.iter().filter(|x| x.path == hit.path).count();
+                    g.push(hit.clone());
+                    n
+                };
+                let (status, body) = respond(hit, n).await;
+                inf.fetch_sub(1, Ordering::SeqCst);
+                (axum::http::StatusCode::from_u16(status).unwrap(), axum::Json(body))
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        AsyncStub { addr, hits, in_flight, max_in_flight }
+    }
+
+    pub fn allow(&self) -> String {
+        format!("127.0.0.1:{}", self.addr.port())
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn hits(&self, path: &str) -> Vec<Hit> {
+        self.hits.lock().unwrap().iter().filter(|h| h.path == path).cloned().collect()
+    }
+
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A loopback server that answers every request with `302 Location: <location>`.
+pub struct Redirector {
+    pub addr: std::net::SocketAddr,
+    pub hits: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Redirector {
+    pub async fn start(location: String) -> Redirector {
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let h = hits.clone();
+        let app = axum::Router::new().fallback(move || {
+            let (h, location) = (h.clone(), location.clone());
+            async move {
+                h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                (axum::http::StatusCode::FOUND, [(axum::http::header::LOCATION, location)], "")
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Redirector { addr, hits }
+    }
+
+    pub fn allow(&self) -> String {
+        format!("127.0.0.1:{}", self.addr.port())
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A listener that must never be reached: it counts every accepted connection from
+/// the moment it is bound. Not allow-listed by anyone.
+pub struct Trap {
+    pub addr: std::net::SocketAddr,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    listener: Arc<tokio::net::TcpListener>,
+}
+
+impl Trap {
+    /// Binds `ip:0`; `None` when the address family is unavailable (e.g. no IPv6).
+    pub async fn bind(ip: &str) -> Option<Trap> {
+        let listener = Arc::new(tokio::net::TcpListener::bind(format!("{ip}:0")).await.ok()?);
+        let addr = listener.local_addr().ok()?;
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (l, a) = (listener.clone(), accepted.clone());
+        tokio::spawn(async move {
+            while l.accept().await.is_ok() {
+                a.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        Some(Trap { addr, accepted, listener })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Asserts nothing connected: no connection was counted, and none is waiting to
+    /// be accepted within a short accept timeout.
+    pub async fn assert_untouched(&self) {
+        let late = tokio::time::timeout(Duration::from_millis(200), self.listener.accept()).await;
+        assert!(late.is_err(), "a connection reached the trap at {} after the run ended", self.addr);
+        assert_eq!(self.accepted.load(std::sync::atomic::Ordering::SeqCst), 0, "the trap at {} accepted a connection", self.addr);
+    }
+}
