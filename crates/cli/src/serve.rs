@@ -29,7 +29,9 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
     let guard = aob_ssrf::Guard::new(policy);
     let clock = Arc::new(SystemClock);
     let started_at = aob_runtime::Clock::now_ms(&*clock);
-    let runtime = Runtime::start(aob_runtime::Options { max_tasks: cfg.max_tasks, ..Default::default() }, Arc::new(store), guard, clock);
+    let opts = aob_runtime::Options { max_tasks: cfg.max_tasks, ..Default::default() };
+    let dispatch = Arc::new(aob_dispatch::MemoryDispatch::new(aob_dispatch::Options { visibility: opts.visibility, ..Default::default() }));
+    let runtime = Runtime::start(opts, Arc::new(store), dispatch, guard, clock);
     let listener = tokio::net::TcpListener::bind(&cfg.addr).await.with_context(|| format!("binding {}", cfg.addr))?;
     let addr = listener.local_addr()?;
     let state = aob_api::AppState { rt: runtime.handle.clone(), started_at };

@@ -17,6 +17,7 @@ mod clock;
 mod hub;
 mod plans;
 mod service;
+mod workers;
 
 pub use clock::{Clock, SystemClock};
 pub use hub::{EventHub, HubEvent};

@@ -5,13 +5,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::{Semaphore, mpsc, oneshot};
-use tokio::task::AbortHandle;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
+
+use aob_dispatch::{Dispatch, Envelope, Lease};
 
 use aob_engine::{Action, Input, Outcome, Plan, RunState, RunStatus, Task, TaskId, apply, in_flight};
 use aob_exec::Executors;
+
+use crate::workers::{Pool, Running};
 use aob_model::Workflow;
 use aob_store::{Blob, NewRun, RunWrite, Store, StoreError, stored_events};
 
@@ -24,11 +26,13 @@ pub struct Options {
     pub max_tasks: usize,
     /// Most commands folded into one group commit.
     pub max_batch: usize,
+    /// How long a pulled attempt stays leased without a heartbeat.
+    pub visibility: Duration,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { max_tasks: 512, max_batch: 1024 }
+        Options { max_tasks: 512, max_batch: 1024, visibility: Duration::from_secs(30) }
     }
 }
 
@@ -58,10 +62,11 @@ pub struct StartRun {
     pub idempotency_key: Option<String>,
 }
 
-enum Command {
+pub(crate) enum Command {
     Start(Box<StartRun>, oneshot::Sender<Result<RunState, RuntimeError>>),
     Control(String, Input, oneshot::Sender<Result<RunState, RuntimeError>>),
-    Done(String, TaskId, Outcome),
+    /// An attempt finished; its lease is acknowledged once the result is committed.
+    Done(String, TaskId, Outcome, Option<Lease>),
 }
 
 /// Cheap to clone: everything the API needs to talk to the engine.
@@ -127,35 +132,40 @@ pub struct Runtime {
     pub handle: Handle,
     shutdown: CancellationToken,
     join: tokio::task::JoinHandle<()>,
+    workers: tokio::task::JoinHandle<()>,
 }
 
 impl Runtime {
     /// Starts the engine loop; recovery of unfinished runs happens before the first command.
-    pub fn start(opts: Options, store: Arc<dyn Store>, guard: aob_ssrf::Guard, clock: Arc<dyn Clock>) -> Runtime {
+    pub fn start(opts: Options, store: Arc<dyn Store>, dispatch: Arc<dyn Dispatch>, guard: aob_ssrf::Guard, clock: Arc<dyn Clock>) -> Runtime {
         let (tx, rx) = mpsc::channel(65_536);
-        let handle = Handle { tx, store: store.clone(), hub: EventHub::new(4096), plans: Plans::default(), clock };
+        let handle = Handle { tx: tx.clone(), store: store.clone(), hub: EventHub::new(4096), plans: Plans::default(), clock };
         let executors = Executors::new(guard).with_children(Arc::new(ChildRunner { handle: handle.clone() }));
         let shutdown = CancellationToken::new();
+        let running = Running::default();
+        let pool = Pool { dispatch: dispatch.clone(), executors, tx, running: running.clone(), max_tasks: opts.max_tasks, visibility: opts.visibility };
+        let workers = pool.spawn(shutdown.clone());
         let service = Service {
             rx,
             handle: handle.clone(),
-            executors,
+            dispatch,
             runs: HashMap::new(),
             timers: BTreeSet::new(),
             wake: HashMap::new(),
-            running: HashMap::new(),
-            sem: Arc::new(Semaphore::new(opts.max_tasks.max(1))),
+            running,
+            outbox: Vec::new(),
             max_batch: opts.max_batch.max(1),
         };
         let token = shutdown.clone();
         let join = tokio::spawn(service.run(token));
-        Runtime { handle, shutdown, join }
+        Runtime { handle, shutdown, join, workers }
     }
 
     /// Stops taking commands and waits for the loop to finish its current batch.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         let _ = self.join.await;
+        let _ = self.workers.await;
     }
 }
 
@@ -187,12 +197,13 @@ enum Reply {
 struct Service {
     rx: mpsc::Receiver<Command>,
     handle: Handle,
-    executors: Executors,
+    dispatch: Arc<dyn Dispatch>,
     runs: HashMap<String, Live>,
     timers: BTreeSet<(i64, String)>,
     wake: HashMap<String, i64>,
-    running: HashMap<String, AbortHandle>,
-    sem: Arc<Semaphore>,
+    running: Running,
+    /// Attempts to push once the current batch is committed.
+    outbox: Vec<Envelope>,
     max_batch: usize,
 }
 
@@ -229,9 +240,7 @@ impl Service {
             }
             self.process(cmds).await;
         }
-        for (_, h) in self.running.drain() {
-            h.abort();
-        }
+        self.running.abort_all();
     }
 
     async fn load(&mut self, run_id: &str) -> Result<(), RuntimeError> {
@@ -265,6 +274,7 @@ impl Service {
         for t in tasks {
             self.dispatch(t);
         }
+        self.flush_outbox().await;
         Ok(())
     }
 
@@ -283,6 +293,7 @@ impl Service {
         let mut order: Vec<String> = Vec::new();
         let mut pending: HashMap<String, Pending> = HashMap::new();
         let mut replies: Vec<Reply> = Vec::new();
+        let mut acks: Vec<Lease> = Vec::new();
         for cmd in cmds {
             match cmd {
                 Command::Start(req, reply) => {
@@ -315,8 +326,11 @@ impl Service {
                     self.step(&run_id, input, now, &mut order, &mut pending);
                     replies.push(Reply::State(run_id, reply));
                 }
-                Command::Done(run_id, task, outcome) => {
+                Command::Done(run_id, task, outcome, lease) => {
                     self.running.remove(&task.key(&run_id));
+                    if let Some(l) = lease {
+                        acks.push(l);
+                    }
                     if let Err(e) = self.load(&run_id).await {
                         tracing::warn!(run_id = %run_id, error = %e, "completion for an unknown run");
                         continue;
@@ -342,6 +356,7 @@ impl Service {
         }
         if order.is_empty() {
             self.finish_replies(replies, None);
+            self.ack(acks).await;
             return;
         }
 
@@ -387,15 +402,18 @@ impl Service {
                 match a {
                     Action::Dispatch(t) => self.dispatch(t),
                     Action::Abort(t) => {
-                        if let Some(h) = self.running.remove(&t.key(id)) {
+                        if let Some((h, lease)) = self.running.remove(&t.key(id)) {
                             h.abort();
+                            acks.push(lease);
                         }
                     }
                 }
             }
         }
+        self.flush_outbox().await;
         self.handle.hub.publish(published);
         self.finish_replies(replies, None);
+        self.ack(acks).await;
 
         for id in &order {
             let Some(live) = self.runs.get(id) else { continue };
@@ -437,20 +455,29 @@ impl Service {
     }
 
     fn dispatch(&mut self, task: Task) {
-        let key = task.idempotency_key();
-        let tx = self.handle.tx.clone();
-        let executors = self.executors.clone();
-        let sem = self.sem.clone();
-        let span = tracing::info_span!("attempt", run_id = %task.run_id, node_id = %task.node_id, attempt = task.id.attempt, item = ?task.id.item);
-        let h = tokio::spawn(
-            async move {
-                let _permit = sem.acquire_owned().await;
-                let outcome = executors.execute(&task).await;
-                failpoint!("after_effect");
-                let _ = tx.send(Command::Done(task.run_id.clone(), task.id, outcome)).await;
-            }
-            .instrument(span),
-        );
-        self.running.insert(key, h.abort_handle());
+        let id = task.idempotency_key();
+        let queue = format!("{:?}", task.kind).to_ascii_lowercase();
+        match serde_json::to_value(&task) {
+            Ok(payload) => self.outbox.push(Envelope { id, queue, payload }),
+            Err(e) => tracing::error!(error = %e, "cannot encode task"),
+        }
+    }
+
+    /// Pushes the batch's attempts. A failed push loses nothing: the attempts are in
+    /// the committed state, and their deadlines or a restart re-dispatch them.
+    async fn flush_outbox(&mut self) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        let entries = std::mem::take(&mut self.outbox);
+        if let Err(e) = self.dispatch.push(entries).await {
+            tracing::error!(error = %e, "dispatch push failed");
+        }
+    }
+
+    async fn ack(&self, leases: Vec<Lease>) {
+        for l in leases {
+            let _ = self.dispatch.ack(&l).await;
+        }
     }
 }

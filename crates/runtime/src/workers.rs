@@ -1,0 +1,121 @@
+//! Workers: pull attempts from the dispatch queue, execute them, report back.
+//! A lease is kept alive while its attempt runs and acknowledged by the engine
+//! loop only after the completion is committed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use aob_dispatch::{Dispatch, Lease};
+use aob_engine::Task;
+use aob_exec::Executors;
+
+use crate::failpoint;
+use crate::service::Command;
+
+/// In-flight attempts of this process by attempt key, so the engine can abort them.
+#[derive(Clone, Default)]
+pub struct Running {
+    inner: Arc<Mutex<HashMap<String, (AbortHandle, Lease)>>>,
+}
+
+impl Running {
+    fn insert(&self, key: String, h: AbortHandle, lease: Lease) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).insert(key, (h, lease));
+    }
+
+    pub fn remove(&self, key: &str) -> Option<(AbortHandle, Lease)> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).remove(key)
+    }
+
+    pub fn abort_all(&self) {
+        for (_, (h, _)) in self.inner.lock().unwrap_or_else(|p| p.into_inner()).drain() {
+            h.abort();
+        }
+    }
+}
+
+pub struct Pool {
+    pub dispatch: Arc<dyn Dispatch>,
+    pub executors: Executors,
+    pub tx: mpsc::Sender<Command>,
+    pub running: Running,
+    pub max_tasks: usize,
+    pub visibility: Duration,
+}
+
+impl Pool {
+    pub fn spawn(self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move { self.run(shutdown).await })
+    }
+
+    async fn run(self, shutdown: CancellationToken) {
+        let sem = Arc::new(Semaphore::new(self.max_tasks.max(1)));
+        loop {
+            let permits = sem.available_permits().max(1).min(256);
+            let pulled = tokio::select! {
+                r = self.dispatch.pull(&[], permits, Duration::from_secs(1)) => r,
+                _ = shutdown.cancelled() => return,
+            };
+            let leases = match pulled {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "dispatch pull failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            for lease in leases {
+                let permit = tokio::select! {
+                    p = sem.clone().acquire_owned() => p,
+                    _ = shutdown.cancelled() => return,
+                };
+                let Ok(permit) = permit else { return };
+                let task: Task = match serde_json::from_value(lease.envelope.payload.clone()) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::error!(id = %lease.envelope.id, error = %e, "undecodable task; dropping");
+                        let _ = self.dispatch.ack(&lease).await;
+                        continue;
+                    }
+                };
+                self.start(task, lease, permit);
+            }
+        }
+    }
+
+    fn start(&self, task: Task, lease: Lease, permit: tokio::sync::OwnedSemaphorePermit) {
+        let key = task.idempotency_key();
+        let (tx, executors, dispatch) = (self.tx.clone(), self.executors.clone(), self.dispatch.clone());
+        let beat = self.visibility / 3;
+        let span = tracing::info_span!("attempt", run_id = %task.run_id, node_id = %task.node_id, attempt = task.id.attempt, item = ?task.id.item);
+        let held = lease.clone();
+        let h = tokio::spawn(
+            async move {
+                let _permit = permit;
+                let work = executors.execute(&task);
+                tokio::pin!(work);
+                // Keep the lease while the attempt runs, however long it takes.
+                let outcome = loop {
+                    tokio::select! {
+                        o = &mut work => break o,
+                        _ = tokio::time::sleep(beat) => {
+                            if let Err(e) = dispatch.extend(&held).await {
+                                tracing::warn!(error = %e, "lease lost while running");
+                            }
+                        }
+                    }
+                };
+                failpoint!("after_effect");
+                let _ = tx.send(Command::Done(task.run_id.clone(), task.id, outcome, Some(held))).await;
+            }
+            .instrument(span),
+        );
+        self.running.insert(key, h.abort_handle(), lease);
+    }
+}
