@@ -44,8 +44,23 @@ impl Executors {
         &self.guard
     }
 
+    /// Runs one attempt, bounded by the node's `timeout_ms` when it has one.
     pub async fn execute(&self, task: &Task) -> Outcome {
-        let result = match task.kind {
+        let result = match task.timeout_ms {
+            Some(ms) => match tokio::time::timeout(std::time::Duration::from_millis(ms), self.run(task)).await {
+                Ok(r) => r,
+                Err(_) => Err(TaskError::new("timeout", format!("attempt exceeded timeout_ms {ms}"), true)),
+            },
+            None => self.run(task).await,
+        };
+        match result {
+            Ok(v) => Outcome::Ok(v),
+            Err(e) => Outcome::Err(e),
+        }
+    }
+
+    async fn run(&self, task: &Task) -> Result<Value, TaskError> {
+        match task.kind {
             NodeKind::Http => http_node::run(&self.guard, task).await,
             NodeKind::Transform => transform_node::run(&self.guard, task).await,
             // Inline kinds are normally evaluated by the engine; as map steps they run here.
@@ -61,10 +76,6 @@ impl Executors {
             )),
             NodeKind::Hitl => Err(TaskError::new("unsupported", "hitl nodes are handled by the approvals service, which this server does not run", false)),
             other => Err(TaskError::new("unsupported", format!("{other:?} nodes are not dispatched"), false)),
-        };
-        match result {
-            Ok(v) => Outcome::Ok(v),
-            Err(e) => Outcome::Err(e),
         }
     }
 }

@@ -52,8 +52,18 @@ pub async fn run(guard: &Guard, task: &Task) -> Result<Value, TaskError> {
     let cfg: TransformConfig = serde_json::from_value(task.config.clone())
         .map_err(|e| TaskError::new("invalid_config", format!("transform config: {e}"), false))?;
     let input = cfg.input.clone().unwrap_or_else(|| task.input.clone());
-    let fetcher = GuardedFetcher { guard };
-    aob_transform::run_pipeline(&cfg.pipeline, input, &fetcher).await.map_err(|e| {
+    // jq and regex work is CPU-bound and synchronous: run it on a blocking thread so
+    // one heavy pipeline cannot stall the async workers; http_request steps still
+    // await on the runtime through the handle.
+    let guard = guard.clone();
+    let rt = tokio::runtime::Handle::current();
+    let result = tokio::task::spawn_blocking(move || {
+        let fetcher = GuardedFetcher { guard: &guard };
+        rt.block_on(aob_transform::run_pipeline(&cfg.pipeline, input, &fetcher))
+    })
+    .await
+    .map_err(|e| TaskError::new("transform_error", format!("pipeline worker stopped: {e}"), false))?;
+    result.map_err(|e| {
         let msg = e.to_string();
         let code = if msg.contains("security_error") { "security_error" } else { "transform_error" };
         TaskError::new(code, msg, false)
