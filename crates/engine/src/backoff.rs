@@ -8,7 +8,10 @@ const DEFAULT_CAP_MS: u64 = 5 * 60 * 1000;
 /// "equal jitter" (half fixed, half pseudo-random). The random half is derived from
 /// `seed` so that the engine stays deterministic and replayable.
 pub fn retry_delay_ms(policy: &RetryPolicy, attempt: u32, seed: &str) -> u64 {
-    let exp = policy.backoff_multiplier.max(1.0).powi(attempt.saturating_sub(1).min(60) as i32);
+    let exp = policy
+        .backoff_multiplier
+        .max(1.0)
+        .powi(attempt.saturating_sub(1).min(60) as i32);
     let cap = policy.max_backoff_ms.unwrap_or(DEFAULT_CAP_MS) as f64;
     let base = (policy.backoff_ms as f64 * exp).min(cap);
     let digest = Sha256::digest(format!("{seed}:{attempt}").as_bytes());
@@ -24,7 +27,12 @@ mod tests {
 
     #[test]
     fn grows_and_stays_within_bounds() {
-        let p = RetryPolicy { max_attempts: 5, backoff_ms: 100, backoff_multiplier: 2.0, max_backoff_ms: Some(350) };
+        let p = RetryPolicy {
+            max_attempts: 5,
+            backoff_ms: 100,
+            backoff_multiplier: 2.0,
+            max_backoff_ms: Some(350),
+        };
         let d1 = retry_delay_ms(&p, 1, "r:n");
         let d2 = retry_delay_ms(&p, 2, "r:n");
         let d3 = retry_delay_ms(&p, 3, "r:n");

@@ -16,6 +16,6 @@ pub use backoff::retry_delay_ms;
 pub use plan::{EdgeKind, Plan, PlanEdge, PlanNode};
 pub use run::{Action, Input, Step, apply, in_flight};
 pub use state::{
-    Event, ItemState, MapState, NodeState, NodeStatus, Outcome, RunState, RunStatus, Task, TaskError,
-    TaskId, Token,
+    Event, ItemState, MapState, NodeState, NodeStatus, Outcome, RunState, RunStatus, Task,
+    TaskError, TaskId, Token,
 };

@@ -69,11 +69,25 @@ impl Plan {
         if aob_model::validate::has_errors(&issues) {
             return Err(issues);
         }
-        let invalid = |msg: String| vec![Issue { pointer: String::new(), code: "invalid_workflow", message: msg, severity: aob_model::Severity::Error }];
-        let index: HashMap<String, usize> = workflow.nodes.iter().enumerate().map(|(i, n)| (n.id.clone(), i)).collect();
+        let invalid = |msg: String| {
+            vec![Issue {
+                pointer: String::new(),
+                code: "invalid_workflow",
+                message: msg,
+                severity: aob_model::Severity::Error,
+            }]
+        };
+        let index: HashMap<String, usize> = workflow
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.id.clone(), i))
+            .collect();
         let mut nodes = Vec::with_capacity(workflow.nodes.len());
         for n in &workflow.nodes {
-            let kind = n.kind().ok_or_else(|| invalid(format!("unknown type {}", n.kind)))?;
+            let kind = n
+                .kind()
+                .ok_or_else(|| invalid(format!("unknown type {}", n.kind)))?;
             let config = NodeConfig::parse(kind, &n.config).map_err(invalid)?;
             let (loop_back_to, loop_condition) = match &config {
                 NodeConfig::Loop(l) => (
@@ -108,19 +122,30 @@ impl Plan {
         for (i, n) in workflow.nodes.iter().enumerate() {
             if let Some(NodeConfig::Loop(l)) = nodes.get(i).map(|p| &p.config) {
                 let _ = n;
-                for (ids, kind) in [(&l.break_path, EdgeKind::Break), (&l.timeout_path, EdgeKind::Timeout)] {
+                for (ids, kind) in [
+                    (&l.break_path, EdgeKind::Break),
+                    (&l.timeout_path, EdgeKind::Timeout),
+                ] {
                     for id in ids {
-                        if let Some(&t) = index.get(id) {
-                            if seen_exit.insert((i, t)) {
-                                edges.push(PlanEdge { from: i, to: t, condition: None, on: EdgeOn::Success, kind });
-                            }
+                        if let Some(&t) = index.get(id)
+                            && seen_exit.insert((i, t))
+                        {
+                            edges.push(PlanEdge {
+                                from: i,
+                                to: t,
+                                condition: None,
+                                on: EdgeOn::Success,
+                                kind,
+                            });
                         }
                     }
                 }
             }
         }
         for e in &workflow.edges {
-            let (Some(&from), Some(&to)) = (index.get(&e.from), index.get(&e.to)) else { continue };
+            let (Some(&from), Some(&to)) = (index.get(&e.from), index.get(&e.to)) else {
+                continue;
+            };
             if nodes[from].loop_back_to == Some(to) || seen_exit.contains(&(from, to)) {
                 continue;
             }
@@ -128,7 +153,13 @@ impl Plan {
                 Some(c) => Some(Condition::compile(c).map_err(invalid)?),
                 None => None,
             };
-            edges.push(PlanEdge { from, to, condition, on: e.on, kind: EdgeKind::Normal });
+            edges.push(PlanEdge {
+                from,
+                to,
+                condition,
+                on: e.on,
+                kind: EdgeKind::Normal,
+            });
         }
         for (k, e) in edges.iter().enumerate() {
             nodes[e.from].outgoing.push(k);
@@ -136,7 +167,9 @@ impl Plan {
         }
         // Loop bodies: nodes on a path from loop_back_to to the loop node.
         for l in 0..nodes.len() {
-            let Some(start) = nodes[l].loop_back_to else { continue };
+            let Some(start) = nodes[l].loop_back_to else {
+                continue;
+            };
             let mut fwd = HashSet::new();
             let mut stack = vec![start];
             while let Some(v) = stack.pop() {
@@ -160,13 +193,24 @@ impl Plan {
             body.sort_unstable();
             let set: HashSet<usize> = body.iter().copied().collect();
             let body_edges = (0..edges.len())
-                .filter(|&k| set.contains(&edges[k].from) && set.contains(&edges[k].to) && edges[k].from != l)
+                .filter(|&k| {
+                    set.contains(&edges[k].from) && set.contains(&edges[k].to) && edges[k].from != l
+                })
                 .collect();
             nodes[l].loop_body = body;
             nodes[l].loop_body_edges = body_edges;
         }
-        let entries = (0..nodes.len()).filter(|&i| nodes[i].incoming.is_empty()).collect();
+        let entries = (0..nodes.len())
+            .filter(|&i| nodes[i].incoming.is_empty())
+            .collect();
         let hash = workflow.content_hash();
-        Ok(Plan { workflow, hash, nodes, edges, index, entries })
+        Ok(Plan {
+            workflow,
+            hash,
+            nodes,
+            edges,
+            index,
+            entries,
+        })
     }
 }

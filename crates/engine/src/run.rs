@@ -16,14 +16,21 @@ const DEADLINE_GRACE_MS: i64 = 5_000;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     Start,
-    Done { task: TaskId, outcome: Outcome },
+    Done {
+        task: TaskId,
+        outcome: Outcome,
+    },
     /// Time passed: fire due retries, waits and attempt deadlines.
     Tick,
-    Cancel { reason: String },
+    Cancel {
+        reason: String,
+    },
     Pause,
     Resume,
 }
 
+// Boxing the task would change the public API for a few hundred bytes per step.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     Dispatch(Task),
@@ -46,7 +53,12 @@ impl Step {
 /// Applies one input at time `now` (unix ms). Inputs that do not apply to the current
 /// state (a duplicate completion, a stale attempt, cancel of a finished run) change nothing.
 pub fn apply(plan: &Plan, st: &mut RunState, input: Input, now: i64) -> Step {
-    let mut m = Machine { plan, st, now, step: Step::default() };
+    let mut m = Machine {
+        plan,
+        st,
+        now,
+        step: Step::default(),
+    };
     if m.st.status.is_terminal() {
         return m.step;
     }
@@ -73,7 +85,12 @@ pub fn in_flight(plan: &Plan, st: &RunState) -> Vec<Task> {
     if st.status.is_terminal() {
         return out;
     }
-    let m = Machine { plan, st: &mut st.clone(), now: 0, step: Step::default() };
+    let m = Machine {
+        plan,
+        st: &mut st.clone(),
+        now: 0,
+        step: Step::default(),
+    };
     for (i, n) in st.nodes.iter().enumerate() {
         if n.status != NodeStatus::Running {
             continue;
@@ -83,10 +100,10 @@ pub fn in_flight(plan: &Plan, st: &RunState) -> Vec<Task> {
             NodeKind::Map => {
                 if let Some(ms) = &n.map {
                     for (it, s) in ms.item_states.iter().enumerate() {
-                        if s.status == NodeStatus::Running {
-                            if let Ok(t) = m.item_task(i, it, s.attempt) {
-                                out.push(t);
-                            }
+                        if s.status == NodeStatus::Running
+                            && let Ok(t) = m.item_task(i, it, s.attempt)
+                        {
+                            out.push(t);
                         }
                     }
                 }
@@ -135,7 +152,10 @@ impl Machine<'_> {
     }
 
     fn pause(&mut self) {
-        if matches!(self.st.status, RunStatus::Running | RunStatus::WaitingForApproval | RunStatus::Queued) {
+        if matches!(
+            self.st.status,
+            RunStatus::Running | RunStatus::WaitingForApproval | RunStatus::Queued
+        ) {
             self.st.paused = true;
             self.st.status = RunStatus::Paused;
             self.emit("workflow_paused", None, None, json!({}));
@@ -145,7 +165,11 @@ impl Machine<'_> {
     fn resume(&mut self) {
         if self.st.status == RunStatus::Paused {
             self.st.paused = false;
-            self.st.status = if self.st.started_at.is_some() { RunStatus::Running } else { RunStatus::Queued };
+            self.st.status = if self.st.started_at.is_some() {
+                RunStatus::Running
+            } else {
+                RunStatus::Queued
+            };
             self.emit("workflow_resumed", None, None, json!({}));
             if self.st.status == RunStatus::Queued {
                 self.start();
@@ -153,7 +177,9 @@ impl Machine<'_> {
             // Map items are held back while paused (see `fill_map`); a running map is
             // not `Ready`, so `advance` would never look at it again: refill it here.
             for i in 0..self.st.nodes.len() {
-                if self.plan.nodes[i].kind == NodeKind::Map && self.st.nodes[i].status == NodeStatus::Running {
+                if self.plan.nodes[i].kind == NodeKind::Map
+                    && self.st.nodes[i].status == NodeStatus::Running
+                {
                     self.fill_map(i);
                 }
             }
@@ -181,7 +207,9 @@ impl Machine<'_> {
     /// run that ends in this step dispatches nothing.
     fn abort(&mut self, id: TaskId) {
         let before = self.step.actions.len();
-        self.step.actions.retain(|a| !matches!(a, Action::Dispatch(t) if t.id == id));
+        self.step
+            .actions
+            .retain(|a| !matches!(a, Action::Dispatch(t) if t.id == id));
         if self.step.actions.len() == before {
             self.step.actions.push(Action::Abort(id));
         }
@@ -206,14 +234,24 @@ impl Machine<'_> {
                 if let Some(ms) = &n.map {
                     for (it, s) in ms.item_states.iter().enumerate() {
                         if s.status == NodeStatus::Running {
-                            let id = TaskId { node: i as u32, activation: n.activation, item: Some(it as u32), attempt: s.attempt };
+                            let id = TaskId {
+                                node: i as u32,
+                                activation: n.activation,
+                                item: Some(it as u32),
+                                attempt: s.attempt,
+                            };
                             aborts.push(id);
                         }
                     }
                 }
             }
             _ => {
-                let id = TaskId { node: i as u32, activation: n.activation, item: None, attempt: n.attempt };
+                let id = TaskId {
+                    node: i as u32,
+                    activation: n.activation,
+                    item: None,
+                    attempt: n.attempt,
+                };
                 aborts.push(id);
             }
         }
@@ -224,7 +262,9 @@ impl Machine<'_> {
 
     fn done(&mut self, task: TaskId, outcome: Outcome) {
         let i = task.node as usize;
-        let Some(n) = self.st.nodes.get(i) else { return };
+        let Some(n) = self.st.nodes.get(i) else {
+            return;
+        };
         if n.activation != task.activation || n.status != NodeStatus::Running {
             return;
         }
@@ -232,7 +272,9 @@ impl Machine<'_> {
             None => {
                 // Map and wait nodes have no node-level task: only their items / the timer
                 // finish them, never a completion naming the node itself.
-                if n.attempt != task.attempt || matches!(self.plan.nodes[i].kind, NodeKind::Map | NodeKind::Wait) {
+                if n.attempt != task.attempt
+                    || matches!(self.plan.nodes[i].kind, NodeKind::Map | NodeKind::Wait)
+                {
                     return;
                 }
                 match outcome {
@@ -262,9 +304,21 @@ impl Machine<'_> {
                     } else if self.plan.nodes[i].kind == NodeKind::Map {
                         self.tick_map(i);
                     } else if n.deadline.is_some_and(|t| t <= now) {
-                        let id = TaskId { node: i as u32, activation: n.activation, item: None, attempt: n.attempt };
+                        let id = TaskId {
+                            node: i as u32,
+                            activation: n.activation,
+                            item: None,
+                            attempt: n.attempt,
+                        };
                         self.step.actions.push(Action::Abort(id));
-                        self.attempt_failed(i, TaskError::new("timeout", "attempt timed out (lost or unresponsive worker)", true));
+                        self.attempt_failed(
+                            i,
+                            TaskError::new(
+                                "timeout",
+                                "attempt timed out (lost or unresponsive worker)",
+                                true,
+                            ),
+                        );
                     }
                 }
                 _ => {}
@@ -281,7 +335,9 @@ impl Machine<'_> {
             return;
         }
         loop {
-            let ready: Vec<usize> = (0..self.st.nodes.len()).filter(|&i| self.st.nodes[i].status == NodeStatus::Ready).collect();
+            let ready: Vec<usize> = (0..self.st.nodes.len())
+                .filter(|&i| self.st.nodes[i].status == NodeStatus::Ready)
+                .collect();
             if ready.is_empty() {
                 return;
             }
@@ -316,16 +372,32 @@ impl Machine<'_> {
             many => {
                 let mut m = Map::new();
                 for &j in many {
-                    m.insert(self.plan.nodes[j].id.clone(), self.scope_value(j).cloned().unwrap_or(Value::Null));
+                    m.insert(
+                        self.plan.nodes[j].id.clone(),
+                        self.scope_value(j).cloned().unwrap_or(Value::Null),
+                    );
                 }
                 Value::Object(m)
             }
         }
     }
 
-    fn resolve(&self, value: &Value, item: Option<(&Value, usize)>) -> Result<Value, refs::RefError> {
-        let lookup = |id: &str| self.plan.index.get(id).and_then(|&j| self.st.nodes[j].output.as_ref());
-        let scope = Scope { inputs: &self.st.inputs, node: &lookup, item };
+    fn resolve(
+        &self,
+        value: &Value,
+        item: Option<(&Value, usize)>,
+    ) -> Result<Value, refs::RefError> {
+        let lookup = |id: &str| {
+            self.plan
+                .index
+                .get(id)
+                .and_then(|&j| self.st.nodes[j].output.as_ref())
+        };
+        let scope = Scope {
+            inputs: &self.st.inputs,
+            node: &lookup,
+            item,
+        };
         refs::resolve(value, &scope)
     }
 
@@ -346,7 +418,12 @@ impl Machine<'_> {
                 let output = match &c.output {
                     Some(o) => match self.resolve(o, None) {
                         Ok(v) => v,
-                        Err(e) => return self.fail_early(i, TaskError::new("reference_error", e.to_string(), false)),
+                        Err(e) => {
+                            return self.fail_early(
+                                i,
+                                TaskError::new("reference_error", e.to_string(), false),
+                            );
+                        }
                     },
                     None => self.node_input(i),
                 };
@@ -363,7 +440,10 @@ impl Machine<'_> {
                 for &k in &node.incoming {
                     if self.st.edges[k] == Token::Taken {
                         let j = self.plan.edges[k].from;
-                        m.insert(self.plan.nodes[j].id.clone(), self.scope_value(j).cloned().unwrap_or(Value::Null));
+                        m.insert(
+                            self.plan.nodes[j].id.clone(),
+                            self.scope_value(j).cloned().unwrap_or(Value::Null),
+                        );
                     }
                 }
                 self.start_inline(i);
@@ -380,8 +460,12 @@ impl Machine<'_> {
                     (None, Some(u)) => match self.resolve(&Value::String(u.clone()), None) {
                         Ok(Value::String(s)) => aob_model::config::parse_instant_ms(&s)
                             .ok_or_else(|| format!("until '{s}' is not an RFC 3339 instant")),
-                        Ok(Value::Number(n)) => n.as_i64().ok_or_else(|| "until is not an integer".to_string()),
-                        Ok(other) => Err(format!("until resolved to {other}, not an RFC 3339 instant")),
+                        Ok(Value::Number(n)) => n
+                            .as_i64()
+                            .ok_or_else(|| "until is not an integer".to_string()),
+                        Ok(other) => Err(format!(
+                            "until resolved to {other}, not an RFC 3339 instant"
+                        )),
                         Err(e) => Err(e.to_string()),
                     },
                     (None, None) => Err("wait needs duration_ms or until".to_string()),
@@ -393,7 +477,12 @@ impl Machine<'_> {
                         n.attempt = 1;
                         n.started_at = Some(self.now);
                         n.due_at = Some(t);
-                        self.emit("node_started", Some(i), Some(1), json!({"type": "wait", "until_ms": t}));
+                        self.emit(
+                            "node_started",
+                            Some(i),
+                            Some(1),
+                            json!({"type": "wait", "until_ms": t}),
+                        );
                     }
                     Err(msg) => self.fail_early(i, TaskError::new("invalid_config", msg, false)),
                 }
@@ -403,9 +492,21 @@ impl Machine<'_> {
                     Ok(Value::Array(items)) => items,
                     Ok(other) => {
                         let kind = json_kind(&other);
-                        return self.fail_early(i, TaskError::new("invalid_items", format!("map items resolved to {kind}, expected an array"), false));
+                        return self.fail_early(
+                            i,
+                            TaskError::new(
+                                "invalid_items",
+                                format!("map items resolved to {kind}, expected an array"),
+                                false,
+                            ),
+                        );
                     }
-                    Err(e) => return self.fail_early(i, TaskError::new("reference_error", e.to_string(), false)),
+                    Err(e) => {
+                        return self.fail_early(
+                            i,
+                            TaskError::new("reference_error", e.to_string(), false),
+                        );
+                    }
                 };
                 let count = items.len();
                 let n = &mut self.st.nodes[i];
@@ -414,12 +515,25 @@ impl Machine<'_> {
                 n.started_at = Some(self.now);
                 n.map = Some(MapState {
                     results: vec![None; count],
-                    item_states: vec![ItemState { status: NodeStatus::Pending, attempt: 0, due_at: None, deadline: None }; count],
+                    item_states: vec![
+                        ItemState {
+                            status: NodeStatus::Pending,
+                            attempt: 0,
+                            due_at: None,
+                            deadline: None
+                        };
+                        count
+                    ],
                     items,
                     concurrency: mc.concurrency.max(1),
                     step_config: mc.node.config.clone(),
                 });
-                self.emit("node_started", Some(i), Some(1), json!({"type": "map", "items": count}));
+                self.emit(
+                    "node_started",
+                    Some(i),
+                    Some(1),
+                    json!({"type": "map", "items": count}),
+                );
                 if count == 0 {
                     self.complete(i, json!([]), None);
                 } else {
@@ -437,7 +551,12 @@ impl Machine<'_> {
         n.started_at = Some(self.now);
         let attempt = n.attempt;
         let kind = self.plan.nodes[i].kind;
-        self.emit("node_started", Some(i), Some(attempt), json!({"type": kind}));
+        self.emit(
+            "node_started",
+            Some(i),
+            Some(attempt),
+            json!({"type": kind}),
+        );
     }
 
     /// A failure found before any attempt ran (bad reference, bad items).
@@ -468,7 +587,12 @@ impl Machine<'_> {
         let n = &self.st.nodes[i];
         Ok(Task {
             run_id: self.st.run_id.clone(),
-            id: TaskId { node: i as u32, activation: n.activation, item: None, attempt },
+            id: TaskId {
+                node: i as u32,
+                activation: n.activation,
+                item: None,
+                attempt,
+            },
             node_id: node.id.clone(),
             kind: node.kind,
             config,
@@ -481,7 +605,10 @@ impl Machine<'_> {
         let node = &self.plan.nodes[i];
         let n = &self.st.nodes[i];
         let Some(ms) = &n.map else {
-            return Err(refs::RefError { reference: "$item".into(), message: "map state missing".into() });
+            return Err(refs::RefError {
+                reference: "$item".into(),
+                message: "map state missing".into(),
+            });
         };
         let item = ms.items.get(it).cloned().unwrap_or(Value::Null);
         let config = self.resolve(&ms.step_config, Some((&item, it)))?;
@@ -491,7 +618,12 @@ impl Machine<'_> {
         };
         Ok(Task {
             run_id: self.st.run_id.clone(),
-            id: TaskId { node: i as u32, activation: n.activation, item: Some(it as u32), attempt },
+            id: TaskId {
+                node: i as u32,
+                activation: n.activation,
+                item: Some(it as u32),
+                attempt,
+            },
             node_id: node.id.clone(),
             kind,
             config,
@@ -501,7 +633,11 @@ impl Machine<'_> {
     }
 
     fn deadline(&self, i: usize) -> Option<i64> {
-        self.plan.nodes[i].timeout_ms.map(|t| self.now.saturating_add(t as i64).saturating_add(DEADLINE_GRACE_MS))
+        self.plan.nodes[i].timeout_ms.map(|t| {
+            self.now
+                .saturating_add(t as i64)
+                .saturating_add(DEADLINE_GRACE_MS)
+        })
     }
 
     fn dispatch_attempt(&mut self, i: usize) {
@@ -519,7 +655,12 @@ impl Machine<'_> {
                 n.started_at.get_or_insert(self.now);
                 n.deadline = deadline;
                 let kind = self.plan.nodes[i].kind;
-                self.emit("node_started", Some(i), Some(attempt), json!({"type": kind}));
+                self.emit(
+                    "node_started",
+                    Some(i),
+                    Some(attempt),
+                    json!({"type": kind}),
+                );
                 self.step.actions.push(Action::Dispatch(task));
             }
         }
@@ -532,12 +673,22 @@ impl Machine<'_> {
             return;
         }
         loop {
-            let Some(ms) = self.st.nodes[i].map.as_ref() else { return };
-            let running = ms.item_states.iter().filter(|s| s.status == NodeStatus::Running).count() as u32;
+            let Some(ms) = self.st.nodes[i].map.as_ref() else {
+                return;
+            };
+            let running = ms
+                .item_states
+                .iter()
+                .filter(|s| s.status == NodeStatus::Running)
+                .count() as u32;
             if running >= ms.concurrency {
                 return;
             }
-            let Some(it) = ms.item_states.iter().position(|s| s.status == NodeStatus::Pending || s.status == NodeStatus::Ready) else {
+            let Some(it) = ms
+                .item_states
+                .iter()
+                .position(|s| s.status == NodeStatus::Pending || s.status == NodeStatus::Ready)
+            else {
                 return;
             };
             if !self.dispatch_item(i, it) {
@@ -548,11 +699,18 @@ impl Machine<'_> {
 
     /// Returns false when the item could not be dispatched (and the node failed).
     fn dispatch_item(&mut self, i: usize, it: usize) -> bool {
-        let attempt = self.st.nodes[i].map.as_ref().map_or(0, |m| m.item_states[it].attempt) + 1;
+        let attempt = self.st.nodes[i]
+            .map
+            .as_ref()
+            .map_or(0, |m| m.item_states[it].attempt)
+            + 1;
         match self.item_task(i, it, attempt) {
             Err(e) => {
                 self.abort_map_items(i);
-                self.fail_node(i, TaskError::new("reference_error", format!("item {it}: {e}"), false));
+                self.fail_node(
+                    i,
+                    TaskError::new("reference_error", format!("item {it}: {e}"), false),
+                );
                 false
             }
             Ok(task) => {
@@ -576,7 +734,12 @@ impl Machine<'_> {
         if let Some(ms) = self.st.nodes[i].map.as_mut() {
             for (it, s) in ms.item_states.iter_mut().enumerate() {
                 if s.status == NodeStatus::Running {
-                    aborts.push(TaskId { node: i as u32, activation, item: Some(it as u32), attempt: s.attempt });
+                    aborts.push(TaskId {
+                        node: i as u32,
+                        activation,
+                        item: Some(it as u32),
+                        attempt: s.attempt,
+                    });
                     s.status = NodeStatus::Cancelled;
                 }
             }
@@ -588,11 +751,18 @@ impl Machine<'_> {
 
     fn item_done(&mut self, i: usize, it: usize, attempt: u32, outcome: Outcome) {
         let max = self.plan.nodes[i].max_attempts();
-        let seed = format!("{}:{}:{}:{it}", self.st.run_id, i, self.st.nodes[i].activation);
+        let seed = format!(
+            "{}:{}:{}:{it}",
+            self.st.run_id, i, self.st.nodes[i].activation
+        );
         let policy = self.plan.nodes[i].retry.clone();
         let now = self.now;
-        let Some(ms) = self.st.nodes[i].map.as_mut() else { return };
-        let Some(s) = ms.item_states.get_mut(it) else { return };
+        let Some(ms) = self.st.nodes[i].map.as_mut() else {
+            return;
+        };
+        let Some(s) = ms.item_states.get_mut(it) else {
+            return;
+        };
         if s.status != NodeStatus::Running || s.attempt != attempt {
             return;
         }
@@ -601,8 +771,16 @@ impl Machine<'_> {
                 s.status = NodeStatus::Completed;
                 s.deadline = None;
                 ms.results[it] = Some(v);
-                if ms.item_states.iter().all(|s| s.status == NodeStatus::Completed) {
-                    let results: Vec<Value> = ms.results.iter_mut().map(|r| r.take().unwrap_or(Value::Null)).collect();
+                if ms
+                    .item_states
+                    .iter()
+                    .all(|s| s.status == NodeStatus::Completed)
+                {
+                    let results: Vec<Value> = ms
+                        .results
+                        .iter_mut()
+                        .map(|r| r.take().unwrap_or(Value::Null))
+                        .collect();
                     self.complete(i, Value::Array(results), None);
                 } else {
                     self.fill_map(i);
@@ -610,7 +788,9 @@ impl Machine<'_> {
             }
             Outcome::Err(e) => {
                 if e.retryable && attempt < max {
-                    let delay = policy.as_ref().map_or(0, |p| crate::retry_delay_ms(p, attempt, &seed));
+                    let delay = policy
+                        .as_ref()
+                        .map_or(0, |p| crate::retry_delay_ms(p, attempt, &seed));
                     s.status = NodeStatus::Retrying;
                     s.deadline = None;
                     s.due_at = Some(now.saturating_add(delay as i64));
@@ -643,8 +823,22 @@ impl Machine<'_> {
             }
         }
         for (it, attempt) in lost {
-            self.step.actions.push(Action::Abort(TaskId { node: i as u32, activation, item: Some(it as u32), attempt }));
-            self.item_done(i, it, attempt, Outcome::Err(TaskError::new("timeout", "attempt timed out (lost or unresponsive worker)", true)));
+            self.step.actions.push(Action::Abort(TaskId {
+                node: i as u32,
+                activation,
+                item: Some(it as u32),
+                attempt,
+            }));
+            self.item_done(
+                i,
+                it,
+                attempt,
+                Outcome::Err(TaskError::new(
+                    "timeout",
+                    "attempt timed out (lost or unresponsive worker)",
+                    true,
+                )),
+            );
         }
         if !due.is_empty() && self.st.nodes[i].status == NodeStatus::Running {
             self.fill_map(i);
@@ -656,7 +850,10 @@ impl Machine<'_> {
         let attempt = n.attempt;
         if e.retryable && attempt < self.plan.nodes[i].max_attempts() {
             let seed = format!("{}:{}:{}", self.st.run_id, i, n.activation);
-            let delay = self.plan.nodes[i].retry.as_ref().map_or(0, |p| crate::retry_delay_ms(p, attempt, &seed));
+            let delay = self.plan.nodes[i]
+                .retry
+                .as_ref()
+                .map_or(0, |p| crate::retry_delay_ms(p, attempt, &seed));
             let due = self.now.saturating_add(delay as i64);
             let n = &mut self.st.nodes[i];
             n.status = NodeStatus::Retrying;
@@ -670,7 +867,13 @@ impl Machine<'_> {
     }
 
     /// Decides each out-edge of a finished node. `output` is what conditions see.
-    fn route(&mut self, i: usize, output: &Value, failed: bool, exit: Option<EdgeKind>) -> Result<Vec<(usize, Token)>, String> {
+    fn route(
+        &mut self,
+        i: usize,
+        output: &Value,
+        failed: bool,
+        exit: Option<EdgeKind>,
+    ) -> Result<Vec<(usize, Token)>, String> {
         let continue_on_error = self.plan.nodes[i].on_error == OnError::Continue;
         let mut nodes_cache: Option<Value> = None;
         let mut out = Vec::new();
@@ -692,7 +895,12 @@ impl Machine<'_> {
                 match c.eval(output, &self.st.inputs, nodes) {
                     Ok(true) => Token::Taken,
                     Ok(false) => Token::Skipped,
-                    Err(msg) => return Err(format!("edge {} → {}: {msg}", self.plan.nodes[i].id, self.plan.nodes[e.to].id)),
+                    Err(msg) => {
+                        return Err(format!(
+                            "edge {} → {}: {msg}",
+                            self.plan.nodes[i].id, self.plan.nodes[e.to].id
+                        ));
+                    }
                 }
             } else {
                 Token::Taken
@@ -720,7 +928,11 @@ impl Machine<'_> {
         let duration = n.started_at.map(|s| self.now - s).unwrap_or(0);
         let mut data = json!({"output": output, "duration_ms": duration});
         if let Some(x) = exit {
-            data["exit"] = json!(if x == EdgeKind::Break { "break" } else { "timeout" });
+            data["exit"] = json!(if x == EdgeKind::Break {
+                "break"
+            } else {
+                "timeout"
+            });
         }
         n.output = Some(output);
         self.emit("node_completed", Some(i), Some(attempt), data);
@@ -740,10 +952,18 @@ impl Machine<'_> {
         // what successors and the loop condition see.
         n.output = None;
         let attempt = n.attempt;
-        self.emit("node_failed", Some(i), Some(attempt.max(1)), json!({"error": error}));
+        self.emit(
+            "node_failed",
+            Some(i),
+            Some(attempt.max(1)),
+            json!({"error": error}),
+        );
         let node = &self.plan.nodes[i];
         let handled = node.on_error == OnError::Continue
-            || node.outgoing.iter().any(|&k| matches!(self.plan.edges[k].on, EdgeOn::Failure | EdgeOn::Always) && self.plan.edges[k].kind == EdgeKind::Normal);
+            || node.outgoing.iter().any(|&k| {
+                matches!(self.plan.edges[k].on, EdgeOn::Failure | EdgeOn::Always)
+                    && self.plan.edges[k].kind == EdgeKind::Normal
+            });
         if !handled {
             return self.fail_run(i, &err);
         }
@@ -768,7 +988,8 @@ impl Machine<'_> {
                 n.deadline = None;
             }
         }
-        let error = json!({"node_id": self.plan.nodes[i].id, "code": err.code, "message": err.message});
+        let error =
+            json!({"node_id": self.plan.nodes[i].id, "code": err.code, "message": err.message});
         self.st.error = Some(error.clone());
         self.st.status = RunStatus::Failed;
         self.st.paused = false;
@@ -788,8 +1009,14 @@ impl Machine<'_> {
                 continue;
             }
             let node = &self.plan.nodes[t];
-            let taken = node.incoming.iter().any(|&k| self.st.edges[k] == Token::Taken);
-            let resolved = node.incoming.iter().all(|&k| self.st.edges[k] != Token::Pending);
+            let taken = node
+                .incoming
+                .iter()
+                .any(|&k| self.st.edges[k] == Token::Taken);
+            let resolved = node
+                .incoming
+                .iter()
+                .all(|&k| self.st.edges[k] != Token::Pending);
             let fire = match node.join {
                 Join::Any => taken,
                 Join::All => taken && resolved,
@@ -810,19 +1037,28 @@ impl Machine<'_> {
     }
 
     fn loop_step(&mut self, i: usize, body_output: Value) {
-        let NodeConfig::Loop(cfg) = &self.plan.nodes[i].config else { return };
+        let NodeConfig::Loop(cfg) = &self.plan.nodes[i].config else {
+            return;
+        };
         let iterations = self.st.nodes[i].iterations + 1;
         let go_on = match &self.plan.nodes[i].loop_condition {
             None => true,
             Some(c) => match c.eval(&body_output, &self.st.inputs, &self.nodes_value()) {
                 Ok(b) => b,
-                Err(msg) => return self.fail_node(i, TaskError::new("condition_error", msg, false)),
+                Err(msg) => {
+                    return self.fail_node(i, TaskError::new("condition_error", msg, false));
+                }
             },
         };
         if go_on && iterations < cfg.max_iterations {
             self.st.nodes[i].iterations = iterations;
             let attempt = self.st.nodes[i].attempt;
-            self.emit("loop_iteration", Some(i), Some(attempt), json!({"iteration": iterations, "output": body_output}));
+            self.emit(
+                "loop_iteration",
+                Some(i),
+                Some(attempt),
+                json!({"iteration": iterations, "output": body_output}),
+            );
             let plan_node = &self.plan.nodes[i];
             for &v in &plan_node.loop_body {
                 // A body node can still be running when the loop node fires early
@@ -853,13 +1089,20 @@ impl Machine<'_> {
             }
         } else {
             self.st.nodes[i].iterations = 0;
-            let exit = if go_on { EdgeKind::Timeout } else { EdgeKind::Break };
+            let exit = if go_on {
+                EdgeKind::Timeout
+            } else {
+                EdgeKind::Break
+            };
             self.complete(i, body_output, Some(exit));
         }
     }
 
     fn check_done(&mut self) {
-        if !matches!(self.st.status, RunStatus::Running | RunStatus::Paused | RunStatus::WaitingForApproval) {
+        if !matches!(
+            self.st.status,
+            RunStatus::Running | RunStatus::Paused | RunStatus::WaitingForApproval
+        ) {
             return;
         }
         // A run paused before it started has no active node yet, but it is not done.
@@ -885,8 +1128,12 @@ impl Machine<'_> {
             None => {
                 let mut m = Map::new();
                 for (j, node) in self.plan.nodes.iter().enumerate() {
-                    if node.outgoing.is_empty() && self.st.nodes[j].status == NodeStatus::Completed {
-                        m.insert(node.id.clone(), self.st.nodes[j].output.clone().unwrap_or(Value::Null));
+                    if node.outgoing.is_empty() && self.st.nodes[j].status == NodeStatus::Completed
+                    {
+                        m.insert(
+                            node.id.clone(),
+                            self.st.nodes[j].output.clone().unwrap_or(Value::Null),
+                        );
                     }
                 }
                 Value::Object(m)
@@ -896,7 +1143,12 @@ impl Machine<'_> {
         self.st.status = RunStatus::Completed;
         self.st.paused = false;
         self.st.completed_at = Some(self.now);
-        self.emit("workflow_completed", None, None, json!({"outputs": outputs}));
+        self.emit(
+            "workflow_completed",
+            None,
+            None,
+            json!({"outputs": outputs}),
+        );
     }
 }
 

@@ -18,7 +18,10 @@ pub enum RunStatus {
 
 impl RunStatus {
     pub fn is_terminal(self) -> bool {
-        matches!(self, RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled | RunStatus::Timeout)
+        matches!(
+            self,
+            RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled | RunStatus::Timeout
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -66,10 +69,22 @@ pub enum NodeStatus {
 impl NodeStatus {
     /// Work is still owed on this node.
     pub fn is_active(self) -> bool {
-        matches!(self, NodeStatus::Ready | NodeStatus::Running | NodeStatus::Retrying | NodeStatus::WaitingForApproval)
+        matches!(
+            self,
+            NodeStatus::Ready
+                | NodeStatus::Running
+                | NodeStatus::Retrying
+                | NodeStatus::WaitingForApproval
+        )
     }
     pub fn is_done(self) -> bool {
-        matches!(self, NodeStatus::Completed | NodeStatus::Failed | NodeStatus::Skipped | NodeStatus::Cancelled)
+        matches!(
+            self,
+            NodeStatus::Completed
+                | NodeStatus::Failed
+                | NodeStatus::Skipped
+                | NodeStatus::Cancelled
+        )
     }
 }
 
@@ -217,12 +232,12 @@ impl RunState {
                 see(n.due_at);
                 see(n.deadline);
             }
-            if let Some(m) = &n.map {
-                if n.status == NodeStatus::Running {
-                    for it in &m.item_states {
-                        see(it.due_at);
-                        see(it.deadline);
-                    }
+            if let Some(m) = &n.map
+                && n.status == NodeStatus::Running
+            {
+                for it in &m.item_states {
+                    see(it.due_at);
+                    see(it.deadline);
                 }
             }
         }
@@ -235,10 +250,11 @@ impl RunState {
             n.status == NodeStatus::Running
                 && match plan.nodes[i].kind {
                     NodeKind::Wait => false,
-                    NodeKind::Map => n
-                        .map
-                        .as_ref()
-                        .is_some_and(|m| m.item_states.iter().any(|s| s.status == NodeStatus::Running)),
+                    NodeKind::Map => n.map.as_ref().is_some_and(|m| {
+                        m.item_states
+                            .iter()
+                            .any(|s| s.status == NodeStatus::Running)
+                    }),
                     _ => true,
                 }
         })
@@ -259,8 +275,14 @@ impl TaskId {
     /// Stable text form used for idempotency keys and dispatch ids.
     pub fn key(&self, run_id: &str) -> String {
         match self.item {
-            Some(i) => format!("{run_id}:{}:{}:{i}:{}", self.node, self.activation, self.attempt),
-            None => format!("{run_id}:{}:{}:{}", self.node, self.activation, self.attempt),
+            Some(i) => format!(
+                "{run_id}:{}:{}:{i}:{}",
+                self.node, self.activation, self.attempt
+            ),
+            None => format!(
+                "{run_id}:{}:{}:{}",
+                self.node, self.activation, self.attempt
+            ),
         }
     }
 }
@@ -294,7 +316,11 @@ pub struct TaskError {
 
 impl TaskError {
     pub fn new(code: impl Into<String>, message: impl Into<String>, retryable: bool) -> TaskError {
-        TaskError { code: code.into(), message: message.into(), retryable }
+        TaskError {
+            code: code.into(),
+            message: message.into(),
+            retryable,
+        }
     }
     pub fn to_value(&self) -> Value {
         serde_json::json!({"code": self.code, "message": self.message})
