@@ -1,6 +1,7 @@
 //! The conformance suite every [`Dispatch`] backend runs, under paused tokio time
 //! where the backend's clock allows it. Use [`dispatch_conformance!`] with an async
 //! constructor `fn(Options) -> impl Future<Output = impl Deref<Target = dyn Dispatch>>`.
+#![allow(clippy::unwrap_used)] // test code: a failed call is a failed check
 
 use std::time::Duration;
 

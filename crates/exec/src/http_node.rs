@@ -82,13 +82,12 @@ pub async fn run(guard: &Guard, task: &Task) -> Result<Value, TaskError> {
         Ok(v) => v,
         Err(_) => Value::String(String::from_utf8_lossy(&resp.body).into_owned()),
     };
-    if let Some(f) = &cfg.fail_on_status {
-        if f.fails(resp.status) {
+    if let Some(f) = &cfg.fail_on_status
+        && f.fails(resp.status) {
             // Server errors and throttling may pass; client errors will not.
             let retryable = resp.status >= 500 || resp.status == 429 || resp.status == 408;
             return Err(TaskError::new("http_status", format!("{} {} answered {}", method, resp.url, resp.status), retryable));
         }
-    }
     Ok(json!({
         "status_code": resp.status,
         "headers": hmap,

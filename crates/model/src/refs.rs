@@ -179,12 +179,11 @@ impl Ref {
             },
         };
         // `.length` / `.#` on arrays gives the length, as gjson's `#` did in the seed.
-        if let Some((last, head)) = self.path.split_last() {
-            if last == "#" || last == "length" {
-                if let Some(Value::Array(items)) = lookup(base, head) {
-                    return Ok(Value::from(items.len()));
-                }
-            }
+        if let Some((last, head)) = self.path.split_last()
+            && (last == "#" || last == "length")
+            && let Some(Value::Array(items)) = lookup(base, head)
+        {
+            return Ok(Value::from(items.len()));
         }
         lookup(base, &self.path)
             .cloned()

@@ -47,14 +47,13 @@ pub fn workflow_schema() -> Value {
             "then": {"properties": {"config": {"$ref": format!("#/$defs/{def_name}")}}}
         }));
     }
-    if let Some(node) = defs.get_mut("Node") {
-        if let Some(obj) = node.as_object_mut() {
+    if let Some(node) = defs.get_mut("Node")
+        && let Some(obj) = node.as_object_mut() {
             obj.insert("allOf".into(), Value::Array(all_of));
             if let Some(Value::Object(props)) = obj.get_mut("properties") {
                 props.insert("type".into(), json!({"type": "string", "enum": crate::NodeKind::NAMES}));
             }
         }
-    }
     if let Some(obj) = root.as_object_mut() {
         obj.insert("$defs".into(), Value::Object(defs));
         obj.insert("$id".into(), json!("https://aob.dev/schema/workflow.json"));

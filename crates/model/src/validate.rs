@@ -133,7 +133,7 @@ fn validate_at(wf: &Workflow, base: &str) -> Vec<Issue> {
         }
         match NodeConfig::parse(kind, &node.config) {
             Ok(cfg) => {
-                check_config(wf, base, i, &cfg, &index, &mut issues);
+                check_config(&format!("{base}/nodes/{i}/config"), &cfg, &index, &mut issues);
                 if let NodeConfig::Loop(l) = &cfg {
                     if let Some(&t) = index.get(l.loop_back_to.as_str()) {
                         loop_back.insert((i, t));
@@ -164,11 +164,10 @@ fn validate_at(wf: &Workflow, base: &str) -> Vec<Issue> {
         if to.is_none() {
             issues.push(Issue::error(format!("{p}/to"), "dangling_edge", format!("edge to unknown node '{}'", e.to)));
         }
-        if let Some(c) = &e.condition {
-            if let Err(msg) = Condition::compile(c) {
+        if let Some(c) = &e.condition
+            && let Err(msg) = Condition::compile(c) {
                 issues.push(Issue::error(format!("{p}/condition"), "invalid_condition", format!("condition does not compile: {msg}")));
             }
-        }
         if let (Some(f), Some(t)) = (from, to) {
             // An explicit edge from a loop node back to its body start is the loop itself.
             if loop_back.contains(&(f, t)) {
@@ -298,15 +297,9 @@ fn find_cycles(
     color[v] = 2;
 }
 
-fn check_config(
-    wf: &Workflow,
-    base: &str,
-    i: usize,
-    cfg: &NodeConfig,
-    index: &HashMap<&str, usize>,
-    issues: &mut Vec<Issue>,
-) {
-    let p = format!("{base}/nodes/{i}/config");
+/// Checks a parsed config; `p` is the JSON pointer of the config object.
+fn check_config(p: &str, cfg: &NodeConfig, index: &HashMap<&str, usize>, issues: &mut Vec<Issue>) {
+    let p = p.to_string();
     match cfg {
         NodeConfig::Http(h) => {
             if h.url.trim().is_empty() {
@@ -335,11 +328,10 @@ fn check_config(
                     }
                 }
             }
-            if let Some(c) = &l.condition {
-                if let Err(msg) = Condition::compile(c) {
+            if let Some(c) = &l.condition
+                && let Err(msg) = Condition::compile(c) {
                     issues.push(Issue::error(format!("{p}/condition"), "invalid_condition", format!("condition does not compile: {msg}")));
                 }
-            }
         }
         NodeConfig::Map(m) => {
             if m.concurrency == 0 {
@@ -348,7 +340,7 @@ fn check_config(
             match NodeKind::parse(&m.node.kind) {
                 Some(k @ (NodeKind::Http | NodeKind::Transform | NodeKind::Noop | NodeKind::Subworkflow | NodeKind::Agent)) => {
                     match NodeConfig::parse(k, &m.node.config) {
-                        Ok(inner) => check_config(wf, base, i, &inner, index, &mut Vec::new()),
+                        Ok(inner) => check_config(&format!("{p}/node/config"), &inner, index, issues),
                         Err(e) => issues.push(Issue::error(format!("{p}/node/config"), "invalid_config", format!("invalid {} config: {e}", m.node.kind))),
                     }
                 }

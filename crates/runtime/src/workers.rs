@@ -57,7 +57,7 @@ impl Pool {
     async fn run(self, shutdown: CancellationToken) {
         let sem = Arc::new(Semaphore::new(self.max_tasks.max(1)));
         loop {
-            let permits = sem.available_permits().max(1).min(256);
+            let permits = sem.available_permits().clamp(1, 256);
             let pulled = tokio::select! {
                 r = self.dispatch.pull(&[], permits, Duration::from_secs(1)) => r,
                 _ = shutdown.cancelled() => return,
