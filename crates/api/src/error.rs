@@ -11,6 +11,8 @@ use aob_store::StoreError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Code {
     BadRequest,
+    Unauthorized,
+    Forbidden,
     InvalidJson,
     ValidationFailed,
     NotFound,
@@ -27,6 +29,8 @@ impl Code {
     pub fn as_str(self) -> &'static str {
         match self {
             Code::BadRequest => "bad_request",
+            Code::Unauthorized => "unauthorized",
+            Code::Forbidden => "forbidden",
             Code::InvalidJson => "invalid_json",
             Code::ValidationFailed => "validation_failed",
             Code::NotFound => "not_found",
@@ -43,6 +47,8 @@ impl Code {
     pub fn status(self) -> StatusCode {
         match self {
             Code::BadRequest | Code::InvalidJson | Code::ValidationFailed => StatusCode::BAD_REQUEST,
+            Code::Unauthorized => StatusCode::UNAUTHORIZED,
+            Code::Forbidden => StatusCode::FORBIDDEN,
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::Conflict | Code::InvalidState => StatusCode::CONFLICT,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -53,8 +59,10 @@ impl Code {
         }
     }
 
-    pub const ALL: [Code; 11] = [
+    pub const ALL: [Code; 13] = [
         Code::BadRequest,
+        Code::Unauthorized,
+        Code::Forbidden,
         Code::InvalidJson,
         Code::ValidationFailed,
         Code::NotFound,

@@ -20,7 +20,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use aob_store::StoredEvent;
 
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{Caller, Query};
+use crate::auth::Caller;
+use crate::extract::Query;
 use crate::{AppState, runs};
 
 const PAGE: usize = 1000;
@@ -78,6 +79,7 @@ pub async fn run_stream(
             async move { !keep || tx.send(Ok(ev)).await.is_ok() }
         };
         // History, then live; `catch_up` is also how a lagging subscriber recovers.
+        let mut rechecked = false;
         'outer: loop {
             loop {
                 let page = match store.events(&id, last, PAGE).await {
@@ -101,6 +103,19 @@ pub async fn run_stream(
                     break;
                 }
             }
+            // A client resuming at (or past) the terminal event gets nothing from the
+            // log, and no live event will ever come: close instead of hanging. The
+            // state and its events commit together, so a terminal run's log is complete;
+            // if it grew since the read above, read once more (that ends at the terminal
+            // event), then close either way.
+            if let Ok(Some(rec)) = store.get_run(&id).await
+                && rec.state.status.is_terminal() {
+                    if rec.state.seq <= last || rechecked {
+                        return;
+                    }
+                    rechecked = true;
+                    continue 'outer;
+                }
             loop {
                 tokio::select! {
                     r = live.recv() => match r {
@@ -168,7 +183,7 @@ pub async fn owner_stream(
             loop {
                 tokio::select! {
                     r = live.recv() => match r {
-                        Ok(h) if &*h.owner == owner => break,
+                        Ok(h) if *h.owner == owner => break,
                         Ok(_) => continue,
                         Err(broadcast::error::RecvError::Lagged(_)) => break,
                         Err(broadcast::error::RecvError::Closed) => return,

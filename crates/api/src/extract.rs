@@ -44,20 +44,6 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
     }
 }
 
-/// Who is calling. Until API keys land, every caller is the local owner.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub owner: String,
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(_parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
-        Ok(Caller { owner: crate::LOCAL_OWNER.to_string() })
-    }
-}
-
 /// Parses an optional JSON body: empty means `None`.
 pub fn optional_json<T: DeserializeOwned>(body: &[u8]) -> Result<Option<T>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {

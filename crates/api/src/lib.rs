@@ -4,9 +4,11 @@
 //! codes); a caller mistake is a 4xx and changes nothing; handlers never hold
 //! engine state, they talk to the runtime through its handle.
 
+pub mod auth;
 pub mod error;
 mod events;
 mod extract;
+mod keys;
 mod openapi;
 mod runs;
 mod views;
@@ -26,12 +28,10 @@ use aob_runtime::Handle;
 
 pub use openapi::spec as openapi_spec;
 
-/// The owner of everything until API keys and tenants exist.
-pub const LOCAL_OWNER: &str = "local";
-
 #[derive(Clone)]
 pub struct AppState {
     pub rt: Handle,
+    pub keys: auth::Keys,
     /// Process start, for the version endpoint.
     pub started_at: i64,
 }
@@ -66,7 +66,10 @@ pub fn router(state: AppState, opts: &Options) -> Router {
         .route("/runs/{id}/events/list", get(events::run_page))
         .route("/events", get(events::owner_stream))
         .route("/artifacts/{id}", get(runs::artifact))
-        .route("/version", get(version));
+        .route("/version", get(version))
+        .route("/keys", post(keys::create).get(keys::list))
+        .route("/keys/{id}", axum::routing::delete(keys::revoke))
+        .route("/whoami", get(keys::whoami));
     Router::new()
         .nest("/api/v1", api)
         .route("/health", get(health))
@@ -75,10 +78,45 @@ pub fn router(state: AppState, opts: &Options) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(opts.body_limit))
+        .layer(axum::middleware::map_response(envelope_plain_errors))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             error::ApiError::new(error::Code::Internal, "internal error").into_response()
         }))
         .with_state(state)
+}
+
+/// Rejections produced by axum itself are plain text: the body limit on handlers that
+/// read raw bytes (the seed's execute route, cancel), malformed path segments, and so
+/// on. Rewrap them so that every 4xx/5xx leaves in the one envelope; the status and
+/// other headers are kept.
+async fn envelope_plain_errors(resp: axum::response::Response) -> axum::response::Response {
+    use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let is_json = resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.starts_with("application/json"));
+    if is_json {
+        return resp;
+    }
+    use error::Code;
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => Code::PayloadTooLarge,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => Code::UnsupportedMediaType,
+        StatusCode::NOT_FOUND => Code::NotFound,
+        StatusCode::METHOD_NOT_ALLOWED => Code::MethodNotAllowed,
+        StatusCode::CONFLICT => Code::Conflict,
+        StatusCode::SERVICE_UNAVAILABLE => Code::Unavailable,
+        s if s.is_server_error() => Code::Internal,
+        _ => Code::BadRequest,
+    };
+    let (mut parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024).await.map(|b| String::from_utf8_lossy(&b).trim().to_string()).unwrap_or_default();
+    let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { text };
+    let body = json!({"error": {"code": code.as_str(), "message": message, "details": null}}).to_string();
+    parts.headers.remove(CONTENT_LENGTH);
+    parts.headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    axum::response::Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 async fn not_found() -> error::ApiError {
@@ -103,7 +141,7 @@ async fn readiness(State(app): State<AppState>) -> impl IntoResponse {
     }
 }
 
-async fn version(State(app): State<AppState>) -> axum::Json<serde_json::Value> {
+async fn version(State(app): State<AppState>, _caller: auth::Caller) -> axum::Json<serde_json::Value> {
     axum::Json(json!({
         "name": "aob",
         "version": env!("CARGO_PKG_VERSION"),

@@ -59,9 +59,20 @@ pub fn spec() -> Value {
             "/api/v1/runs/{id}/events": {"get": sse(op("SSE stream of a run's events", "200"))},
             "/api/v1/runs/{id}/events/list": {"get": op("A page of a run's events (after, limit, types)", "200")},
             "/api/v1/events": {"get": sse(op("SSE stream of every event of the caller's runs", "200"))},
-            "/api/v1/artifacts/{id}": {"get": op("A content-addressed artifact", "200")}
+            "/api/v1/artifacts/{id}": {"get": op("A content-addressed artifact", "200")},
+            "/api/v1/keys": {
+                "post": with_body(op("Create an API key (admin); the key is shown once", "201"), json!({"type": "object", "properties": {"name": {"type": "string"}, "user": {"type": "string"}, "role": {"enum": ["admin", "member"]}, "tenant": {"type": "string"}}})),
+                "get": op("List API keys", "200")
+            },
+            "/api/v1/keys/{id}": {"delete": op("Revoke an API key", "200")},
+            "/api/v1/whoami": {"get": op("The calling key's tenant, user and role", "200")}
         },
+        "security": [{"apiKey": []}, {"bearer": []}],
         "components": {
+            "securitySchemes": {
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "bearer": {"type": "http", "scheme": "bearer"}
+            },
             "schemas": {
                 "Error": {
                     "type": "object",

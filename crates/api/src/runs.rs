@@ -14,7 +14,8 @@ use aob_runtime::StartRun;
 use aob_store::RunFilter;
 
 use crate::error::{ApiError, ApiResult, Code};
-use crate::extract::{Caller, Json, Query, optional_json};
+use crate::auth::Caller;
+use crate::extract::{Json, Query, optional_json};
 use crate::workflows::workflow_doc;
 use crate::{AppState, views};
 
@@ -83,11 +84,10 @@ async fn resolve_tag(app: &AppState, owner: &str, tag: &str) -> ApiResult<Arc<Pl
 async fn start(app: &AppState, owner: &str, plan: Arc<Plan>, tag: Option<String>, inputs: Value, key: Option<String>) -> ApiResult<(StatusCode, Value)> {
     let inputs = if inputs.is_null() { json!({}) } else { inputs };
     check_inputs(&plan, &inputs)?;
-    if let Some(k) = &key {
-        if let Some(existing) = app.rt.store.run_by_idempotency_key(owner, k).await? {
+    if let Some(k) = &key
+        && let Some(existing) = app.rt.store.run_by_idempotency_key(owner, k).await? {
             return replay(app, &existing).await;
         }
-    }
     let req = StartRun {
         run_id: uuid::Uuid::now_v7().to_string(),
         owner: owner.to_string(),
@@ -126,7 +126,7 @@ pub async fn create(State(app): State<AppState>, caller: Caller, headers: Header
         (Some(doc), None) => {
             let doc = workflow_doc(&doc)?;
             let (wf, _) = parse_and_validate(&doc).map_err(|issues| ApiError::validation(&issues))?;
-            (app.rt.register(wf).await?, None)
+            (app.rt.register(wf, &caller.owner).await?, None)
         }
         (None, Some(tag)) => (resolve_tag(&app, &caller.owner, &tag).await?, Some(tag)),
         _ => return Err(ApiError::bad_request("give exactly one of workflow or tag")),
@@ -230,7 +230,10 @@ pub async fn resume(State(app): State<AppState>, caller: Caller, Path(id): Path<
     control(app, caller, id, Input::Resume, "resume").await
 }
 
-pub async fn artifact(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult<axum::Json<Value>> {
+pub async fn artifact(State(app): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<axum::Json<Value>> {
+    if !app.rt.store.blob_granted(&id, &caller.owner).await? {
+        return Err(ApiError::not_found(format!("artifact {id}")));
+    }
     let blob = app.rt.store.get_blob(&id).await?.ok_or_else(|| ApiError::not_found(format!("artifact {id}")))?;
     Ok(axum::Json(json!({"artifact_id": blob.hash, "cas_id": blob.hash, "kind": blob.kind, "created_at": aob_store::rfc3339_ms(blob.created_at), "content": blob.content})))
 }

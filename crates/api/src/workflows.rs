@@ -10,7 +10,8 @@ use aob_model::validate::parse_and_validate;
 use aob_store::TagUpdate;
 
 use crate::error::{ApiError, ApiResult, Code};
-use crate::extract::{Caller, Json, Query};
+use crate::auth::Caller;
+use crate::extract::{Json, Query};
 use crate::{AppState, views};
 
 /// Parses a workflow given as a JSON object or as YAML/JSON text.
@@ -45,7 +46,7 @@ pub async fn create(State(app): State<AppState>, caller: Caller, Json(body): Jso
     let doc = workflow_doc(&body.workflow.ok_or_else(|| ApiError::bad_request("workflow is required"))?)?;
     let (wf, warnings) = parse_and_validate(&doc).map_err(|issues| ApiError::validation(&issues))?;
     let (nodes, edges) = (wf.nodes.len(), wf.edges.len());
-    let plan = app.rt.register(wf).await?;
+    let plan = app.rt.register(wf, &caller.owner).await?;
     let existed = app.rt.store.get_tag(&caller.owner, &tag).await?.is_some();
     let t = app
         .rt
@@ -127,7 +128,7 @@ pub struct ValidateBody {
 }
 
 /// Validates without storing anything.
-pub async fn validate(Json(body): Json<ValidateBody>) -> ApiResult<axum::Json<Value>> {
+pub async fn validate(_caller: Caller, Json(body): Json<ValidateBody>) -> ApiResult<axum::Json<Value>> {
     let doc = workflow_doc(&body.workflow.ok_or_else(|| ApiError::bad_request("workflow is required"))?)?;
     let issues = match parse_and_validate(&doc) {
         Ok((_, w)) => w,
@@ -139,6 +140,6 @@ pub async fn validate(Json(body): Json<ValidateBody>) -> ApiResult<axum::Json<Va
     Ok(axum::Json(json!({"valid": valid, "errors": errors, "warnings": warnings})))
 }
 
-pub async fn schema() -> axum::Json<Value> {
+pub async fn schema(_caller: Caller) -> axum::Json<Value> {
     axum::Json(aob_model::schema::workflow_schema())
 }

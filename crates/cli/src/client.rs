@@ -51,8 +51,18 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(base: &str) -> Client {
-        let http = reqwest::Client::builder().no_proxy().connect_timeout(Duration::from_secs(5)).build().unwrap_or_else(|_| reqwest::Client::new());
+    /// A client sending `key` (when given) as `X-API-Key` on every request.
+    pub fn new(base: &str, key: Option<&str>) -> Client {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(k) = key.and_then(|k| reqwest::header::HeaderValue::from_str(k.trim()).ok()) {
+            headers.insert("x-api-key", k);
+        }
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(5))
+            .default_headers(headers)
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
         Client { base: base.trim_end_matches('/').to_string(), http }
     }
 

@@ -150,7 +150,8 @@ pub async fn run(cmd: RunCmd, client: &Client, fmt: Format) -> anyhow::Result<i3
             if local {
                 let cfg = crate::config::Config { addr: "127.0.0.1:0".into(), data_dir, ..Default::default() };
                 let server = crate::serve::start(&cfg).await?;
-                let local_client = Client::new(&format!("http://{}", server.addr));
+                let key = crate::credentials::read_key_file(&crate::serve::admin_key_path(&cfg.data_dir));
+                let local_client = Client::new(&format!("http://{}", server.addr), key.as_deref());
                 let code = start_run(&local_client, &body, follow, fmt).await;
                 let _ = server.stop.send(());
                 let _ = server.serve.await;
@@ -343,4 +344,90 @@ pub async fn artifact(cmd: ArtifactCmd, client: &Client, fmt: Format) -> anyhow:
             Ok(exit::OK)
         }
     }
+}
+
+#[derive(Subcommand)]
+pub enum KeysCmd {
+    /// Create a key (admin only); the key is printed once.
+    Create {
+        #[arg(long, default_value = "key")]
+        name: String,
+        #[arg(long)]
+        user: Option<String>,
+        /// admin or member.
+        #[arg(long, default_value = "member")]
+        role: String,
+        /// Tenant (default: yours).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// List keys.
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Revoke a key by id.
+    Revoke { id: String },
+}
+
+pub async fn keys(cmd: KeysCmd, client: &Client, fmt: Format) -> anyhow::Result<i32> {
+    match cmd {
+        KeysCmd::Create { name, user, role, tenant } => {
+            let v = client.post("/api/v1/keys", &json!({"name": name, "user": user, "role": role, "tenant": tenant})).await?;
+            if fmt == Format::Pretty {
+                eprintln!("key {} for {}/{} ({}); it is shown only now:", v["id"].as_str().unwrap_or(""), v["tenant"].as_str().unwrap_or(""), v["user"].as_str().unwrap_or(""), v["role"].as_str().unwrap_or(""));
+                println!("{}", v["key"].as_str().unwrap_or(""));
+            } else {
+                output::print(fmt, &v);
+            }
+            Ok(exit::OK)
+        }
+        KeysCmd::List { tenant } => {
+            let path = match tenant {
+                Some(t) => format!("/api/v1/keys?tenant={}", seg(&t)),
+                None => "/api/v1/keys".to_string(),
+            };
+            let v = client.get(&path).await?;
+            let rows = v["keys"].as_array().cloned().unwrap_or_default();
+            output::table(fmt, &v, &rows, &[("ID", "id"), ("TENANT", "tenant"), ("USER", "user"), ("ROLE", "role"), ("NAME", "name"), ("REVOKED", "revoked_at")]);
+            Ok(exit::OK)
+        }
+        KeysCmd::Revoke { id } => {
+            output::print(fmt, &client.delete(&format!("/api/v1/keys/{}", seg(&id))).await?);
+            Ok(exit::OK)
+        }
+    }
+}
+
+pub async fn login(api_url: &str, key: Option<String>, fmt: Format) -> anyhow::Result<i32> {
+    let key = match key {
+        Some(k) => k,
+        None => {
+            eprintln!("paste the API key, then Enter:");
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            line.trim().to_string()
+        }
+    };
+    if key.is_empty() {
+        return Err(CliError::Usage("no key given".into()).into());
+    }
+    let who = Client::new(api_url, Some(&key)).get("/api/v1/whoami").await?;
+    let mut creds = crate::credentials::load();
+    creds.servers.insert(api_url.trim_end_matches('/').to_string(), key);
+    let path = crate::credentials::save(&creds)?;
+    eprintln!("saved to {}", path.display());
+    output::print(fmt, &who);
+    Ok(exit::OK)
+}
+
+pub fn logout(api_url: &str) -> anyhow::Result<i32> {
+    let mut creds = crate::credentials::load();
+    if creds.servers.remove(api_url.trim_end_matches('/')).is_some() {
+        crate::credentials::save(&creds)?;
+        eprintln!("logged out of {api_url}");
+    } else {
+        eprintln!("no saved key for {api_url}");
+    }
+    Ok(exit::OK)
 }

@@ -4,5 +4,6 @@
 pub mod client;
 pub mod commands;
 pub mod config;
+pub mod credentials;
 pub mod output;
 pub mod serve;

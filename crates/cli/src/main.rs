@@ -16,6 +16,9 @@ struct Cli {
     /// Base URL of the aob server.
     #[arg(long, global = true, env = "AOB_API_URL", default_value = "http://127.0.0.1:8080")]
     api_url: String,
+    /// API key (default: the key saved by `aob login`, else ./aob-data/admin.key).
+    #[arg(long, global = true, env = "AOB_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     /// How to print results.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Format::Pretty)]
     output: Format,
@@ -42,6 +45,18 @@ enum Command {
     /// Show the effective server configuration.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Save an API key for this server (verified first).
+    Login {
+        /// The key; read from stdin when omitted.
+        key: Option<String>,
+    },
+    /// Forget the saved key for this server.
+    Logout,
+    /// Show who the current key belongs to.
+    Whoami,
+    /// Create, list and revoke API keys.
+    #[command(subcommand)]
+    Keys(commands::KeysCmd),
 }
 
 #[derive(Args, Clone, Default)]
@@ -116,7 +131,8 @@ fn main() {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
-    let client = client::Client::new(&cli.api_url);
+    let key = aob_cli::credentials::resolve(cli.api_key.as_deref(), &cli.api_url);
+    let client = client::Client::new(&cli.api_url, key.as_deref());
     let fmt = cli.output;
     match cli.command {
         Command::Serve(args) => {
@@ -134,5 +150,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Logs(cmd) => commands::logs(cmd, &client, fmt).await,
         Command::Workflow(cmd) => commands::workflow(cmd, &client, fmt).await,
         Command::Artifact(cmd) => commands::artifact(cmd, &client, fmt).await,
+        Command::Login { key } => commands::login(&cli.api_url, key, fmt).await,
+        Command::Logout => commands::logout(&cli.api_url),
+        Command::Whoami => {
+            output::print(fmt, &client.get("/api/v1/whoami").await?);
+            Ok(exit::OK)
+        }
+        Command::Keys(cmd) => commands::keys(cmd, &client, fmt).await,
     }
 }

@@ -34,13 +34,46 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
     let runtime = Runtime::start(opts, Arc::new(store), dispatch, guard, clock);
     let listener = tokio::net::TcpListener::bind(&cfg.addr).await.with_context(|| format!("binding {}", cfg.addr))?;
     let addr = listener.local_addr()?;
-    let state = aob_api::AppState { rt: runtime.handle.clone(), started_at };
+    bootstrap_admin(&runtime.handle, &cfg.data_dir).await?;
+    let keys = aob_api::auth::Keys::new(runtime.handle.store.clone());
+    let state = aob_api::AppState { rt: runtime.handle.clone(), keys, started_at };
     let app = aob_api::router(state, &aob_api::Options { body_limit: cfg.body_limit });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serve = tokio::spawn(aob_api::serve(listener, app, async move {
         let _ = stopped.await;
     }));
     Ok(Server { addr, runtime, serve, stop })
+}
+
+/// The file the first admin key is written to, readable by the owner only.
+pub fn admin_key_path(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("admin.key")
+}
+
+/// On the very first start (no key exists), creates an admin key for the default
+/// tenant and writes it to `<data-dir>/admin.key` (mode 0600) so the local CLI works at once.
+async fn bootstrap_admin(rt: &aob_runtime::Handle, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    if !rt.store.list_keys(None).await?.is_empty() {
+        return Ok(());
+    }
+    let now = aob_runtime::Clock::now_ms(&*rt.clock);
+    let (plain, key) = aob_api::auth::generate(aob_api::auth::DEFAULT_TENANT, "admin", aob_api::auth::ADMIN, "bootstrap", now);
+    let path = admin_key_path(data_dir);
+    write_secret(&path, &plain).with_context(|| format!("writing {}", path.display()))?;
+    rt.store.put_key(key).await?;
+    tracing::info!(path = %path.display(), "created the first admin key");
+    Ok(())
+}
+
+fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path)?;
+    f.write_all(secret.as_bytes())?;
+    f.write_all(b"\n")
 }
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {

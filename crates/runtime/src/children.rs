@@ -51,7 +51,7 @@ impl ChildRuns for ChildRunner {
                 (None, None) => return Err(TaskError::new("invalid_config", "subworkflow needs tag or workflow", false)),
             };
             let wf = Workflow::from_value(workflow).map_err(|e| TaskError::new("invalid_workflow", e.to_string(), false))?;
-            let plan = h.register(wf).await.map_err(|e| TaskError::new("invalid_workflow", e.to_string(), false))?;
+            let plan = h.register(wf, &owner).await.map_err(|e| TaskError::new("invalid_workflow", e.to_string(), false))?;
             let inputs = if cfg.inputs.is_null() { json!({}) } else { cfg.inputs.clone() };
             let start = StartRun {
                 run_id: child_id.clone(),

@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use aob_dispatch::{Dispatch, Envelope, Lease};
 
-use aob_engine::{Action, Input, Outcome, Plan, RunState, RunStatus, Task, TaskId, apply, in_flight};
+use aob_engine::{Action, Input, NodeStatus, Outcome, Plan, RunState, RunStatus, Task, TaskId, apply, in_flight};
+use aob_model::NodeKind;
 use aob_exec::Executors;
 
 use crate::workers::{Pool, Running};
@@ -80,14 +81,15 @@ pub struct Handle {
 }
 
 impl Handle {
-    /// Validates, stores (content-addressed) and compiles a workflow.
-    pub async fn register(&self, wf: Workflow) -> Result<Arc<Plan>, RuntimeError> {
+    /// Validates, stores (content-addressed) and compiles a workflow, and lets `owner` read it.
+    pub async fn register(&self, wf: Workflow, owner: &str) -> Result<Arc<Plan>, RuntimeError> {
         let plan = self.plans.compile(wf).map_err(|issues| {
             RuntimeError::Invalid(issues.iter().map(|i| format!("{}: {}", i.pointer, i.message)).collect::<Vec<_>>().join("; "))
         })?;
         self.store
             .put_blob(Blob { hash: plan.hash.clone(), kind: "workflow".into(), content: plan.workflow.to_canonical_json(), created_at: self.clock.now_ms() })
             .await?;
+        self.store.grant_blob(&plan.hash, owner).await?;
         Ok(plan)
     }
 
@@ -166,6 +168,45 @@ impl Runtime {
         self.shutdown.cancel();
         let _ = self.join.await;
         let _ = self.workers.await;
+    }
+}
+
+/// Matches the engine's grace on attempt deadlines (`DEADLINE_GRACE_MS` in aob-engine).
+const RECOVERY_DEADLINE_GRACE_MS: i64 = 5_000;
+
+/// Gives every attempt that recovery re-dispatches a fresh deadline, as a first
+/// dispatch would get (`timeout_ms` + grace from now).
+///
+/// Why: the stored deadline dates from the crashed process's dispatch. If the process
+/// stayed down longer than `timeout_ms` + grace, the first tick after the restart
+/// (its timer is already due) declared the attempt we had just re-dispatched lost: a
+/// needless retry under a new idempotency key, or, with no attempt left, a FAILED run
+/// ("attempt timed out (lost or unresponsive worker)") caused only by the downtime.
+/// Shown by `sigkill_longer_than_the_attempt_deadline_does_not_fail_the_attempt` in
+/// crates/cli/tests/crash.rs. The new deadline reaches the store with the run's next
+/// commit; a second crash before that recomputes it here again.
+fn refresh_deadlines(plan: &Plan, st: &mut RunState, now: i64) {
+    if st.status.is_terminal() {
+        return;
+    }
+    for (i, n) in st.nodes.iter_mut().enumerate() {
+        let node = &plan.nodes[i];
+        if n.status != NodeStatus::Running || node.kind == NodeKind::Wait {
+            continue;
+        }
+        let Some(timeout) = node.timeout_ms else { continue };
+        let fresh = now.saturating_add(timeout as i64).saturating_add(RECOVERY_DEADLINE_GRACE_MS);
+        let bump = |d: &mut Option<i64>| {
+            if let Some(t) = d {
+                *t = (*t).max(fresh);
+            }
+        };
+        bump(&mut n.deadline);
+        if let Some(m) = n.map.as_mut() {
+            for s in m.item_states.iter_mut().filter(|s| s.status == NodeStatus::Running) {
+                bump(&mut s.deadline);
+            }
+        }
     }
 }
 
@@ -261,7 +302,9 @@ impl Service {
                 tracing::error!(run_id = %id, error = %e, "cannot recover run");
                 continue;
             }
-            let Some(live) = self.runs.get(&id) else { continue };
+            let now = self.handle.clock.now_ms();
+            let Some(live) = self.runs.get_mut(&id) else { continue };
+            refresh_deadlines(&live.plan, &mut live.state, now);
             tasks.extend(in_flight(&live.plan, &live.state));
             let wake = if live.state.status == RunStatus::Queued { Some(0) } else { live.state.next_wake() };
             let idle = !live.state.has_tasks_in_flight(&live.plan);
@@ -294,12 +337,40 @@ impl Service {
         let mut pending: HashMap<String, Pending> = HashMap::new();
         let mut replies: Vec<Reply> = Vec::new();
         let mut acks: Vec<Lease> = Vec::new();
+        // (owner, idempotency key) → run id, for the starts of this batch.
+        let mut keyed: HashMap<(String, String), String> = HashMap::new();
         for cmd in cmds {
             match cmd {
                 Command::Start(req, reply) => {
                     if self.runs.contains_key(&req.run_id) || pending.contains_key(&req.run_id) {
                         let _ = reply.send(Err(RuntimeError::Conflict(format!("run {} exists", req.run_id))));
                         continue;
+                    }
+                    // Two starts with one idempotency key (concurrent POSTs that both passed
+                    // the API's lookup) must not both reach the commit: the unique index
+                    // would fail the whole group commit, and with it every other run's
+                    // transition in the batch. The loop is the only writer of runs, so
+                    // checking here is enough: a duplicate in this batch answers with the
+                    // first start's run; one already stored answers Conflict, which the
+                    // API resolves to the stored run.
+                    if let Some(k) = &req.idempotency_key {
+                        let slot = (req.owner.clone(), k.clone());
+                        if let Some(first) = keyed.get(&slot) {
+                            replies.push(Reply::State(first.clone(), reply));
+                            continue;
+                        }
+                        match self.handle.store.run_by_idempotency_key(&req.owner, k).await {
+                            Ok(None) => {}
+                            Ok(Some(existing)) => {
+                                let _ = reply.send(Err(RuntimeError::Conflict(format!("idempotency key already used by run {existing}"))));
+                                continue;
+                            }
+                            Err(e) => {
+                                let _ = reply.send(Err(e.into()));
+                                continue;
+                            }
+                        }
+                        keyed.insert(slot, req.run_id.clone());
                     }
                     let mut state = RunState::new(req.run_id.clone(), &req.plan, req.inputs.clone(), now);
                     let step = apply(&req.plan, &mut state, Input::Start, now);

@@ -69,11 +69,10 @@ fn open(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
 
 impl SqliteStore {
     pub fn open(opts: Options) -> Result<SqliteStore> {
-        if let Some(dir) = opts.path.parent() {
-            if !dir.as_os_str().is_empty() {
+        if let Some(dir) = opts.path.parent()
+            && !dir.as_os_str().is_empty() {
                 std::fs::create_dir_all(dir).map_err(backend)?;
             }
-        }
         let mut writer = open(&opts.path, opts.durability).map_err(backend)?;
         schema::migrate(&mut writer).map_err(backend)?;
         let mut readers = Vec::new();
@@ -259,6 +258,7 @@ fn summary(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunSummary> {
         created_at: row.get(5)?,
         started_at: row.get(6)?,
         completed_at: row.get(7)?,
+        parent_run_id: row.get(8)?,
     })
 }
 
@@ -317,11 +317,10 @@ impl Store for SqliteStore {
                 .optional()
                 .map_err(|e| e.to_string())?;
             let have = current.unwrap_or(0) as u64;
-            if let Some(expected) = u.expected_version {
-                if expected != have {
+            if let Some(expected) = u.expected_version
+                && expected != have {
                     return Err(format!("tag {} is at version {have}, expected {expected}", u.name));
                 }
-            }
             let next = have + 1;
             if current.is_some() {
                 tx.execute(
@@ -346,7 +345,7 @@ impl Store for SqliteStore {
             Ok(())
         }))
         .await?;
-        self.get_tag(&owner, &name).await?.ok_or_else(|| StoreError::NotFound(name))
+        self.get_tag(&owner, &name).await?.ok_or(StoreError::NotFound(name))
     }
 
     async fn get_tag(&self, owner: &str, name: &str) -> Result<Option<Tag>> {
@@ -422,7 +421,7 @@ impl Store for SqliteStore {
 
     async fn list_runs(&self, f: RunFilter) -> Result<Vec<RunSummary>> {
         self.read(move |c| {
-            let mut sql = String::from("SELECT run_id, owner, workflow_hash, tag, status, created_at, started_at, completed_at FROM runs WHERE 1=1");
+            let mut sql = String::from("SELECT run_id, owner, workflow_hash, tag, status, created_at, started_at, completed_at, parent_run_id FROM runs WHERE 1=1");
             let mut args: Vec<rusqlite::types::Value> = Vec::new();
             if let Some(o) = f.owner {
                 args.push(o.into());
@@ -488,6 +487,82 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn grant_blob(&self, hash: &str, owner: &str) -> Result<()> {
+        let (hash, owner) = (hash.to_string(), owner.to_string());
+        self.exec(Box::new(move |tx| {
+            tx.execute("INSERT OR IGNORE INTO blob_owners (hash, owner) VALUES (?1, ?2)", params![hash, owner]).map(|_| ()).map_err(|e| e.to_string())
+        }))
+        .await
+    }
+
+    async fn blob_granted(&self, hash: &str, owner: &str) -> Result<bool> {
+        let (hash, owner) = (hash.to_string(), owner.to_string());
+        self.read(move |c| {
+            c.query_row("SELECT 1 FROM blob_owners WHERE hash = ?1 AND owner = ?2", params![hash, owner], |_| Ok(())).optional().map(|o| o.is_some())
+        })
+        .await
+    }
+
+    async fn put_key(&self, k: ApiKey) -> Result<()> {
+        self.exec(Box::new(move |tx| {
+            tx.execute(
+                "INSERT INTO api_keys (id, tenant, user, role, name, hash, created_at, revoked_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![k.id, k.tenant, k.user, k.role, k.name, k.hash, k.created_at, k.revoked_at],
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        }))
+        .await
+    }
+
+    async fn get_key(&self, id: &str) -> Result<Option<ApiKey>> {
+        let id = id.to_string();
+        self.read(move |c| c.query_row(&format!("SELECT {KEY_COLS} FROM api_keys WHERE id = ?1"), [id], key_row).optional()).await
+    }
+
+    async fn list_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>> {
+        let tenant = tenant.map(str::to_string);
+        self.read(move |c| match tenant {
+            Some(t) => {
+                let mut st = c.prepare(&format!("SELECT {KEY_COLS} FROM api_keys WHERE tenant = ?1 ORDER BY created_at, id"))?;
+                st.query_map([t], key_row)?.collect()
+            }
+            None => {
+                let mut st = c.prepare(&format!("SELECT {KEY_COLS} FROM api_keys ORDER BY created_at, id"))?;
+                st.query_map([], key_row)?.collect()
+            }
+        })
+        .await
+    }
+
+    async fn revoke_key(&self, id: &str, at: i64) -> Result<bool> {
+        let live = matches!(self.get_key(id).await?, Some(k) if k.revoked_at.is_none());
+        if !live {
+            return Ok(false);
+        }
+        let id = id.to_string();
+        self.exec(Box::new(move |tx| {
+            tx.execute("UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL", params![id, at]).map(|_| ()).map_err(|e| e.to_string())
+        }))
+        .await?;
+        Ok(true)
+    }
+}
+
+const KEY_COLS: &str = "id, tenant, user, role, name, hash, created_at, revoked_at";
+
+fn key_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApiKey> {
+    Ok(ApiKey {
+        id: r.get(0)?,
+        tenant: r.get(1)?,
+        user: r.get(2)?,
+        role: r.get(3)?,
+        name: r.get(4)?,
+        hash: r.get(5)?,
+        created_at: r.get(6)?,
+        revoked_at: r.get(7)?,
+    })
 }
 
 #[cfg(test)]

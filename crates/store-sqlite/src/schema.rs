@@ -57,6 +57,23 @@ CREATE TABLE events (
     UNIQUE (run_id, seq)
 );
 CREATE INDEX events_owner ON events (owner, id);
+"#, r#"
+CREATE TABLE blob_owners (
+    hash TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    PRIMARY KEY (hash, owner)
+);
+CREATE TABLE api_keys (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    user TEXT NOT NULL,
+    role TEXT NOT NULL,
+    name TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+CREATE INDEX api_keys_tenant ON api_keys (tenant);
 "#];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

@@ -138,6 +138,33 @@ pub async fn listing(s: &dyn Store) {
     assert_eq!(after.len(), 2);
 }
 
+pub async fn keys_and_grants(s: &dyn Store) {
+    let key = |id: &str, tenant: &str| ApiKey {
+        id: id.into(),
+        tenant: tenant.into(),
+        user: "u".into(),
+        role: "member".into(),
+        name: "ci".into(),
+        hash: format!("h-{id}"),
+        created_at: 1,
+        revoked_at: None,
+    };
+    s.put_key(key("k1", "t1")).await.unwrap();
+    s.put_key(key("k2", "t2")).await.unwrap();
+    assert!(s.put_key(key("k1", "t9")).await.is_err(), "key ids are unique");
+    assert_eq!(s.get_key("k1").await.unwrap().unwrap().tenant, "t1");
+    assert_eq!(s.list_keys(Some("t2")).await.unwrap().len(), 1);
+    assert_eq!(s.list_keys(None).await.unwrap().len(), 2);
+    assert!(s.revoke_key("k1", 5).await.unwrap());
+    assert!(!s.revoke_key("k1", 6).await.unwrap());
+    assert!(!s.revoke_key("nope", 6).await.unwrap());
+    assert_eq!(s.get_key("k1").await.unwrap().unwrap().revoked_at, Some(5));
+    s.grant_blob("sha256:x", "t1").await.unwrap();
+    s.grant_blob("sha256:x", "t1").await.unwrap();
+    assert!(s.blob_granted("sha256:x", "t1").await.unwrap());
+    assert!(!s.blob_granted("sha256:x", "t2").await.unwrap());
+}
+
 /// Generates one `#[tokio::test]` per conformance check. `$make` is an async
 /// expression yielding a fresh backend (anything that derefs to `dyn Store`).
 #[macro_export]
@@ -164,6 +191,11 @@ macro_rules! store_conformance {
             async fn commit_is_atomic() {
                 let s = $make.await;
                 $crate::conformance::commit_is_atomic(&*s).await;
+            }
+            #[tokio::test]
+            async fn keys_and_grants() {
+                let s = $make.await;
+                $crate::conformance::keys_and_grants(&*s).await;
             }
             #[tokio::test]
             async fn listing() {

@@ -54,4 +54,16 @@ pub trait Store: Send + Sync + 'static {
     async fn owner_events(&self, owner: &str, after: i64, limit: usize) -> Result<Vec<(i64, StoredEvent)>>;
     /// Finds a run created with this idempotency key by this owner.
     async fn run_by_idempotency_key(&self, owner: &str, key: &str) -> Result<Option<String>>;
+
+    /// Records that `owner` may read the blob (blobs are shared by content, access is not).
+    async fn grant_blob(&self, hash: &str, owner: &str) -> Result<()>;
+    async fn blob_granted(&self, hash: &str, owner: &str) -> Result<bool>;
+
+    /// API keys: stored by id with the hash of the secret, never the secret.
+    async fn put_key(&self, key: ApiKey) -> Result<()>;
+    async fn get_key(&self, id: &str) -> Result<Option<ApiKey>>;
+    /// Keys of one tenant, or of every tenant with `None`.
+    async fn list_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>>;
+    /// Returns false when the key does not exist or was already revoked.
+    async fn revoke_key(&self, id: &str, at: i64) -> Result<bool>;
 }

@@ -91,6 +91,9 @@ pub struct RunSummary {
     pub owner: String,
     pub workflow_hash: String,
     pub tag: Option<String>,
+    /// Set for child runs of `subworkflow` nodes: listings must show which run spawned them.
+    #[serde(default)]
+    pub parent_run_id: Option<String>,
     pub status: RunStatus,
     pub created_at: i64,
     pub started_at: Option<i64>,
@@ -117,8 +120,16 @@ pub fn event_body(run_id: &str, e: &aob_engine::Event) -> String {
     if let Some(n) = &e.node_id {
         m.insert("node_id".into(), Value::String(n.clone()));
     }
-    if let Some(a) = e.attempt {
-        m.insert("attempt".into(), Value::from(a));
+    match (e.attempt, &e.node_id) {
+        (Some(a), _) => {
+            m.insert("attempt".into(), Value::from(a));
+        }
+        // Every node event carries `attempt` (the event contract); a node that never
+        // ran (e.g. `node_skipped`) is reported as attempt 0.
+        (None, Some(_)) => {
+            m.insert("attempt".into(), Value::from(0u32));
+        }
+        (None, None) => {}
     }
     m.insert("data".into(), e.data.clone());
     Value::Object(m).to_string()
@@ -136,4 +147,19 @@ pub fn rfc3339_ms(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKey {
+    /// Public part of the key, e.g. `k1a2b3c4`.
+    pub id: String,
+    pub tenant: String,
+    pub user: String,
+    /// `admin` or `member`.
+    pub role: String,
+    pub name: String,
+    /// Hex sha256 of the whole key.
+    pub hash: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
 }
