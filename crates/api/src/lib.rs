@@ -4,6 +4,7 @@
 //! codes); a caller mistake is a 4xx and changes nothing; handlers never hold
 //! engine state, they talk to the runtime through its handle.
 
+mod approvals;
 pub mod auth;
 pub mod error;
 mod events;
@@ -69,9 +70,13 @@ pub fn router(state: AppState, opts: &Options) -> Router {
         .route("/version", get(version))
         .route("/keys", post(keys::create).get(keys::list))
         .route("/keys/{id}", axum::routing::delete(keys::revoke))
-        .route("/whoami", get(keys::whoami));
+        .route("/whoami", get(keys::whoami))
+        .route("/approvals", get(approvals::list))
+        .route("/approvals/{id}", get(approvals::get))
+        .route("/approvals/{id}/decide", post(approvals::decide));
     Router::new()
         .nest("/api/v1", api)
+        .route("/api/approval", post(approvals::seed))
         .route("/health", get(health))
         .route("/readiness", get(readiness))
         .route("/openapi.json", get(|| async { axum::Json(openapi::spec()) }))

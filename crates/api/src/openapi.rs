@@ -65,7 +65,11 @@ pub fn spec() -> Value {
                 "get": op("List API keys", "200")
             },
             "/api/v1/keys/{id}": {"delete": op("Revoke an API key", "200")},
-            "/api/v1/whoami": {"get": op("The calling key's tenant, user and role", "200")}
+            "/api/v1/whoami": {"get": op("The calling key's tenant, user and role", "200")},
+            "/api/v1/approvals": {"get": op("Approvals (?status=pending|approved|rejected|timed_out|cancelled)", "200")},
+            "/api/v1/approvals/{id}": {"get": op("One approval", "200")},
+            "/api/v1/approvals/{id}/decide": {"post": with_body(op("Approve or reject; 409 when already decided", "200"), json!({"type": "object", "required": ["decision"], "properties": {"decision": {"enum": ["approve", "reject"]}, "comment": {"type": "string"}, "data": {}}}))},
+            "/api/approval": {"post": with_body(op("Seed route: decide the approval of a run's node", "200"), json!({"type": "object", "required": ["run_id", "node_id", "approved"], "properties": {"run_id": {"type": "string"}, "node_id": {"type": "string"}, "approved": {"type": "boolean"}, "comment": {"type": "string"}, "data": {}}}))}
         },
         "security": [{"apiKey": []}, {"bearer": []}],
         "components": {

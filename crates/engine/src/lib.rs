@@ -14,7 +14,7 @@ mod state;
 
 pub use backoff::retry_delay_ms;
 pub use plan::{EdgeKind, Plan, PlanEdge, PlanNode};
-pub use run::{Action, Input, Step, apply, in_flight};
+pub use run::{Action, Decision, Input, Step, apply, approval_id, in_flight};
 pub use state::{
     Event, ItemState, MapState, NodeState, NodeStatus, Outcome, RunState, RunStatus, Task,
     TaskError, TaskId, Token,

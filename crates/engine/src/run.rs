@@ -27,6 +27,29 @@ pub enum Input {
     },
     Pause,
     Resume,
+    /// A person's decision on the approval of a waiting `hitl` node.
+    Decide {
+        node: u32,
+        activation: u32,
+        decision: Decision,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub approved: bool,
+    pub comment: Option<String>,
+    pub by: String,
+    pub data: Value,
+}
+
+/// The id of the approval a `hitl` node's activation creates: stable, so a replayed
+/// transition names the same approval.
+pub fn approval_id(run_id: &str, node: usize, activation: u32) -> String {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(format!("{run_id}:{node}:{activation}").as_bytes());
+    let hex: String = d[..12].iter().map(|b| format!("{b:02x}")).collect();
+    format!("apr_{hex}")
 }
 
 // Boxing the task would change the public API for a few hundred bytes per step.
@@ -72,8 +95,10 @@ pub fn apply(plan: &Plan, st: &mut RunState, input: Input, now: i64) -> Step {
         }
         Input::Pause => m.pause(),
         Input::Resume => m.resume(),
+        Input::Decide { node, activation, decision } => m.decide(node as usize, activation, decision),
     }
     m.advance();
+    m.refresh_status();
     m.check_done();
     m.step
 }
@@ -286,11 +311,71 @@ impl Machine<'_> {
         }
     }
 
+    fn decide(&mut self, i: usize, activation: u32, d: Decision) {
+        let Some(n) = self.st.nodes.get(i) else { return };
+        if n.status != NodeStatus::WaitingForApproval || n.activation != activation {
+            return;
+        }
+        let id = approval_id(&self.st.run_id, i, activation);
+        let output = json!({
+            "approved": d.approved,
+            "comment": d.comment,
+            "approved_by": d.by,
+            "decided_at_ms": self.now,
+            "data": d.data,
+        });
+        let mut event = output.clone();
+        event["approval_id"] = json!(id);
+        event["status"] = json!(if d.approved { "approved" } else { "rejected" });
+        let attempt = n.attempt;
+        self.emit("approval_decided", Some(i), Some(attempt), event);
+        self.complete(i, output, None);
+    }
+
+    /// An approval whose time ran out follows the node's `on_timeout`.
+    fn approval_timed_out(&mut self, i: usize) {
+        let NodeConfig::Hitl(h) = &self.plan.nodes[i].config else { return };
+        let id = approval_id(&self.st.run_id, i, self.st.nodes[i].activation);
+        let attempt = self.st.nodes[i].attempt;
+        let approved = match h.on_timeout {
+            aob_model::config::OnTimeout::Approve => Some(true),
+            aob_model::config::OnTimeout::Reject => Some(false),
+            aob_model::config::OnTimeout::Fail => None,
+        };
+        let output = json!({
+            "approved": approved.unwrap_or(false),
+            "comment": null,
+            "approved_by": null,
+            "decided_at_ms": self.now,
+            "data": null,
+            "timed_out": true,
+        });
+        let mut event = output.clone();
+        event["approval_id"] = json!(id);
+        event["status"] = json!("timed_out");
+        self.emit("approval_decided", Some(i), Some(attempt), event);
+        match approved {
+            Some(_) => self.complete(i, output, None),
+            None => self.fail_node(i, TaskError::new("approval_timeout", "no decision before the approval timed out", false)),
+        }
+    }
+
+    /// RUNNING while anything can progress; WAITING_FOR_APPROVAL while only approvals can.
+    fn refresh_status(&mut self) {
+        if !matches!(self.st.status, RunStatus::Running | RunStatus::WaitingForApproval) {
+            return;
+        }
+        let busy = self.st.nodes.iter().any(|n| matches!(n.status, NodeStatus::Ready | NodeStatus::Running | NodeStatus::Retrying));
+        let waiting = self.st.nodes.iter().any(|n| n.status == NodeStatus::WaitingForApproval);
+        self.st.status = if !busy && waiting { RunStatus::WaitingForApproval } else { RunStatus::Running };
+    }
+
     fn tick(&mut self) {
         let now = self.now;
         for i in 0..self.st.nodes.len() {
             let n = &self.st.nodes[i];
             match n.status {
+                NodeStatus::WaitingForApproval if n.due_at.is_some_and(|t| t <= now) => self.approval_timed_out(i),
                 NodeStatus::Retrying if n.due_at.is_some_and(|t| t <= now) => {
                     let n = &mut self.st.nodes[i];
                     n.due_at = None;
@@ -539,6 +624,39 @@ impl Machine<'_> {
                 } else {
                     self.fill_map(i);
                 }
+            }
+            NodeConfig::Hitl(h) => {
+                let rendered = self
+                    .resolve(&Value::String(h.message.clone()), None)
+                    .and_then(|m| match &h.data {
+                        Some(d) => self.resolve(d, None).map(|d| (m, d)),
+                        None => Ok((m, Value::Null)),
+                    });
+                let (message, data) = match rendered {
+                    Ok(v) => v,
+                    Err(e) => {
+                        return self.fail_early(i, TaskError::new("reference_error", e.to_string(), false));
+                    }
+                };
+                let due = h.timeout_ms.map(|t| self.now.saturating_add(t as i64));
+                let activation = self.st.nodes[i].activation;
+                let id = approval_id(&self.st.run_id, i, activation);
+                let n = &mut self.st.nodes[i];
+                n.status = NodeStatus::WaitingForApproval;
+                n.attempt = 1;
+                n.started_at = Some(self.now);
+                n.due_at = due;
+                self.emit("node_started", Some(i), Some(1), json!({"type": "hitl"}));
+                let event = json!({
+                    "approval_id": id,
+                    "activation": activation,
+                    "message": message,
+                    "data": data,
+                    "approvers": h.approvers,
+                    "timeout_at_ms": due,
+                    "on_timeout": h.on_timeout,
+                });
+                self.emit("approval_required", Some(i), Some(1), event);
             }
             _ => self.dispatch_attempt(i),
         }

@@ -170,13 +170,32 @@ pub struct AgentConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct HitlConfig {
+    /// Shown to the approver; references are rendered.
     #[serde(default)]
     pub message: String,
+    /// Without a decision by then, `on_timeout` applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub on_timeout: OnTimeout,
+    /// Users who may decide (any user of the tenant when empty; admins always may).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<String>,
+    /// Extra data offered to the approver (references allowed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_timeout: Option<String>,
+    pub data: Option<Value>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnTimeout {
+    Approve,
+    Reject,
+    /// The node fails (and the run, unless the failure is handled).
+    #[default]
+    Fail,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

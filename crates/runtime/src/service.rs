@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use aob_dispatch::{Dispatch, Envelope, Lease};
 
-use aob_engine::{Action, Input, NodeStatus, Outcome, Plan, RunState, RunStatus, Task, TaskId, apply, in_flight};
+use aob_engine::{Action, Decision, Input, NodeStatus, Outcome, Plan, RunState, RunStatus, Task, TaskId, apply, in_flight};
 use aob_model::NodeKind;
 use aob_exec::Executors;
 
@@ -66,6 +66,8 @@ pub struct StartRun {
 pub(crate) enum Command {
     Start(Box<StartRun>, oneshot::Sender<Result<RunState, RuntimeError>>),
     Control(String, Input, oneshot::Sender<Result<RunState, RuntimeError>>),
+    /// A decision on a waiting `hitl` node: (run, node id, activation, decision).
+    Decide(String, String, u32, Decision, oneshot::Sender<Result<bool, RuntimeError>>),
     /// An attempt finished; its lease is acknowledged once the result is committed.
     Done(String, TaskId, Outcome, Option<Lease>),
 }
@@ -104,6 +106,17 @@ impl Handle {
     pub async fn control(&self, run_id: &str, input: Input) -> Result<RunState, RuntimeError> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Command::Control(run_id.to_string(), input, tx)).await.map_err(|_| RuntimeError::Stopped)?;
+        rx.await.map_err(|_| RuntimeError::Stopped)?
+    }
+
+    /// Decides a waiting approval. `Ok(false)`: the node was no longer waiting (decided,
+    /// timed out or cancelled), and nothing changed.
+    pub async fn decide(&self, run_id: &str, node_id: &str, activation: u32, decision: Decision) -> Result<bool, RuntimeError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Decide(run_id.to_string(), node_id.to_string(), activation, decision, tx))
+            .await
+            .map_err(|_| RuntimeError::Stopped)?;
         rx.await.map_err(|_| RuntimeError::Stopped)?
     }
 
@@ -233,6 +246,8 @@ struct Pending {
 
 enum Reply {
     State(String, oneshot::Sender<Result<RunState, RuntimeError>>),
+    /// Whether the input changed the run (a decision on a node no longer waiting does not).
+    Applied(bool, oneshot::Sender<Result<bool, RuntimeError>>),
 }
 
 struct Service {
@@ -397,6 +412,19 @@ impl Service {
                     self.step(&run_id, input, now, &mut order, &mut pending);
                     replies.push(Reply::State(run_id, reply));
                 }
+                Command::Decide(run_id, node_id, activation, decision, reply) => {
+                    if let Err(e) = self.load(&run_id).await {
+                        let _ = reply.send(Err(e));
+                        continue;
+                    }
+                    let Some(node) = self.runs.get(&run_id).and_then(|l| l.plan.index.get(&node_id).copied()) else {
+                        let _ = reply.send(Err(RuntimeError::NotFound(format!("node {node_id} of run {run_id}"))));
+                        continue;
+                    };
+                    let input = Input::Decide { node: node as u32, activation, decision };
+                    let applied = self.step(&run_id, input, now, &mut order, &mut pending) > 0;
+                    replies.push(Reply::Applied(applied, reply));
+                }
                 Command::Done(run_id, task, outcome, lease) => {
                     self.running.remove(&task.key(&run_id));
                     if let Some(l) = lease {
@@ -497,14 +525,17 @@ impl Service {
         }
     }
 
-    fn step(&mut self, run_id: &str, input: Input, now: i64, order: &mut Vec<String>, pending: &mut HashMap<String, Pending>) {
-        let Some(live) = self.runs.get_mut(run_id) else { return };
+    /// Applies one input; returns how many events it produced.
+    fn step(&mut self, run_id: &str, input: Input, now: i64, order: &mut Vec<String>, pending: &mut HashMap<String, Pending>) -> usize {
+        let Some(live) = self.runs.get_mut(run_id) else { return 0 };
         let step = apply(&live.plan, &mut live.state, input, now);
+        let n = step.events.len();
         note(order, pending, run_id);
         if let Some(p) = pending.get_mut(run_id) {
             p.events.extend(step.events);
             p.actions.extend(step.actions);
         }
+        n
     }
 
     fn finish_replies(&mut self, replies: Vec<Reply>, err: Option<RuntimeError>) {
@@ -518,6 +549,14 @@ impl Service {
                             Some(l) => Ok(l.state.clone()),
                             None => Err(RuntimeError::NotFound(id)),
                         },
+                    };
+                    let _ = tx.send(res);
+                }
+                Reply::Applied(applied, tx) => {
+                    let res = match &err {
+                        Some(RuntimeError::Conflict(m)) => Err(RuntimeError::Conflict(m.clone())),
+                        Some(e) => Err(RuntimeError::Invalid(e.to_string())),
+                        None => Ok(applied),
                     };
                     let _ = tx.send(res);
                 }

@@ -234,6 +234,7 @@ fn apply_writes(tx: &Connection, writes: &[RunWrite]) -> Result<()> {
                 }
             }
         }
+        project_approvals(tx, &st.run_id, &w.events)?;
         for e in &w.events {
             ins_ev
                 .execute(params![e.run_id, e.seq as i64, e.kind, e.body])
@@ -241,6 +242,61 @@ fn apply_writes(tx: &Connection, writes: &[RunWrite]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Keeps the approvals table in step with the run's approval events, in the same
+/// transaction, so an approval is pending exactly while the run waits for it.
+fn project_approvals(tx: &Connection, run_id: &str, events: &[StoredEvent]) -> Result<()> {
+    for e in events {
+        match e.kind.as_str() {
+            "approval_required" => {
+                let v: serde_json::Value = serde_json::from_str(&e.body).map_err(backend)?;
+                let d = &v["data"];
+                let at = chrono_ms(&v["timestamp"]);
+                tx.execute(
+                    "INSERT OR REPLACE INTO approvals (id, run_id, node_id, activation, owner, status, message, data, approvers, created_at, timeout_at, decision_data)
+                     VALUES (?1, ?2, ?3, ?4, (SELECT owner FROM runs WHERE run_id = ?2), 'pending', ?5, ?6, ?7, ?8, ?9, 'null')",
+                    params![
+                        d["approval_id"].as_str().unwrap_or_default(),
+                        run_id,
+                        v["node_id"].as_str().unwrap_or_default(),
+                        d["activation"].as_u64().unwrap_or(0) as i64,
+                        d["message"].as_str().unwrap_or_default(),
+                        d["data"].to_string(),
+                        d["approvers"].to_string(),
+                        at,
+                        d["timeout_at_ms"].as_i64(),
+                    ],
+                )
+                .map_err(backend)?;
+            }
+            "approval_decided" => {
+                let v: serde_json::Value = serde_json::from_str(&e.body).map_err(backend)?;
+                let d = &v["data"];
+                tx.execute(
+                    "UPDATE approvals SET status = ?2, decided_at = ?3, decided_by = ?4, comment = ?5, decision_data = ?6 WHERE id = ?1",
+                    params![
+                        d["approval_id"].as_str().unwrap_or_default(),
+                        d["status"].as_str().unwrap_or("approved"),
+                        d["decided_at_ms"].as_i64(),
+                        d["approved_by"].as_str(),
+                        d["comment"].as_str(),
+                        d["data"].to_string(),
+                    ],
+                )
+                .map_err(backend)?;
+            }
+            "workflow_completed" | "workflow_failed" | "workflow_cancelled" => {
+                tx.execute("UPDATE approvals SET status = 'cancelled' WHERE run_id = ?1 AND status = 'pending'", [run_id]).map_err(backend)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn chrono_ms(v: &serde_json::Value) -> i64 {
+    v.as_str().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok()).map(|t| t.timestamp_millis()).unwrap_or(0)
 }
 
 fn parse_state(json: &str) -> rusqlite::Result<RunState> {
@@ -504,6 +560,27 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn list_approvals(&self, owner: &str, status: Option<&str>, limit: usize) -> Result<Vec<Approval>> {
+        let (owner, status) = (owner.to_string(), status.map(str::to_string));
+        let limit = limit.clamp(1, 1000) as i64;
+        self.read(move |c| match status {
+            Some(s) => {
+                let mut st = c.prepare_cached(&format!("SELECT {APPROVAL_COLS} FROM approvals WHERE owner = ?1 AND status = ?2 ORDER BY created_at DESC, id LIMIT ?3"))?;
+                st.query_map(params![owner, s, limit], approval_row)?.collect()
+            }
+            None => {
+                let mut st = c.prepare_cached(&format!("SELECT {APPROVAL_COLS} FROM approvals WHERE owner = ?1 ORDER BY created_at DESC, id LIMIT ?2"))?;
+                st.query_map(params![owner, limit], approval_row)?.collect()
+            }
+        })
+        .await
+    }
+
+    async fn get_approval(&self, id: &str) -> Result<Option<Approval>> {
+        let id = id.to_string();
+        self.read(move |c| c.query_row(&format!("SELECT {APPROVAL_COLS} FROM approvals WHERE id = ?1"), [id], approval_row).optional()).await
+    }
+
     async fn put_key(&self, k: ApiKey) -> Result<()> {
         self.exec(Box::new(move |tx| {
             tx.execute(
@@ -548,6 +625,32 @@ impl Store for SqliteStore {
         .await?;
         Ok(true)
     }
+}
+
+const APPROVAL_COLS: &str = "id, run_id, node_id, activation, owner, status, message, data, approvers, created_at, timeout_at, decided_at, decided_by, comment, decision_data";
+
+fn approval_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Approval> {
+    let json = |i: usize| -> rusqlite::Result<serde_json::Value> {
+        let t: String = r.get(i)?;
+        Ok(serde_json::from_str(&t).unwrap_or(serde_json::Value::Null))
+    };
+    Ok(Approval {
+        id: r.get(0)?,
+        run_id: r.get(1)?,
+        node_id: r.get(2)?,
+        activation: r.get::<_, i64>(3)? as u32,
+        owner: r.get(4)?,
+        status: r.get(5)?,
+        message: r.get(6)?,
+        data: json(7)?,
+        approvers: serde_json::from_value(json(8)?).unwrap_or_default(),
+        created_at: r.get(9)?,
+        timeout_at: r.get(10)?,
+        decided_at: r.get(11)?,
+        decided_by: r.get(12)?,
+        comment: r.get(13)?,
+        decision_data: json(14)?,
+    })
 }
 
 const KEY_COLS: &str = "id, tenant, user, role, name, hash, created_at, revoked_at";

@@ -74,6 +74,26 @@ CREATE TABLE api_keys (
     revoked_at INTEGER
 );
 CREATE INDEX api_keys_tenant ON api_keys (tenant);
+"#, r#"
+CREATE TABLE approvals (
+    id TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    node_id TEXT NOT NULL,
+    activation INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    status TEXT NOT NULL,
+    message TEXT NOT NULL,
+    data TEXT NOT NULL,
+    approvers TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    timeout_at INTEGER,
+    decided_at INTEGER,
+    decided_by TEXT,
+    comment TEXT,
+    decision_data TEXT NOT NULL
+);
+CREATE INDEX approvals_owner ON approvals (owner, status, created_at DESC);
+CREATE INDEX approvals_run ON approvals (run_id, status);
 "#];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

@@ -59,6 +59,10 @@ pub trait Store: Send + Sync + 'static {
     async fn grant_blob(&self, hash: &str, owner: &str) -> Result<()>;
     async fn blob_granted(&self, hash: &str, owner: &str) -> Result<bool>;
 
+    /// Approvals of `owner`'s runs, newest first, optionally of one status.
+    async fn list_approvals(&self, owner: &str, status: Option<&str>, limit: usize) -> Result<Vec<Approval>>;
+    async fn get_approval(&self, id: &str) -> Result<Option<Approval>>;
+
     /// API keys: stored by id with the hash of the secret, never the secret.
     async fn put_key(&self, key: ApiKey) -> Result<()>;
     async fn get_key(&self, id: &str) -> Result<Option<ApiKey>>;

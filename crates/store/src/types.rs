@@ -163,3 +163,25 @@ pub struct ApiKey {
     pub created_at: i64,
     pub revoked_at: Option<i64>,
 }
+
+/// A pending or decided human approval: a projection of a run's approval events,
+/// written in the same transaction as the events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Approval {
+    pub id: String,
+    pub run_id: String,
+    pub node_id: String,
+    pub activation: u32,
+    pub owner: String,
+    /// `pending`, `approved`, `rejected`, `timed_out` or `cancelled`.
+    pub status: String,
+    pub message: String,
+    pub data: Value,
+    pub approvers: Vec<String>,
+    pub created_at: i64,
+    pub timeout_at: Option<i64>,
+    pub decided_at: Option<i64>,
+    pub decided_by: Option<String>,
+    pub comment: Option<String>,
+    pub decision_data: Value,
+}
