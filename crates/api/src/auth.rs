@@ -22,6 +22,10 @@ pub const MEMBER: &str = "member";
 /// The tenant the first admin key belongs to.
 pub const DEFAULT_TENANT: &str = "default";
 
+/// The owner of global workflows: readable by every tenant, written by admins only.
+/// No tenant may be named like it.
+pub const GLOBAL_OWNER: &str = "_global_";
+
 /// Who is calling, established from the request's key.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -114,17 +118,30 @@ pub fn presented(parts: &Parts) -> Option<String> {
     parts.uri.query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("api_key=").map(str::to_string)))
 }
 
+/// Authenticates the request once: the caller is kept in the request's extensions, so
+/// middleware (rate limits, idempotency) and the handler share one key check.
+pub async fn caller(parts: &mut Parts, app: &AppState) -> Result<Caller, ApiError> {
+    if let Some(c) = parts.extensions.get::<Caller>() {
+        return Ok(c.clone());
+    }
+    let Some(key) = presented(parts) else {
+        return Err(ApiError::new(Code::Unauthorized, "an API key is required (X-API-Key or Authorization: Bearer)"));
+    };
+    match app.keys.verify(&key).await? {
+        Some(k) => {
+            let c = Caller { owner: k.tenant, user: k.user, role: k.role, key_id: k.id };
+            parts.extensions.insert(c.clone());
+            Ok(c)
+        }
+        None => Err(ApiError::new(Code::Unauthorized, "invalid or revoked API key")),
+    }
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        let Some(key) = presented(parts) else {
-            return Err(ApiError::new(Code::Unauthorized, "an API key is required (X-API-Key or Authorization: Bearer)"));
-        };
-        match app.keys.verify(&key).await? {
-            Some(k) => Ok(Caller { owner: k.tenant, user: k.user, role: k.role, key_id: k.id }),
-            None => Err(ApiError::new(Code::Unauthorized, "invalid or revoked API key")),
-        }
+        caller(parts, app).await
     }
 }
 

@@ -11,6 +11,8 @@ use aob_store::StoreError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Code {
     BadRequest,
+    PatchRejected,
+    AgentLimitExceeded,
     Unauthorized,
     Forbidden,
     InvalidJson,
@@ -21,6 +23,10 @@ pub enum Code {
     PayloadTooLarge,
     UnsupportedMediaType,
     MethodNotAllowed,
+    /// 429: a token bucket is empty; `details` say which and when to retry.
+    RateLimited,
+    /// 422: an `Idempotency-Key` was reused with another request.
+    IdempotencyMismatch,
     Unavailable,
     Internal,
 }
@@ -29,6 +35,8 @@ impl Code {
     pub fn as_str(self) -> &'static str {
         match self {
             Code::BadRequest => "bad_request",
+            Code::PatchRejected => "patch_rejected",
+            Code::AgentLimitExceeded => "agent_limit_exceeded",
             Code::Unauthorized => "unauthorized",
             Code::Forbidden => "forbidden",
             Code::InvalidJson => "invalid_json",
@@ -39,6 +47,8 @@ impl Code {
             Code::PayloadTooLarge => "payload_too_large",
             Code::UnsupportedMediaType => "unsupported_media_type",
             Code::MethodNotAllowed => "method_not_allowed",
+            Code::RateLimited => "rate_limited",
+            Code::IdempotencyMismatch => "idempotency_mismatch",
             Code::Unavailable => "unavailable",
             Code::Internal => "internal",
         }
@@ -47,6 +57,7 @@ impl Code {
     pub fn status(self) -> StatusCode {
         match self {
             Code::BadRequest | Code::InvalidJson | Code::ValidationFailed => StatusCode::BAD_REQUEST,
+            Code::PatchRejected | Code::AgentLimitExceeded => StatusCode::UNPROCESSABLE_ENTITY,
             Code::Unauthorized => StatusCode::UNAUTHORIZED,
             Code::Forbidden => StatusCode::FORBIDDEN,
             Code::NotFound => StatusCode::NOT_FOUND,
@@ -54,13 +65,17 @@ impl Code {
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Code::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
-    pub const ALL: [Code; 13] = [
+    pub const ALL: [Code; 17] = [
         Code::BadRequest,
+        Code::PatchRejected,
+        Code::AgentLimitExceeded,
         Code::Unauthorized,
         Code::Forbidden,
         Code::InvalidJson,
@@ -71,6 +86,8 @@ impl Code {
         Code::PayloadTooLarge,
         Code::UnsupportedMediaType,
         Code::MethodNotAllowed,
+        Code::RateLimited,
+        Code::IdempotencyMismatch,
         Code::Unavailable,
         Code::Internal,
     ];
@@ -112,8 +129,9 @@ impl IntoResponse for ApiError {
         if self.code == Code::Internal || self.code == Code::Unavailable {
             tracing::error!(code = self.code.as_str(), message = %self.message, "request failed");
         }
+        let headers = if self.code == Code::RateLimited { crate::limits::rejection_headers(&self.details) } else { Default::default() };
         let body = json!({"error": {"code": self.code.as_str(), "message": self.message, "details": self.details}});
-        (self.code.status(), axum::Json(body)).into_response()
+        (self.code.status(), headers, axum::Json(body)).into_response()
     }
 }
 
@@ -136,6 +154,7 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::Invalid(m) => ApiError::new(Code::ValidationFailed, m),
             RuntimeError::Conflict(m) => ApiError::new(Code::Conflict, m),
             RuntimeError::Stopped => ApiError::new(Code::Unavailable, "the server is shutting down"),
+            e @ RuntimeError::Rejected { .. } => crate::patches::rejected(e),
         }
     }
 }

@@ -52,6 +52,9 @@ pub async fn create(State(app): State<AppState>, caller: Caller, Json(b): Json<C
             return Err(ApiError::bad_request(format!("{field} '{v}' must be 1-64 characters of [A-Za-z0-9-_.@]")));
         }
     }
+    if tenant.starts_with(auth::GLOBAL_OWNER) {
+        return Err(ApiError::bad_request(format!("tenant '{tenant}' is reserved for global workflows")));
+    }
     if role != ADMIN && role != MEMBER {
         return Err(ApiError::bad_request(format!("role must be admin or member, not '{role}'")));
     }

@@ -9,13 +9,20 @@ pub mod auth;
 pub mod error;
 mod events;
 mod extract;
+mod idempotency;
 mod keys;
+pub mod limits;
 mod openapi;
+mod patches;
 mod runs;
+mod tags;
 mod views;
 mod workflows;
+mod ws;
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
 use axum::Router;
@@ -35,27 +42,69 @@ pub struct AppState {
     pub keys: auth::Keys,
     /// Process start, for the version endpoint.
     pub started_at: i64,
+    /// Options, rate limiters and idempotency bookkeeping; set by [`router`].
+    pub(crate) guards: Arc<Guards>,
+}
+
+impl AppState {
+    pub fn new(rt: Handle, keys: auth::Keys, started_at: i64) -> AppState {
+        AppState { rt, keys, started_at, guards: Arc::new(Guards::new(Options::default())) }
+    }
+}
+
+pub(crate) struct Guards {
+    pub opts: Options,
+    pub limits: Arc<limits::Limiters>,
+    /// When expired idempotency records were last purged (ms).
+    pub idempotency_purged_at: AtomicI64,
+}
+
+impl Guards {
+    fn new(opts: Options) -> Guards {
+        let clock = opts.limit_clock.clone().unwrap_or_else(limits::LimitClock::monotonic);
+        let limits = Arc::new(limits::Limiters::new(&opts.rate_limit, &clock));
+        Guards { opts, limits, idempotency_purged_at: AtomicI64::new(0) }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Largest accepted request body.
     pub body_limit: usize,
+    pub rate_limit: limits::RateLimits,
+    pub ws: ws::WsOptions,
+    /// The rate limiters' clock (monotonic when `None`).
+    pub limit_clock: Option<limits::LimitClock>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { body_limit: 4 * 1024 * 1024 }
+        Options { body_limit: 4 * 1024 * 1024, rate_limit: Default::default(), ws: Default::default(), limit_clock: None }
     }
 }
 
-pub fn router(state: AppState, opts: &Options) -> Router {
+pub use limits::{RateLimits, Tiers};
+pub use ws::WsOptions;
+
+/// Per-route rate limits (outer) and idempotency keys, on every route but health,
+/// readiness and the OpenAPI document.
+fn guarded(r: Router<AppState>, state: &AppState) -> Router<AppState> {
+    r.route_layer(axum::middleware::from_fn_with_state(state.clone(), idempotency::layer))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), limits::per_route))
+}
+
+pub fn router(mut state: AppState, opts: &Options) -> Router {
+    state.guards = Arc::new(Guards::new(opts.clone()));
     let api = Router::new()
         .route("/workflows", post(workflows::create).get(workflows::list))
         .route("/workflows/validate", post(workflows::validate))
         .route("/workflows/{tag}", get(workflows::get).delete(workflows::delete))
         .route("/workflows/{tag}/versions/{seq}", get(workflows::version))
         .route("/workflows/{tag}/execute", post(runs::execute))
+        .route("/workflows/{tag}/patch", axum::routing::patch(tags::patch))
+        .route("/workflows/{tag}/history", get(tags::history))
+        .route("/workflows/{tag}/move", post(tags::move_tag))
+        .route("/ws", get(ws::handler))
         .route("/schema/workflow", get(workflows::schema))
         .route("/runs", post(runs::create).get(runs::list))
         .route("/runs/{id}", get(runs::get))
@@ -71,12 +120,19 @@ pub fn router(state: AppState, opts: &Options) -> Router {
         .route("/keys", post(keys::create).get(keys::list))
         .route("/keys/{id}", axum::routing::delete(keys::revoke))
         .route("/whoami", get(keys::whoami))
+        .route("/runs/{id}/patches", post(patches::create).get(patches::list))
+        .route("/runs/{id}/patches/{seq}", get(patches::get))
+        .route("/runs/{id}/patches/{seq}/approve", post(patches::approve))
+        .route("/runs/{id}/patches/{seq}/reject", post(patches::reject))
+        .route("/runs/{id}/nodes/{node}/replay", post(patches::replay))
         .route("/approvals", get(approvals::list))
         .route("/approvals/{id}", get(approvals::get))
         .route("/approvals/{id}/decide", post(approvals::decide));
+    let api = guarded(api, &state);
+    let seed = guarded(Router::new().route("/api/approval", post(approvals::seed)), &state);
     Router::new()
         .nest("/api/v1", api)
-        .route("/api/approval", post(approvals::seed))
+        .merge(seed)
         .route("/health", get(health))
         .route("/readiness", get(readiness))
         .route("/openapi.json", get(|| async { axum::Json(openapi::spec()) }))

@@ -26,6 +26,11 @@ pub struct CreateRun {
     #[serde(default)]
     inputs: Value,
     idempotency_key: Option<String>,
+    /// Patches wait for review before they apply.
+    #[serde(default)]
+    patch_review: bool,
+    /// Most agent nodes the run may reach through patches (default 5).
+    agent_limit: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -77,11 +82,16 @@ fn check_inputs(plan: &Plan, inputs: &Value) -> ApiResult<()> {
 }
 
 async fn resolve_tag(app: &AppState, owner: &str, tag: &str) -> ApiResult<Arc<Plan>> {
-    let t = app.rt.store.get_tag(owner, tag).await?.ok_or_else(|| ApiError::not_found(format!("workflow '{tag}'")))?;
+    // The caller's own tag, else a global one (whose workflow the tenant may then read).
+    let t = crate::workflows::resolve(app, owner, tag, crate::workflows::Scope::All).await?;
+    if t.owner != owner {
+        app.rt.store.grant_blob(&t.hash, owner).await?;
+    }
     Ok(app.rt.plans.get(&*app.rt.store, &t.hash).await?)
 }
 
-async fn start(app: &AppState, owner: &str, plan: Arc<Plan>, tag: Option<String>, inputs: Value, key: Option<String>) -> ApiResult<(StatusCode, Value)> {
+#[allow(clippy::too_many_arguments)]
+async fn start(app: &AppState, owner: &str, plan: Arc<Plan>, tag: Option<String>, inputs: Value, key: Option<String>, settings: aob_engine::RunSettings) -> ApiResult<(StatusCode, Value)> {
     let inputs = if inputs.is_null() { json!({}) } else { inputs };
     check_inputs(&plan, &inputs)?;
     if let Some(k) = &key
@@ -96,6 +106,7 @@ async fn start(app: &AppState, owner: &str, plan: Arc<Plan>, tag: Option<String>
         tag: tag.clone(),
         parent_run_id: None,
         idempotency_key: key.clone(),
+        settings,
     };
     match app.rt.start(req).await {
         Ok(st) => Ok((StatusCode::CREATED, json!({"run_id": st.run_id, "status": st.status.as_str(), "workflow_hash": plan.hash, "tag": tag}))),
@@ -126,12 +137,19 @@ pub async fn create(State(app): State<AppState>, caller: Caller, headers: Header
         (Some(doc), None) => {
             let doc = workflow_doc(&doc)?;
             let (wf, _) = parse_and_validate(&doc).map_err(|issues| ApiError::validation(&issues))?;
+            // The tier is checked before anything is stored.
+            app.guards.limits.check_tier(&caller, wf.agent_count())?;
             (app.rt.register(wf, &caller.owner).await?, None)
         }
-        (None, Some(tag)) => (resolve_tag(&app, &caller.owner, &tag).await?, Some(tag)),
+        (None, Some(tag)) => {
+            let plan = resolve_tag(&app, &caller.owner, &tag).await?;
+            app.guards.limits.check_tier(&caller, plan.workflow.agent_count())?;
+            (plan, Some(tag))
+        }
         _ => return Err(ApiError::bad_request("give exactly one of workflow or tag")),
     };
-    let (status, body) = start(&app, &caller.owner, plan, tag, body.inputs, key).await?;
+    let settings = aob_engine::RunSettings { patch_review: body.patch_review, agent_limit: body.agent_limit };
+    let (status, body) = start(&app, &caller.owner, plan, tag, body.inputs, key, settings).await?;
     Ok((status, axum::Json(body)))
 }
 
@@ -148,7 +166,8 @@ pub async fn execute(
         None => (json!({}), header_key(&headers)),
     };
     let plan = resolve_tag(&app, &caller.owner, &tag).await?;
-    let (status, body) = start(&app, &caller.owner, plan, Some(tag), inputs, key).await?;
+    app.guards.limits.check_tier(&caller, plan.workflow.agent_count())?;
+    let (status, body) = start(&app, &caller.owner, plan, Some(tag), inputs, key, Default::default()).await?;
     Ok((status, axum::Json(body)))
 }
 
@@ -165,8 +184,10 @@ pub async fn get(State(app): State<AppState>, caller: Caller, Path(id): Path<Str
 
 pub async fn details(State(app): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<axum::Json<Value>> {
     let rec = load(&app, &caller, &id).await?;
-    let plan = app.rt.plans.get(&*app.rt.store, &rec.workflow_hash).await?;
-    Ok(axum::Json(views::details(&rec, &plan)))
+    let plan = app.rt.plans.get(&*app.rt.store, rec.plan_hash()).await?;
+    let mut out = views::details(&rec, &plan);
+    out["patches"] = app.rt.store.list_patches(&id).await?.iter().map(crate::patches::view).collect();
+    Ok(axum::Json(out))
 }
 
 #[derive(Deserialize)]

@@ -35,6 +35,8 @@ pub fn summary(r: &RunSummary) -> Value {
         "owner": r.owner,
         "workflow_hash": r.workflow_hash,
         "tag": r.tag,
+        // Child runs (subworkflows) are listed too; this says whose child they are.
+        "parent_run_id": r.parent_run_id,
         "created_at": ts(Some(r.created_at)),
         "started_at": ts(r.started_at),
         "completed_at": ts(r.completed_at),
@@ -103,7 +105,8 @@ pub fn details(rec: &RunRecord, plan: &Plan) -> Value {
     out["nodes"] = Value::Array(nodes);
     out["node_executions"] = Value::Object(by_id);
     out["edges"] = Value::Array(edges);
-    out["patches"] = json!([]);
+    out["base_workflow_hash"] = json!(rec.workflow_hash);
+    out["current_workflow_hash"] = json!(rec.plan_hash());
     out
 }
 

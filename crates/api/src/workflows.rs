@@ -10,7 +10,7 @@ use aob_model::validate::parse_and_validate;
 use aob_store::TagUpdate;
 
 use crate::error::{ApiError, ApiResult, Code};
-use crate::auth::Caller;
+use crate::auth::{Caller, GLOBAL_OWNER};
 use crate::extract::{Json, Query};
 use crate::{AppState, views};
 
@@ -34,50 +34,126 @@ pub fn check_tag_name(name: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// Which namespace a tag name is looked up in: the caller's tenant, the global one
+/// (`_global_`, readable by every tenant, written by admins), or both, the tenant's own
+/// tag shadowing a global one of the same name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    User,
+    Global,
+    #[default]
+    All,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::User => "user",
+            Scope::Global => "global",
+            Scope::All => "all",
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub struct ScopeQuery {
+    #[serde(default)]
+    pub scope: Scope,
+}
+
+/// The tag `name` as `owner` sees it in `scope`.
+pub async fn resolve(app: &AppState, owner: &str, name: &str, scope: Scope) -> ApiResult<aob_store::Tag> {
+    let own = match scope {
+        Scope::User | Scope::All => app.rt.store.get_tag(owner, name).await?,
+        Scope::Global => None,
+    };
+    let found = match (own, scope) {
+        (Some(t), _) => Some(t),
+        (None, Scope::Global | Scope::All) => app.rt.store.get_tag(GLOBAL_OWNER, name).await?,
+        (None, Scope::User) => None,
+    };
+    found.ok_or_else(|| ApiError::not_found(format!("workflow '{name}'")))
+}
+
+/// Global tags are changed by admins only.
+pub fn check_write(caller: &Caller, t: &aob_store::Tag) -> ApiResult<()> {
+    if t.owner == GLOBAL_OWNER && !caller.is_admin() {
+        return Err(ApiError::new(Code::Forbidden, format!("workflow '{}' is global; only admins change global workflows", t.name)));
+    }
+    Ok(())
+}
+
+/// A tag as served, with whether it is global.
+pub fn tag_view(t: &aob_store::Tag) -> Value {
+    let mut v = views::tag(t);
+    v["global"] = json!(t.owner == GLOBAL_OWNER);
+    v
+}
+
 #[derive(Deserialize)]
 pub struct CreateWorkflow {
     tag_name: Option<String>,
     workflow: Option<Value>,
+    /// Store under the global namespace (admins only).
+    #[serde(default)]
+    global: bool,
+    description: Option<String>,
 }
 
 pub async fn create(State(app): State<AppState>, caller: Caller, Json(body): Json<CreateWorkflow>) -> ApiResult<impl IntoResponse> {
     let tag = body.tag_name.ok_or_else(|| ApiError::bad_request("tag_name is required"))?;
     check_tag_name(&tag)?;
+    if body.global && !caller.is_admin() {
+        return Err(ApiError::new(Code::Forbidden, "only admins create global workflows"));
+    }
+    let owner = if body.global { GLOBAL_OWNER.to_string() } else { caller.owner.clone() };
     let doc = workflow_doc(&body.workflow.ok_or_else(|| ApiError::bad_request("workflow is required"))?)?;
     let (wf, warnings) = parse_and_validate(&doc).map_err(|issues| ApiError::validation(&issues))?;
     let (nodes, edges) = (wf.nodes.len(), wf.edges.len());
-    let plan = app.rt.register(wf, &caller.owner).await?;
-    let existed = app.rt.store.get_tag(&caller.owner, &tag).await?.is_some();
+    let plan = app.rt.register(wf, &owner).await?;
+    let existed = app.rt.store.get_tag(&owner, &tag).await?.is_some();
     let t = app
         .rt
         .store
         .set_tag(TagUpdate {
-            owner: caller.owner.clone(),
+            owner,
             name: tag,
             hash: plan.hash.clone(),
             expected_version: None,
-            by: caller.owner.clone(),
+            by: caller.user.clone(),
             op: if existed { "move".into() } else { "create".into() },
             at: app.rt.clock.now_ms(),
+            description: body.description,
         })
         .await?;
-    let mut out = views::tag(&t);
+    let mut out = tag_view(&t);
     out["nodes_count"] = json!(nodes);
     out["edges_count"] = json!(edges);
     out["warnings"] = serde_json::to_value(&warnings).unwrap_or(Value::Null);
     Ok((StatusCode::CREATED, axum::Json(out)))
 }
 
-pub async fn list(State(app): State<AppState>, caller: Caller) -> ApiResult<axum::Json<Value>> {
-    let tags = app.rt.store.list_tags(&caller.owner).await?;
-    let items: Vec<Value> = tags.iter().map(views::tag).collect();
-    Ok(axum::Json(json!({"count": items.len(), "workflows": items})))
+/// `?scope=user|global|all` (default all: the tenant's tags, then the global ones it does not shadow).
+pub async fn list(State(app): State<AppState>, caller: Caller, Query(q): Query<ScopeQuery>) -> ApiResult<axum::Json<Value>> {
+    let mut tags = match q.scope {
+        Scope::Global => vec![],
+        Scope::User | Scope::All => app.rt.store.list_tags(&caller.owner).await?,
+    };
+    if q.scope != Scope::User && caller.owner != GLOBAL_OWNER {
+        let own: std::collections::HashSet<String> = tags.iter().map(|t| t.name.clone()).collect();
+        tags.extend(app.rt.store.list_tags(GLOBAL_OWNER).await?.into_iter().filter(|t| !own.contains(&t.name)));
+    }
+    let items: Vec<Value> = tags.iter().map(tag_view).collect();
+    Ok(axum::Json(json!({"count": items.len(), "workflows": items, "scope": q.scope.as_str()})))
 }
 
 #[derive(Deserialize, Default)]
 pub struct Materialize {
     #[serde(default)]
     materialize: Option<bool>,
+    #[serde(default)]
+    scope: Scope,
 }
 
 pub async fn get(
@@ -86,8 +162,8 @@ pub async fn get(
     Path(tag): Path<String>,
     Query(q): Query<Materialize>,
 ) -> ApiResult<axum::Json<Value>> {
-    let t = app.rt.store.get_tag(&caller.owner, &tag).await?.ok_or_else(|| ApiError::not_found(format!("workflow '{tag}'")))?;
-    let mut out = views::tag(&t);
+    let t = resolve(&app, &caller.owner, &tag, q.scope).await?;
+    let mut out = tag_view(&t);
     if q.materialize.unwrap_or(true) {
         let blob = app.rt.store.get_blob(&t.hash).await?.ok_or_else(|| ApiError::not_found(format!("workflow {}", t.hash)))?;
         out["workflow"] = blob.content;
@@ -102,12 +178,10 @@ pub async fn version(
     Query(q): Query<Materialize>,
 ) -> ApiResult<axum::Json<Value>> {
     let seq: u64 = seq.parse().map_err(|_| ApiError::bad_request(format!("version seq '{seq}' is not a non-negative integer")))?;
-    let history = app.rt.store.tag_history(&caller.owner, &tag).await?;
-    if history.is_empty() {
-        return Err(ApiError::not_found(format!("workflow '{tag}'")));
-    }
+    let t = resolve(&app, &caller.owner, &tag, q.scope).await?;
+    let history = app.rt.store.tag_history(&t.owner, &tag).await?;
     let v = history.iter().find(|v| v.seq == seq).ok_or_else(|| ApiError::not_found(format!("workflow version {tag}@{seq}")))?;
-    let mut out = json!({"tag": tag, "owner": caller.owner, "seq": v.seq, "hash": v.hash, "cas_id": v.hash, "op": v.op, "by": v.by, "at": aob_store::rfc3339_ms(v.at)});
+    let mut out = crate::tags::version_view(&t, v);
     if q.materialize.unwrap_or(true) {
         let blob = app.rt.store.get_blob(&v.hash).await?.ok_or_else(|| ApiError::not_found(format!("workflow {}", v.hash)))?;
         out["workflow"] = blob.content;
@@ -115,11 +189,13 @@ pub async fn version(
     Ok(axum::Json(out))
 }
 
-pub async fn delete(State(app): State<AppState>, caller: Caller, Path(tag): Path<String>) -> ApiResult<axum::Json<Value>> {
-    if !app.rt.store.delete_tag(&caller.owner, &tag).await? {
+pub async fn delete(State(app): State<AppState>, caller: Caller, Path(tag): Path<String>, Query(q): Query<ScopeQuery>) -> ApiResult<axum::Json<Value>> {
+    let t = resolve(&app, &caller.owner, &tag, q.scope).await?;
+    check_write(&caller, &t)?;
+    if !app.rt.store.delete_tag(&t.owner, &tag).await? {
         return Err(ApiError::not_found(format!("workflow '{tag}'")));
     }
-    Ok(axum::Json(json!({"message": "workflow tag deleted", "tag": tag, "owner": caller.owner})))
+    Ok(axum::Json(json!({"message": "workflow tag deleted", "tag": tag, "owner": t.owner})))
 }
 
 #[derive(Deserialize)]

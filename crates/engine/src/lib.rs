@@ -8,6 +8,7 @@
 //! attempt id), so every transition can be replayed from the same inputs.
 
 mod backoff;
+pub mod patch;
 mod plan;
 mod run;
 mod state;
@@ -16,6 +17,6 @@ pub use backoff::retry_delay_ms;
 pub use plan::{EdgeKind, Plan, PlanEdge, PlanNode};
 pub use run::{Action, Decision, Input, Step, apply, approval_id, in_flight};
 pub use state::{
-    Event, ItemState, MapState, NodeState, NodeStatus, Outcome, RunState, RunStatus, Task,
+    Event, ItemState, MapState, NodeState, NodeStatus, Outcome, RunSettings, RunState, RunStatus, Task,
     TaskError, TaskId, Token,
 };

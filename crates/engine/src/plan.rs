@@ -7,7 +7,7 @@ use aob_model::condition::Condition;
 use aob_model::config::NodeConfig;
 use aob_model::{EdgeOn, Issue, Join, NodeKind, OnError, RetryPolicy, Workflow};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EdgeKind {
     Normal,
     /// Loop exit taken when the loop condition turns false.

@@ -27,6 +27,21 @@ pub enum Input {
     },
     Pause,
     Resume,
+    /// The run was moved onto a patched plan (see `patch::rebase`): record it and
+    /// decide the pending nodes whose incoming edges changed.
+    Patched {
+        seq: u64,
+        by: String,
+        description: String,
+        node_id: Option<String>,
+        workflow: String,
+    },
+    /// Re-run `node` of a finished run (and everything downstream of it).
+    Replay {
+        node: u32,
+        by: String,
+        reason: String,
+    },
     /// A person's decision on the approval of a waiting `hitl` node.
     Decide {
         node: u32,
@@ -82,6 +97,15 @@ pub fn apply(plan: &Plan, st: &mut RunState, input: Input, now: i64) -> Step {
         now,
         step: Step::default(),
     };
+    if let Input::Replay { node, by, reason } = &input {
+        if m.st.status.is_terminal() && (*node as usize) < m.plan.nodes.len() {
+            m.replay(*node as usize, by, reason);
+            m.advance();
+            m.refresh_status();
+            m.check_done();
+        }
+        return m.step;
+    }
     if m.st.status.is_terminal() {
         return m.step;
     }
@@ -96,6 +120,13 @@ pub fn apply(plan: &Plan, st: &mut RunState, input: Input, now: i64) -> Step {
         Input::Pause => m.pause(),
         Input::Resume => m.resume(),
         Input::Decide { node, activation, decision } => m.decide(node as usize, activation, decision),
+        Input::Patched { seq, by, description, node_id, workflow } => {
+            let data = json!({"seq": seq, "by": by, "description": description, "node_id": node_id, "workflow": workflow});
+            m.emit("patch_applied", None, None, data);
+            let pending = (0..m.st.nodes.len()).filter(|&i| m.st.nodes[i].status == NodeStatus::Pending).collect();
+            m.settle(pending);
+        }
+        Input::Replay { .. } => {}
     }
     m.advance();
     m.refresh_status();
@@ -330,6 +361,44 @@ impl Machine<'_> {
         let attempt = n.attempt;
         self.emit("approval_decided", Some(i), Some(attempt), event);
         self.complete(i, output, None);
+    }
+
+    /// Resets `i` and everything downstream of it, and the attempts the run's end
+    /// cancelled, then readies them again.
+    fn replay(&mut self, i: usize, by: &str, reason: &str) {
+        let mut reset = crate::patch::downstream(self.plan, i);
+        let cancelled: Vec<usize> = (0..self.st.nodes.len()).filter(|&v| self.st.nodes[v].status == NodeStatus::Cancelled).collect();
+        for &c in &cancelled {
+            for v in crate::patch::downstream(self.plan, c) {
+                if !reset.contains(&v) {
+                    reset.push(v);
+                }
+            }
+        }
+        for &v in &reset {
+            let n = &mut self.st.nodes[v];
+            *n = NodeState { activation: n.activation + 1, ..NodeState::new() };
+            for &k in &self.plan.nodes[v].outgoing {
+                self.st.edges[k] = Token::Pending;
+            }
+        }
+        self.st.status = RunStatus::Running;
+        self.st.paused = false;
+        self.st.error = None;
+        self.st.outputs = None;
+        self.st.completed_at = None;
+        let ids: Vec<&str> = reset.iter().map(|&v| self.plan.nodes[v].id.as_str()).collect();
+        let data = json!({"node_id": self.plan.nodes[i].id, "by": by, "reason": reason, "reset": ids});
+        self.emit("node_replayed", Some(i), None, data);
+        self.st.nodes[i].status = NodeStatus::Ready;
+        for c in cancelled {
+            if c != i && self.st.nodes[c].status == NodeStatus::Pending {
+                self.st.nodes[c].status = NodeStatus::Ready;
+            }
+        }
+        // Nodes downstream whose inputs are already decided settle now.
+        let pending = reset.into_iter().filter(|&v| self.st.nodes[v].status == NodeStatus::Pending).collect();
+        self.settle(pending);
     }
 
     /// An approval whose time ran out follows the node's `on_timeout`.
@@ -1122,8 +1191,14 @@ impl Machine<'_> {
             self.st.edges[k] = t;
             work.push(self.plan.edges[k].to);
         }
+        self.settle(work);
+    }
+
+    /// Decides every pending node in `work` that its incoming tokens now decide.
+    fn settle(&mut self, mut work: Vec<usize>) {
         while let Some(t) = work.pop() {
-            if self.st.nodes[t].status != NodeStatus::Pending {
+            // A node without incoming edges is an entry: only `start` readies it.
+            if self.st.nodes[t].status != NodeStatus::Pending || self.plan.nodes[t].incoming.is_empty() {
                 continue;
             }
             let node = &self.plan.nodes[t];

@@ -196,6 +196,22 @@ pub struct RunState {
     pub started_at: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<i64>,
+    /// Seq of the last run patch (applied, pending or rejected).
+    #[serde(default)]
+    pub patch_seq: u64,
+    #[serde(default)]
+    pub settings: RunSettings,
+}
+
+/// Per-run policy chosen at start.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunSettings {
+    /// Patches wait as `pending` until a person approves them.
+    #[serde(default)]
+    pub patch_review: bool,
+    /// Cap on agent nodes reachable through patches (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_limit: Option<u32>,
 }
 
 impl RunState {
@@ -213,6 +229,8 @@ impl RunState {
             created_at: now,
             started_at: None,
             completed_at: None,
+            patch_seq: 0,
+            settings: RunSettings::default(),
         }
     }
 

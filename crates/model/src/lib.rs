@@ -7,6 +7,7 @@
 pub mod condition;
 pub mod config;
 pub mod hash;
+pub mod patch;
 pub mod refs;
 pub mod schema;
 pub mod validate;

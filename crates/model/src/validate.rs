@@ -26,10 +26,10 @@ pub struct Issue {
 }
 
 impl Issue {
-    fn error(pointer: impl Into<String>, code: &'static str, message: impl Into<String>) -> Issue {
+    pub fn error(pointer: impl Into<String>, code: &'static str, message: impl Into<String>) -> Issue {
         Issue { pointer: pointer.into(), code, message: message.into(), severity: Severity::Error }
     }
-    fn warning(pointer: impl Into<String>, code: &'static str, message: impl Into<String>) -> Issue {
+    pub fn warning(pointer: impl Into<String>, code: &'static str, message: impl Into<String>) -> Issue {
         Issue { pointer: pointer.into(), code, message: message.into(), severity: Severity::Warning }
     }
 }

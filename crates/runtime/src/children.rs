@@ -61,6 +61,7 @@ impl ChildRuns for ChildRunner {
                 tag,
                 parent_run_id: Some(parent.run_id.clone()),
                 idempotency_key: None,
+                settings: Default::default(),
             };
             match h.start(start).await {
                 Ok(_) | Err(crate::RuntimeError::Conflict(_)) => {}

@@ -22,4 +22,4 @@ mod workers;
 pub use clock::{Clock, SystemClock};
 pub use hub::{EventHub, HubEvent};
 pub use plans::Plans;
-pub use service::{Handle, Options, Runtime, RuntimeError, StartRun};
+pub use service::{Handle, Options, PatchRequest, Runtime, RuntimeError, StartRun};

@@ -10,13 +10,13 @@ use tokio_util::sync::CancellationToken;
 
 use aob_dispatch::{Dispatch, Envelope, Lease};
 
-use aob_engine::{Action, Decision, Input, NodeStatus, Outcome, Plan, RunState, RunStatus, Task, TaskId, apply, in_flight};
+use aob_engine::{Action, Decision, Input, RunSettings, NodeStatus, Outcome, Plan, RunState, RunStatus, Task, TaskId, apply, in_flight};
 use aob_model::NodeKind;
 use aob_exec::Executors;
 
 use crate::workers::{Pool, Running};
 use aob_model::Workflow;
-use aob_store::{Blob, NewRun, RunWrite, Store, StoreError, stored_events};
+use aob_store::{Blob, NewRun, PatchRecord, RunWrite, Store, StoreError, stored_events};
 
 use crate::children::ChildRunner;
 use crate::{Clock, EventHub, HubEvent, Plans, failpoint};
@@ -49,6 +49,9 @@ pub enum RuntimeError {
     Conflict(String),
     #[error("the engine is stopping")]
     Stopped,
+    /// A patch or replay was refused; `code` names the main reason, `issues` lists all.
+    #[error("{code}: {}", issues.iter().map(|i| format!("{} {}", i.pointer, i.message)).collect::<Vec<_>>().join("; "))]
+    Rejected { code: &'static str, issues: Vec<aob_model::Issue> },
 }
 
 /// What it takes to start a run.
@@ -61,6 +64,16 @@ pub struct StartRun {
     pub tag: Option<String>,
     pub parent_run_id: Option<String>,
     pub idempotency_key: Option<String>,
+    pub settings: RunSettings,
+}
+
+/// A run patch as submitted.
+#[derive(Debug, Clone)]
+pub struct PatchRequest {
+    pub operations: Vec<Value>,
+    pub description: String,
+    pub node_id: Option<String>,
+    pub by: String,
 }
 
 pub(crate) enum Command {
@@ -68,6 +81,11 @@ pub(crate) enum Command {
     Control(String, Input, oneshot::Sender<Result<RunState, RuntimeError>>),
     /// A decision on a waiting `hitl` node: (run, node id, activation, decision).
     Decide(String, String, u32, Decision, oneshot::Sender<Result<bool, RuntimeError>>),
+    Patch(String, PatchRequest, oneshot::Sender<Result<PatchRecord, RuntimeError>>),
+    /// Review of a pending patch: (run, seq, approve, by, reason).
+    PatchDecision(String, u64, bool, String, Option<String>, oneshot::Sender<Result<PatchRecord, RuntimeError>>),
+    /// Re-run a node of a finished run: (run, node id, config override, by, reason).
+    Replay(String, String, Option<Value>, String, String, oneshot::Sender<Result<RunState, RuntimeError>>),
     /// An attempt finished; its lease is acknowledged once the result is committed.
     Done(String, TaskId, Outcome, Option<Lease>),
 }
@@ -115,6 +133,34 @@ impl Handle {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Command::Decide(run_id.to_string(), node_id.to_string(), activation, decision, tx))
+            .await
+            .map_err(|_| RuntimeError::Stopped)?;
+        rx.await.map_err(|_| RuntimeError::Stopped)?
+    }
+
+    /// Validates and applies (or, under review, records) a run patch.
+    pub async fn patch(&self, run_id: &str, req: PatchRequest) -> Result<PatchRecord, RuntimeError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Patch(run_id.to_string(), req, tx)).await.map_err(|_| RuntimeError::Stopped)?;
+        rx.await.map_err(|_| RuntimeError::Stopped)?
+    }
+
+    /// Approves (applies, if it still applies) or rejects a pending patch.
+    pub async fn decide_patch(&self, run_id: &str, seq: u64, approve: bool, by: &str, reason: Option<String>) -> Result<PatchRecord, RuntimeError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::PatchDecision(run_id.to_string(), seq, approve, by.to_string(), reason, tx))
+            .await
+            .map_err(|_| RuntimeError::Stopped)?;
+        rx.await.map_err(|_| RuntimeError::Stopped)?
+    }
+
+    /// Re-runs `node_id` (with an optional config override) of a finished run and
+    /// everything downstream of it.
+    pub async fn replay(&self, run_id: &str, node_id: &str, config: Option<Value>, by: &str, reason: &str) -> Result<RunState, RuntimeError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Replay(run_id.to_string(), node_id.to_string(), config, by.to_string(), reason.to_string(), tx))
             .await
             .map_err(|_| RuntimeError::Stopped)?;
         rx.await.map_err(|_| RuntimeError::Stopped)?
@@ -242,12 +288,15 @@ struct Pending {
     create: Option<NewRun>,
     events: Vec<aob_engine::Event>,
     actions: Vec<Action>,
+    current_hash: Option<String>,
+    patches: Vec<PatchRecord>,
 }
 
 enum Reply {
     State(String, oneshot::Sender<Result<RunState, RuntimeError>>),
     /// Whether the input changed the run (a decision on a node no longer waiting does not).
     Applied(bool, oneshot::Sender<Result<bool, RuntimeError>>),
+    Patch(PatchRecord, oneshot::Sender<Result<PatchRecord, RuntimeError>>),
 }
 
 struct Service {
@@ -304,7 +353,7 @@ impl Service {
             return Ok(());
         }
         let rec = self.handle.store.get_run(run_id).await?.ok_or_else(|| RuntimeError::NotFound(run_id.to_string()))?;
-        let plan = self.handle.plans.get(&*self.handle.store, &rec.workflow_hash).await?;
+        let plan = self.handle.plans.get(&*self.handle.store, rec.plan_hash()).await?;
         self.runs.insert(run_id.to_string(), Live { plan, state: rec.state, owner: rec.owner.into() });
         Ok(())
     }
@@ -388,6 +437,7 @@ impl Service {
                         keyed.insert(slot, req.run_id.clone());
                     }
                     let mut state = RunState::new(req.run_id.clone(), &req.plan, req.inputs.clone(), now);
+                    state.settings = req.settings.clone();
                     let step = apply(&req.plan, &mut state, Input::Start, now);
                     note(&mut order, &mut pending, &req.run_id);
                     if let Some(p) = pending.get_mut(&req.run_id) {
@@ -424,6 +474,42 @@ impl Service {
                     let input = Input::Decide { node: node as u32, activation, decision };
                     let applied = self.step(&run_id, input, now, &mut order, &mut pending) > 0;
                     replies.push(Reply::Applied(applied, reply));
+                }
+                Command::Patch(run_id, req, reply) => {
+                    if let Err(e) = self.load(&run_id).await {
+                        let _ = reply.send(Err(e));
+                        continue;
+                    }
+                    match self.patch(&run_id, req, now, &mut order, &mut pending).await {
+                        Ok(rec) => replies.push(Reply::Patch(rec, reply)),
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                    }
+                }
+                Command::PatchDecision(run_id, seq, approve, by, reason, reply) => {
+                    if let Err(e) = self.load(&run_id).await {
+                        let _ = reply.send(Err(e));
+                        continue;
+                    }
+                    match self.decide_patch(&run_id, seq, approve, by, reason, now, &mut order, &mut pending).await {
+                        Ok(rec) => replies.push(Reply::Patch(rec, reply)),
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                    }
+                }
+                Command::Replay(run_id, node_id, config, by, reason, reply) => {
+                    if let Err(e) = self.load(&run_id).await {
+                        let _ = reply.send(Err(e));
+                        continue;
+                    }
+                    match self.replay(&run_id, &node_id, config, &by, &reason, now, &mut order, &mut pending).await {
+                        Ok(()) => replies.push(Reply::State(run_id, reply)),
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                    }
                 }
                 Command::Done(run_id, task, outcome, lease) => {
                     self.running.remove(&task.key(&run_id));
@@ -462,7 +548,7 @@ impl Service {
         let mut writes = Vec::with_capacity(order.len());
         for id in &order {
             let (Some(live), Some(p)) = (self.runs.get(id), pending.get_mut(id)) else { continue };
-            if p.create.is_none() && p.events.is_empty() {
+            if p.create.is_none() && p.events.is_empty() && p.patches.is_empty() {
                 continue; // nothing changed (a duplicate or stale input)
             }
             writes.push(RunWrite {
@@ -470,6 +556,8 @@ impl Service {
                 state_json: serde_json::to_string(&live.state).unwrap_or_default(),
                 state: live.state.clone(),
                 events: stored_events(id, &p.events),
+                current_hash: p.current_hash.take(),
+                patches: std::mem::take(&mut p.patches),
             });
         }
         failpoint!("before_commit");
@@ -538,6 +626,141 @@ impl Service {
         n
     }
 
+    /// The workflow `ops` make of the run's current one, validated as a plan.
+    fn patched_plan(&self, run_id: &str, ops: &[Value]) -> Result<(Arc<Plan>, Workflow), RuntimeError> {
+        let live = self.runs.get(run_id).ok_or_else(|| RuntimeError::NotFound(run_id.to_string()))?;
+        let doc = serde_json::to_value(&live.plan.workflow).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
+        let doc = aob_model::patch::apply(&doc, ops).map_err(|issues| RuntimeError::Rejected { code: "invalid_patch", issues })?;
+        let (wf, _) = aob_model::validate::parse_and_validate(&doc).map_err(|issues| RuntimeError::Rejected { code: "validation_failed", issues })?;
+        let plan = self.handle.plans.compile(wf.clone()).map_err(|issues| RuntimeError::Rejected { code: "validation_failed", issues })?;
+        Ok((plan, wf))
+    }
+
+    /// Moves the run onto `plan` and records the patch as applied.
+    #[allow(clippy::too_many_arguments)]
+    async fn apply_patch(&mut self, run_id: &str, wf: Workflow, mut rec: PatchRecord, now: i64, order: &mut Vec<String>, pending: &mut HashMap<String, Pending>) -> Result<PatchRecord, RuntimeError> {
+        let owner = self.runs.get(run_id).map(|l| l.owner.to_string()).unwrap_or_default();
+        let plan = self.handle.register(wf, &owner).await?;
+        let Some(live) = self.runs.get_mut(run_id) else { return Err(RuntimeError::NotFound(run_id.to_string())) };
+        let mut state = aob_engine::patch::rebase(&live.plan, &live.state, &plan);
+        let input = Input::Patched { seq: rec.seq, by: rec.author.clone(), description: rec.description.clone(), node_id: rec.node_id.clone(), workflow: plan.hash.clone() };
+        let step = apply(&plan, &mut state, input, now);
+        live.plan = plan.clone();
+        live.state = state;
+        rec.status = "applied".into();
+        rec.result_hash = Some(plan.hash.clone());
+        note(order, pending, run_id);
+        if let Some(p) = pending.get_mut(run_id) {
+            p.events.extend(step.events);
+            p.actions.extend(step.actions);
+            p.current_hash = Some(plan.hash.clone());
+            p.patches.push(rec.clone());
+        }
+        Ok(rec)
+    }
+
+    async fn patch(&mut self, run_id: &str, req: PatchRequest, now: i64, order: &mut Vec<String>, pending: &mut HashMap<String, Pending>) -> Result<PatchRecord, RuntimeError> {
+        let (plan, wf) = self.patched_plan(run_id, &req.operations)?;
+        let live = self.runs.get_mut(run_id).ok_or_else(|| RuntimeError::NotFound(run_id.to_string()))?;
+        let limit = live.state.settings.agent_limit.map_or(aob_engine::patch::DEFAULT_AGENT_LIMIT, |l| l as usize);
+        let issues = aob_engine::patch::check(&live.plan, &live.state, &plan, limit);
+        if !issues.is_empty() {
+            let code = if issues.iter().any(|i| i.code == "agent_limit_exceeded") { "agent_limit_exceeded" } else { "patch_rejected" };
+            return Err(RuntimeError::Rejected { code, issues });
+        }
+        live.state.patch_seq += 1;
+        let rec = PatchRecord {
+            run_id: run_id.to_string(),
+            seq: live.state.patch_seq,
+            status: "pending".into(),
+            author: req.by,
+            description: req.description,
+            node_id: req.node_id,
+            operations: Value::Array(req.operations),
+            base_hash: live.plan.hash.clone(),
+            result_hash: None,
+            created_at: now,
+            decided_at: None,
+            decided_by: None,
+            reason: None,
+        };
+        if live.state.settings.patch_review {
+            note(order, pending, run_id);
+            if let Some(p) = pending.get_mut(run_id) {
+                p.patches.push(rec.clone());
+            }
+            return Ok(rec);
+        }
+        self.apply_patch(run_id, wf, rec, now, order, pending).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn decide_patch(&mut self, run_id: &str, seq: u64, approve: bool, by: String, reason: Option<String>, now: i64, order: &mut Vec<String>, pending: &mut HashMap<String, Pending>) -> Result<PatchRecord, RuntimeError> {
+        let mut rec = self.handle.store.get_patch(run_id, seq).await?.ok_or_else(|| RuntimeError::NotFound(format!("patch {seq} of run {run_id}")))?;
+        if rec.status != "pending" {
+            return Err(RuntimeError::Conflict(format!("patch {seq} is already {}", rec.status)));
+        }
+        rec.decided_at = Some(now);
+        rec.decided_by = Some(by);
+        rec.reason = reason;
+        let outcome = if approve {
+            // Checked again: the run has moved on since the patch was proposed.
+            let ops = rec.operations.as_array().cloned().unwrap_or_default();
+            self.patched_plan(run_id, &ops).and_then(|(plan, wf)| {
+                let live = self.runs.get(run_id).ok_or_else(|| RuntimeError::NotFound(run_id.to_string()))?;
+                let limit = live.state.settings.agent_limit.map_or(aob_engine::patch::DEFAULT_AGENT_LIMIT, |l| l as usize);
+                let issues = aob_engine::patch::check(&live.plan, &live.state, &plan, limit);
+                if issues.is_empty() { Ok(wf) } else { Err(RuntimeError::Rejected { code: "patch_rejected", issues }) }
+            })
+        } else {
+            Err(RuntimeError::Conflict("rejected by reviewer".into()))
+        };
+        match outcome {
+            Ok(wf) => self.apply_patch(run_id, wf, rec, now, order, pending).await,
+            Err(e) => {
+                rec.status = "rejected".into();
+                if approve {
+                    rec.reason = Some(format!("no longer applies: {e}"));
+                }
+                note(order, pending, run_id);
+                if let Some(p) = pending.get_mut(run_id) {
+                    p.patches.push(rec.clone());
+                }
+                Ok(rec)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn replay(&mut self, run_id: &str, node_id: &str, config: Option<Value>, by: &str, reason: &str, now: i64, order: &mut Vec<String>, pending: &mut HashMap<String, Pending>) -> Result<(), RuntimeError> {
+        let live = self.runs.get(run_id).ok_or_else(|| RuntimeError::NotFound(run_id.to_string()))?;
+        if !live.state.status.is_terminal() {
+            return Err(RuntimeError::Conflict(format!("run {run_id} is {}; only a finished run can be replayed", live.state.status.as_str())));
+        }
+        if !live.plan.index.contains_key(node_id) {
+            return Err(RuntimeError::NotFound(format!("node {node_id} of run {run_id}")));
+        }
+        if let Some(cfg) = config {
+            // A config override is a patch of the replayed node only; that node and
+            // everything after it re-run, so the finished-node lock does not apply.
+            let (plan, wf) = self.patched_plan(run_id, &[serde_json::json!({"op": "replace_node_config", "id": node_id, "config": cfg})])?;
+            let owner = live.owner.to_string();
+            let _ = plan;
+            let plan = self.handle.register(wf, &owner).await?;
+            let Some(live) = self.runs.get_mut(run_id) else { return Err(RuntimeError::NotFound(run_id.to_string())) };
+            live.state = aob_engine::patch::rebase(&live.plan, &live.state, &plan);
+            live.plan = plan.clone();
+            note(order, pending, run_id);
+            if let Some(p) = pending.get_mut(run_id) {
+                p.current_hash = Some(plan.hash.clone());
+            }
+        }
+        let Some(live) = self.runs.get(run_id) else { return Err(RuntimeError::NotFound(run_id.to_string())) };
+        let node = live.plan.index[node_id] as u32;
+        self.step(run_id, Input::Replay { node, by: by.to_string(), reason: reason.to_string() }, now, order, pending);
+        Ok(())
+    }
+
     fn finish_replies(&mut self, replies: Vec<Reply>, err: Option<RuntimeError>) {
         for r in replies {
             match r {
@@ -549,6 +772,13 @@ impl Service {
                             Some(l) => Ok(l.state.clone()),
                             None => Err(RuntimeError::NotFound(id)),
                         },
+                    };
+                    let _ = tx.send(res);
+                }
+                Reply::Patch(rec, tx) => {
+                    let res = match &err {
+                        Some(e) => Err(RuntimeError::Invalid(e.to_string())),
+                        None => Ok(rec),
                     };
                     let _ = tx.send(res);
                 }

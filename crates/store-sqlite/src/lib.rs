@@ -235,6 +235,17 @@ fn apply_writes(tx: &Connection, writes: &[RunWrite]) -> Result<()> {
             }
         }
         project_approvals(tx, &st.run_id, &w.events)?;
+        if let Some(h) = &w.current_hash {
+            tx.execute("UPDATE runs SET current_hash = ?2 WHERE run_id = ?1", params![st.run_id, h]).map_err(backend)?;
+        }
+        for p in &w.patches {
+            tx.execute(
+                "INSERT OR REPLACE INTO run_patches (run_id, seq, status, author, description, node_id, operations, base_hash, result_hash, created_at, decided_at, decided_by, reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                params![p.run_id, p.seq as i64, p.status, p.author, p.description, p.node_id, p.operations.to_string(), p.base_hash, p.result_hash, p.created_at, p.decided_at, p.decided_by, p.reason],
+            )
+            .map_err(backend)?;
+        }
         for e in &w.events {
             ins_ev
                 .execute(params![e.run_id, e.seq as i64, e.kind, e.body])
@@ -394,8 +405,8 @@ impl Store for SqliteStore {
                 .query_row("SELECT COALESCE(MAX(seq) + 1, 0) FROM tag_history WHERE owner = ?1 AND name = ?2", params![u.owner, u.name], |r| r.get(0))
                 .map_err(|e| e.to_string())?;
             tx.execute(
-                "INSERT INTO tag_history (owner, name, seq, hash, op, by, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![u.owner, u.name, seq, u.hash, u.op, u.by, u.at],
+                "INSERT INTO tag_history (owner, name, seq, hash, op, by, at, description) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![u.owner, u.name, seq, u.hash, u.op, u.by, u.at, u.description],
             )
             .map_err(|e| e.to_string())?;
             Ok(())
@@ -424,9 +435,16 @@ impl Store for SqliteStore {
     async fn tag_history(&self, owner: &str, name: &str) -> Result<Vec<TagVersion>> {
         let (owner, name) = (owner.to_string(), name.to_string());
         self.read(move |c| {
-            let mut st = c.prepare("SELECT seq, hash, op, by, at FROM tag_history WHERE owner = ?1 AND name = ?2 ORDER BY seq")?;
+            let mut st = c.prepare("SELECT seq, hash, op, by, at, description FROM tag_history WHERE owner = ?1 AND name = ?2 ORDER BY seq")?;
             st.query_map(params![owner, name], |r| {
-                Ok(TagVersion { seq: r.get::<_, i64>(0)? as u64, hash: r.get(1)?, op: r.get(2)?, by: r.get(3)?, at: r.get(4)? })
+                Ok(TagVersion {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    hash: r.get(1)?,
+                    op: r.get(2)?,
+                    by: r.get(3)?,
+                    at: r.get(4)?,
+                    description: r.get(5)?,
+                })
             })?
             .collect()
         })
@@ -456,7 +474,7 @@ impl Store for SqliteStore {
         let run_id = run_id.to_string();
         self.read(move |c| {
             c.query_row(
-                "SELECT run_id, owner, workflow_hash, tag, parent_run_id, state FROM runs WHERE run_id = ?1",
+                "SELECT run_id, owner, workflow_hash, tag, parent_run_id, state, current_hash FROM runs WHERE run_id = ?1",
                 [run_id],
                 |r| {
                     let state: String = r.get(5)?;
@@ -466,6 +484,7 @@ impl Store for SqliteStore {
                         workflow_hash: r.get(2)?,
                         tag: r.get(3)?,
                         parent_run_id: r.get(4)?,
+                        current_hash: r.get(6)?,
                         state: parse_state(&state)?,
                     })
                 },
@@ -581,6 +600,21 @@ impl Store for SqliteStore {
         self.read(move |c| c.query_row(&format!("SELECT {APPROVAL_COLS} FROM approvals WHERE id = ?1"), [id], approval_row).optional()).await
     }
 
+    async fn list_patches(&self, run_id: &str) -> Result<Vec<PatchRecord>> {
+        let run_id = run_id.to_string();
+        self.read(move |c| {
+            let mut st = c.prepare_cached(&format!("SELECT {PATCH_COLS} FROM run_patches WHERE run_id = ?1 ORDER BY seq"))?;
+            st.query_map([run_id], patch_row)?.collect()
+        })
+        .await
+    }
+
+    async fn get_patch(&self, run_id: &str, seq: u64) -> Result<Option<PatchRecord>> {
+        let run_id = run_id.to_string();
+        self.read(move |c| c.query_row(&format!("SELECT {PATCH_COLS} FROM run_patches WHERE run_id = ?1 AND seq = ?2"), params![run_id, seq as i64], patch_row).optional())
+            .await
+    }
+
     async fn put_key(&self, k: ApiKey) -> Result<()> {
         self.exec(Box::new(move |tx| {
             tx.execute(
@@ -625,6 +659,81 @@ impl Store for SqliteStore {
         .await?;
         Ok(true)
     }
+
+    async fn claim_idempotency(&self, rec: IdempotencyRecord, completed_since: i64, pending_since: i64) -> Result<Option<IdempotencyRecord>> {
+        let found: Arc<Mutex<Option<IdempotencyRecord>>> = Arc::default();
+        let out = found.clone();
+        self.exec(Box::new(move |tx| {
+            let existing = tx
+                .query_row(&format!("SELECT {IDEM_COLS} FROM idempotency WHERE tenant = ?1 AND key = ?2"), params![rec.tenant, rec.key], idem_row)
+                .optional()
+                .map_err(|e| e.to_string())?;
+            if let Some(e) = existing {
+                let live = if e.status.is_some() { e.created_at >= completed_since } else { e.created_at >= pending_since };
+                if live {
+                    *out.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    return Ok(());
+                }
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO idempotency (tenant, key, request, body_hash, status, response, created_at) VALUES (?1, ?2, ?3, ?4, NULL, NULL, ?5)",
+                params![rec.tenant, rec.key, rec.request, rec.body_hash, rec.created_at],
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        }))
+        .await?;
+        Ok(found.lock().unwrap_or_else(|p| p.into_inner()).take())
+    }
+
+    async fn complete_idempotency(&self, claim: &IdempotencyRecord, status: u16, response: Vec<u8>) -> Result<()> {
+        let (tenant, key, at) = (claim.tenant.clone(), claim.key.clone(), claim.created_at);
+        self.exec(Box::new(move |tx| {
+            tx.execute(
+                "UPDATE idempotency SET status = ?4, response = ?5 WHERE tenant = ?1 AND key = ?2 AND created_at = ?3 AND status IS NULL",
+                params![tenant, key, at, status as i64, response],
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        }))
+        .await
+    }
+
+    async fn release_idempotency(&self, claim: &IdempotencyRecord) -> Result<()> {
+        let (tenant, key, at) = (claim.tenant.clone(), claim.key.clone(), claim.created_at);
+        self.exec(Box::new(move |tx| {
+            tx.execute("DELETE FROM idempotency WHERE tenant = ?1 AND key = ?2 AND created_at = ?3 AND status IS NULL", params![tenant, key, at])
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }))
+        .await
+    }
+
+    async fn purge_idempotency(&self, before: i64) -> Result<u64> {
+        let n: Arc<Mutex<u64>> = Arc::default();
+        let out = n.clone();
+        self.exec(Box::new(move |tx| {
+            let k = tx.execute("DELETE FROM idempotency WHERE created_at < ?1", [before]).map_err(|e| e.to_string())?;
+            *out.lock().unwrap_or_else(|p| p.into_inner()) = k as u64;
+            Ok(())
+        }))
+        .await?;
+        Ok(*n.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+const IDEM_COLS: &str = "tenant, key, request, body_hash, status, response, created_at";
+
+fn idem_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<IdempotencyRecord> {
+    Ok(IdempotencyRecord {
+        tenant: r.get(0)?,
+        key: r.get(1)?,
+        request: r.get(2)?,
+        body_hash: r.get(3)?,
+        status: r.get::<_, Option<i64>>(4)?.map(|s| s as u16),
+        response: r.get(5)?,
+        created_at: r.get(6)?,
+    })
 }
 
 const APPROVAL_COLS: &str = "id, run_id, node_id, activation, owner, status, message, data, approvers, created_at, timeout_at, decided_at, decided_by, comment, decision_data";
@@ -650,6 +759,27 @@ fn approval_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Approval> {
         decided_by: r.get(12)?,
         comment: r.get(13)?,
         decision_data: json(14)?,
+    })
+}
+
+const PATCH_COLS: &str = "run_id, seq, status, author, description, node_id, operations, base_hash, result_hash, created_at, decided_at, decided_by, reason";
+
+fn patch_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PatchRecord> {
+    let ops: String = r.get(6)?;
+    Ok(PatchRecord {
+        run_id: r.get(0)?,
+        seq: r.get::<_, i64>(1)? as u64,
+        status: r.get(2)?,
+        author: r.get(3)?,
+        description: r.get(4)?,
+        node_id: r.get(5)?,
+        operations: serde_json::from_str(&ops).unwrap_or(serde_json::Value::Null),
+        base_hash: r.get(7)?,
+        result_hash: r.get(8)?,
+        created_at: r.get(9)?,
+        decided_at: r.get(10)?,
+        decided_by: r.get(11)?,
+        reason: r.get(12)?,
     })
 }
 

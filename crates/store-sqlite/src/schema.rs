@@ -94,6 +94,37 @@ CREATE TABLE approvals (
 );
 CREATE INDEX approvals_owner ON approvals (owner, status, created_at DESC);
 CREATE INDEX approvals_run ON approvals (run_id, status);
+"#, r#"
+ALTER TABLE runs ADD COLUMN current_hash TEXT;
+CREATE TABLE run_patches (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    author TEXT NOT NULL,
+    description TEXT NOT NULL,
+    node_id TEXT,
+    operations TEXT NOT NULL,
+    base_hash TEXT NOT NULL,
+    result_hash TEXT,
+    created_at INTEGER NOT NULL,
+    decided_at INTEGER,
+    decided_by TEXT,
+    reason TEXT,
+    PRIMARY KEY (run_id, seq)
+);
+"#, r#"
+ALTER TABLE tag_history ADD COLUMN description TEXT;
+CREATE TABLE idempotency (
+    tenant TEXT NOT NULL,
+    key TEXT NOT NULL,
+    request TEXT NOT NULL,
+    body_hash TEXT NOT NULL,
+    status INTEGER,
+    response BLOB,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant, key)
+);
+CREATE INDEX idempotency_created ON idempotency (created_at);
 "#];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

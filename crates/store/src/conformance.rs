@@ -22,6 +22,8 @@ fn state(run_id: &str, status: RunStatus, seq: u64, at: i64) -> RunState {
         created_at: at,
         started_at: None,
         completed_at: None,
+        patch_seq: 0,
+        settings: Default::default(),
     }
 }
 
@@ -43,6 +45,8 @@ fn write(run_id: &str, owner: &str, create: bool, status: RunStatus, seqs: std::
         state_json: serde_json::to_string(&st).unwrap_or_default(),
         state: st,
         events: stored_events(run_id, &events),
+        current_hash: None,
+        patches: vec![],
     }
 }
 
@@ -63,6 +67,7 @@ pub async fn tags(s: &dyn Store) {
         by: "alice".into(),
         op: "create".into(),
         at: 10,
+        description: Some(format!("to {hash}")),
     };
     let t = s.set_tag(up("h1", Some(0))).await.unwrap();
     assert_eq!(t.version, 1);
@@ -74,6 +79,8 @@ pub async fn tags(s: &dyn Store) {
     assert_eq!(t.version, 3);
     let h = s.tag_history("alice", "release/v1").await.unwrap();
     assert_eq!(h.iter().map(|v| (v.seq, v.hash.as_str())).collect::<Vec<_>>(), vec![(0, "h1"), (1, "h2"), (2, "h3")]);
+    assert_eq!(h[1].description.as_deref(), Some("to h2"));
+    assert_eq!(h.last().unwrap().seq, t.version - 1, "the move that made version v has seq v - 1");
     assert_eq!(s.get_tag("bob", "release/v1").await.unwrap(), None);
     assert_eq!(s.list_tags("alice").await.unwrap().len(), 1);
     assert!(s.delete_tag("alice", "release/v1").await.unwrap());
@@ -165,6 +172,76 @@ pub async fn keys_and_grants(s: &dyn Store) {
     assert!(!s.blob_granted("sha256:x", "t2").await.unwrap());
 }
 
+pub async fn patches(s: &dyn Store) {
+    s.commit(vec![write("p1", "alice", true, RunStatus::Running, 1..=1, 100)]).await.unwrap();
+    let rec = |seq: u64, status: &str| PatchRecord {
+        run_id: "p1".into(),
+        seq,
+        status: status.into(),
+        author: "alice".into(),
+        description: "d".into(),
+        node_id: Some("a".into()),
+        operations: json!([{"op": "add_node"}]),
+        base_hash: "sha256:base".into(),
+        result_hash: None,
+        created_at: 5,
+        decided_at: None,
+        decided_by: None,
+        reason: None,
+    };
+    let mut w = write("p1", "alice", false, RunStatus::Running, 2..=2, 100);
+    w.patches = vec![rec(1, "pending")];
+    s.commit(vec![w]).await.unwrap();
+    let mut w = write("p1", "alice", false, RunStatus::Running, 3..=3, 100);
+    let mut applied = rec(1, "applied");
+    applied.result_hash = Some("sha256:new".into());
+    w.patches = vec![applied.clone(), rec(2, "rejected")];
+    w.current_hash = Some("sha256:new".into());
+    s.commit(vec![w]).await.unwrap();
+    let all = s.list_patches("p1").await.unwrap();
+    assert_eq!(all.iter().map(|p| (p.seq, p.status.as_str())).collect::<Vec<_>>(), vec![(1, "applied"), (2, "rejected")]);
+    assert_eq!(s.get_patch("p1", 1).await.unwrap(), Some(applied));
+    assert_eq!(s.get_patch("p1", 9).await.unwrap(), None);
+    let r = s.get_run("p1").await.unwrap().unwrap();
+    assert_eq!((r.workflow_hash.as_str(), r.plan_hash()), ("sha256:abc", "sha256:new"));
+}
+
+pub async fn idempotency(s: &dyn Store) {
+    let rec = |tenant: &str, key: &str, at: i64| IdempotencyRecord {
+        tenant: tenant.into(),
+        key: key.into(),
+        request: "POST /api/v1/runs".into(),
+        body_hash: "b1".into(),
+        status: None,
+        response: None,
+        created_at: at,
+    };
+    let first = rec("t1", "k", 100);
+    assert_eq!(s.claim_idempotency(first.clone(), 0, 0).await.unwrap(), None);
+    // In progress: a second claim sees the first.
+    let held = s.claim_idempotency(rec("t1", "k", 101), 0, 0).await.unwrap().unwrap();
+    assert_eq!((held.status, held.created_at), (None, 100));
+    // Keys are per tenant.
+    assert_eq!(s.claim_idempotency(rec("t2", "k", 101), 0, 0).await.unwrap(), None);
+    s.complete_idempotency(&first, 201, b"{\"a\":1}".to_vec()).await.unwrap();
+    let done = s.claim_idempotency(rec("t1", "k", 102), 0, 0).await.unwrap().unwrap();
+    assert_eq!((done.status, done.response.as_deref(), done.body_hash.as_str()), (Some(201), Some(&b"{\"a\":1}"[..]), "b1"));
+    // Expired: a completed record older than `completed_since` is replaced.
+    assert_eq!(s.claim_idempotency(rec("t1", "k", 200), 150, 0).await.unwrap(), None);
+    // A stale claim still in progress (its request died) is taken over.
+    let taken = rec("t1", "k", 300);
+    assert_eq!(s.claim_idempotency(taken.clone(), 0, 250).await.unwrap(), None);
+    // Completing or releasing the replaced claim changes nothing.
+    s.complete_idempotency(&rec("t1", "k", 200), 500, vec![]).await.unwrap();
+    s.release_idempotency(&rec("t1", "k", 200)).await.unwrap();
+    assert_eq!(s.claim_idempotency(rec("t1", "k", 301), 0, 0).await.unwrap().unwrap().created_at, 300);
+    // Released: the key is free again.
+    s.release_idempotency(&taken).await.unwrap();
+    assert_eq!(s.claim_idempotency(rec("t1", "k", 400), 0, 0).await.unwrap(), None);
+    assert_eq!(s.purge_idempotency(150).await.unwrap(), 1, "t2's record from 101 is purged");
+    assert_eq!(s.claim_idempotency(rec("t2", "k", 500), 0, 0).await.unwrap(), None);
+}
+
 /// Generates one `#[tokio::test]` per conformance check. `$make` is an async
 /// expression yielding a fresh backend (anything that derefs to `dyn Store`).
 #[macro_export]
@@ -196,6 +273,16 @@ macro_rules! store_conformance {
             async fn keys_and_grants() {
                 let s = $make.await;
                 $crate::conformance::keys_and_grants(&*s).await;
+            }
+            #[tokio::test]
+            async fn patches() {
+                let s = $make.await;
+                $crate::conformance::patches(&*s).await;
+            }
+            #[tokio::test]
+            async fn idempotency() {
+                let s = $make.await;
+                $crate::conformance::idempotency(&*s).await;
             }
             #[tokio::test]
             async fn listing() {

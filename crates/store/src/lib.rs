@@ -63,6 +63,10 @@ pub trait Store: Send + Sync + 'static {
     async fn list_approvals(&self, owner: &str, status: Option<&str>, limit: usize) -> Result<Vec<Approval>>;
     async fn get_approval(&self, id: &str) -> Result<Option<Approval>>;
 
+    /// A run's patches in seq order.
+    async fn list_patches(&self, run_id: &str) -> Result<Vec<PatchRecord>>;
+    async fn get_patch(&self, run_id: &str, seq: u64) -> Result<Option<PatchRecord>>;
+
     /// API keys: stored by id with the hash of the secret, never the secret.
     async fn put_key(&self, key: ApiKey) -> Result<()>;
     async fn get_key(&self, id: &str) -> Result<Option<ApiKey>>;
@@ -70,4 +74,16 @@ pub trait Store: Send + Sync + 'static {
     async fn list_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>>;
     /// Returns false when the key does not exist or was already revoked.
     async fn revoke_key(&self, id: &str, at: i64) -> Result<bool>;
+
+    /// Claims `(rec.tenant, rec.key)` for a new request, atomically. Returns `None` when
+    /// claimed (`rec` is stored, in progress), or the record that holds the key: a
+    /// completed one created at or after `completed_since`, or one still in progress
+    /// created at or after `pending_since`. Older records are replaced.
+    async fn claim_idempotency(&self, rec: IdempotencyRecord, completed_since: i64, pending_since: i64) -> Result<Option<IdempotencyRecord>>;
+    /// Stores the answer of a claim made with `claim` (matched on tenant, key and `created_at`).
+    async fn complete_idempotency(&self, claim: &IdempotencyRecord, status: u16, response: Vec<u8>) -> Result<()>;
+    /// Drops a claim that is still in progress (its request had no answer worth replaying).
+    async fn release_idempotency(&self, claim: &IdempotencyRecord) -> Result<()>;
+    /// Deletes records created before `before`; returns how many.
+    async fn purge_idempotency(&self, before: i64) -> Result<u64>;
 }

@@ -23,6 +23,8 @@ pub struct TagUpdate {
     /// `create`, `move` or `patch`, recorded in the history.
     pub op: String,
     pub at: i64,
+    /// Why the tag moved (a patch's description), recorded in the history.
+    pub description: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,11 +42,14 @@ pub struct Tag {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TagVersion {
+    /// 0 for the tag's creation; the move that made the tag's version `v` has seq `v - 1`.
     pub seq: u64,
     pub hash: String,
     pub op: String,
     pub by: String,
     pub at: i64,
+    #[serde(default)]
+    pub description: Option<String>,
 }
 
 /// A new run's identity, written with its first state.
@@ -73,6 +78,30 @@ pub struct RunWrite {
     /// Serialized `state`; the caller serializes once (it is also cached in memory).
     pub state_json: String,
     pub events: Vec<StoredEvent>,
+    /// Set when a patch moved the run onto another workflow version.
+    pub current_hash: Option<String>,
+    /// Run patches created or decided by this transition.
+    pub patches: Vec<PatchRecord>,
+}
+
+/// A run patch: the operations, who sent them, and what became of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PatchRecord {
+    pub run_id: String,
+    pub seq: u64,
+    /// `applied`, `pending` (waiting for review) or `rejected`.
+    pub status: String,
+    pub author: String,
+    pub description: String,
+    pub node_id: Option<String>,
+    pub operations: Value,
+    /// The workflow the patch was checked against, and the result when applied.
+    pub base_hash: String,
+    pub result_hash: Option<String>,
+    pub created_at: i64,
+    pub decided_at: Option<i64>,
+    pub decided_by: Option<String>,
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -82,7 +111,17 @@ pub struct RunRecord {
     pub workflow_hash: String,
     pub tag: Option<String>,
     pub parent_run_id: Option<String>,
+    /// The workflow the run executes now, when patches moved it off `workflow_hash`
+    /// (which stays the version the run started with).
+    pub current_hash: Option<String>,
     pub state: RunState,
+}
+
+impl RunRecord {
+    /// The hash of the plan the run executes now.
+    pub fn plan_hash(&self) -> &str {
+        self.current_hash.as_deref().unwrap_or(&self.workflow_hash)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -184,4 +223,19 @@ pub struct Approval {
     pub decided_by: Option<String>,
     pub comment: Option<String>,
     pub decision_data: Value,
+}
+
+/// The first answer to a request sent with an `Idempotency-Key`, replayed for repeats.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    pub tenant: String,
+    pub key: String,
+    /// `METHOD path` of the first request, e.g. `POST /api/v1/runs`.
+    pub request: String,
+    /// Hex sha256 of the first request's body.
+    pub body_hash: String,
+    /// `None` while the first request is still being answered.
+    pub status: Option<u16>,
+    pub response: Option<Vec<u8>>,
+    pub created_at: i64,
 }
