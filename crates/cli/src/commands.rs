@@ -431,3 +431,81 @@ pub fn logout(api_url: &str) -> anyhow::Result<i32> {
     }
     Ok(exit::OK)
 }
+
+#[derive(Subcommand)]
+pub enum PatchCmd {
+    /// A run's patches.
+    List { run_id: String },
+    /// One patch with its operations.
+    Show { run_id: String, seq: u64 },
+    /// Patch a running run from a JSON file holding the operations array.
+    Create {
+        run_id: String,
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// The node the patch speaks for (an agent adding steps after itself).
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Approve a pending patch (it applies if it still can).
+    Approve {
+        run_id: String,
+        seq: u64,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Reject a pending patch.
+    Reject {
+        run_id: String,
+        seq: u64,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+pub async fn patch(cmd: PatchCmd, client: &Client, fmt: Format) -> anyhow::Result<i32> {
+    let v = match cmd {
+        PatchCmd::List { run_id } => {
+            let v = client.get(&format!("/api/v1/runs/{}/patches", seg(&run_id))).await?;
+            let rows = v["patches"].as_array().cloned().unwrap_or_default();
+            output::table(fmt, &v, &rows, &[("SEQ", "seq"), ("STATUS", "status"), ("AUTHOR", "author"), ("OPS", "op_count"), ("DESCRIPTION", "description")]);
+            return Ok(exit::OK);
+        }
+        PatchCmd::Show { run_id, seq } => client.get(&format!("/api/v1/runs/{}/patches/{seq}", seg(&run_id))).await?,
+        PatchCmd::Create { run_id, file, description, node } => {
+            let ops = read_doc(&file)?;
+            let body = json!({"operations": ops, "description": description, "node_id": node});
+            client.post(&format!("/api/v1/runs/{}/patches", seg(&run_id)), &body).await?
+        }
+        PatchCmd::Approve { run_id, seq, reason } => client.post(&format!("/api/v1/runs/{}/patches/{seq}/approve", seg(&run_id)), &json!({"reason": reason})).await?,
+        PatchCmd::Reject { run_id, seq, reason } => client.post(&format!("/api/v1/runs/{}/patches/{seq}/reject", seg(&run_id)), &json!({"reason": reason})).await?,
+    };
+    output::print(fmt, &v);
+    Ok(exit::OK)
+}
+
+/// `aob approve|reject <approval-id>` or `<run-id> <node-id>`.
+pub async fn decide(target: Vec<String>, approve: bool, comment: Option<String>, client: &Client, fmt: Format) -> anyhow::Result<i32> {
+    let v = match target.as_slice() {
+        [id] => {
+            let body = json!({"decision": if approve { "approve" } else { "reject" }, "comment": comment});
+            client.post(&format!("/api/v1/approvals/{}/decide", seg(id)), &body).await?
+        }
+        [run, node] => client.post("/api/approval", &json!({"run_id": run, "node_id": node, "approved": approve, "comment": comment})).await?,
+        _ => return Err(CliError::Usage("give an approval id, or a run id and a node id".into()).into()),
+    };
+    output::print(fmt, &v);
+    Ok(exit::OK)
+}
+
+pub async fn replay(run_id: &str, node: &str, config: Option<&PathBuf>, reason: &str, client: &Client, fmt: Format) -> anyhow::Result<i32> {
+    let config = match config {
+        Some(f) => Some(read_doc(f)?),
+        None => None,
+    };
+    let v = client.post(&format!("/api/v1/runs/{}/nodes/{}/replay", seg(run_id), seg(node)), &json!({"config": config, "reason": reason})).await?;
+    output::print(fmt, &v);
+    Ok(exit::OK)
+}

@@ -22,6 +22,12 @@ pub struct Config {
     pub body_limit: usize,
     pub ssrf: Ssrf,
     pub log: Log,
+    /// Token buckets: `per_route_per_minute` per API key and route, and run creations
+    /// per tenant and user by tier (`tiers.simple|standard|heavy`); 0 turns one off.
+    pub rate_limit: aob_api::RateLimits,
+    /// WebSocket send queue (`buffer` messages) and how long it may stay full
+    /// (`slow_consumer_ms`) before the consumer is dropped.
+    pub ws: aob_api::WsOptions,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -57,6 +63,8 @@ impl Default for Config {
             body_limit: 4 * 1024 * 1024,
             ssrf: Ssrf::default(),
             log: Log::default(),
+            rate_limit: Default::default(),
+            ws: Default::default(),
         }
     }
 }

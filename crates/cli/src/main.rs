@@ -54,6 +54,34 @@ enum Command {
     Logout,
     /// Show who the current key belongs to.
     Whoami,
+    /// Approve a pending approval: `<approval-id>` or `<run-id> <node-id>`.
+    Approve {
+        #[arg(num_args = 1..=2, required = true)]
+        target: Vec<String>,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Reject a pending approval: `<approval-id>` or `<run-id> <node-id>`.
+    Reject {
+        #[arg(num_args = 1..=2, required = true)]
+        target: Vec<String>,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// List, show, create and review run patches.
+    #[command(subcommand)]
+    Patch(commands::PatchCmd),
+    /// Re-run a node of a finished run and everything after it.
+    Replay {
+        run_id: String,
+        #[arg(long = "from")]
+        node: String,
+        /// A JSON/YAML file with a replacement config for the node.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
     /// Create, list and revoke API keys.
     #[command(subcommand)]
     Keys(commands::KeysCmd),
@@ -157,5 +185,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             Ok(exit::OK)
         }
         Command::Keys(cmd) => commands::keys(cmd, &client, fmt).await,
+        Command::Approve { target, comment } => commands::decide(target, true, comment, &client, fmt).await,
+        Command::Reject { target, comment } => commands::decide(target, false, comment, &client, fmt).await,
+        Command::Patch(cmd) => commands::patch(cmd, &client, fmt).await,
+        Command::Replay { run_id, node, config, reason } => commands::replay(&run_id, &node, config.as_ref(), &reason, &client, fmt).await,
     }
 }

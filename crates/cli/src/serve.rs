@@ -36,8 +36,9 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
     let addr = listener.local_addr()?;
     bootstrap_admin(&runtime.handle, &cfg.data_dir).await?;
     let keys = aob_api::auth::Keys::new(runtime.handle.store.clone());
-    let state = aob_api::AppState { rt: runtime.handle.clone(), keys, started_at };
-    let app = aob_api::router(state, &aob_api::Options { body_limit: cfg.body_limit });
+    let state = aob_api::AppState::new(runtime.handle.clone(), keys, started_at);
+    let api_opts = aob_api::Options { body_limit: cfg.body_limit, rate_limit: cfg.rate_limit.clone(), ws: cfg.ws.clone(), limit_clock: None };
+    let app = aob_api::router(state, &api_opts);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serve = tokio::spawn(aob_api::serve(listener, app, async move {
         let _ = stopped.await;
