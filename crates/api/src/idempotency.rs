@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::body::Body;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, OriginalUri, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -113,7 +113,8 @@ pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Res
     let rec = IdempotencyRecord {
         tenant: caller.owner.clone(),
         key: key.clone(),
-        request: format!("{} {}", parts.method, parts.uri.path()),
+        // Inside the nested router the URI lost its `/api/v1` prefix; the original has it.
+        request: format!("{} {}", parts.method, parts.extensions.get::<OriginalUri>().map_or(parts.uri.path(), |u| u.path())),
         body_hash: hex::encode(Sha256::digest(&bytes)),
         status: None,
         response: None,

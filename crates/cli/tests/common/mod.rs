@@ -1,6 +1,7 @@
 //! Shared test support: a real server on 127.0.0.1:0 over a temp data dir, and a
 //! loopback stub HTTP server that records what it receives.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used)]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,13 +27,25 @@ pub async fn start_server(allow: &[String]) -> TestServer {
 }
 
 pub async fn start_server_in(dir: tempfile::TempDir, allow: &[String]) -> TestServer {
+    let allow = allow.to_vec();
+    start_server_with(dir, move |cfg| cfg.ssrf.allow = allow).await
+}
+
+/// Starts a server on `dir` with the test defaults, then `configure` applied. Tests poll
+/// fast, so the per-route rate limit is off unless `configure` turns it on; the run
+/// tiers keep their defaults.
+pub async fn start_server_with(
+    dir: tempfile::TempDir,
+    configure: impl FnOnce(&mut Config),
+) -> TestServer {
     let mut cfg = Config {
         addr: "127.0.0.1:0".into(),
         data_dir: dir.path().to_path_buf(),
         durability: "process".into(),
         ..Default::default()
     };
-    cfg.ssrf.allow = allow.to_vec();
+    cfg.rate_limit.per_route_per_minute = 0;
+    configure(&mut cfg);
     let server = serve::start(&cfg).await.unwrap();
     let url = format!("http://{}", server.addr);
     TestServer {
@@ -45,14 +58,22 @@ pub async fn start_server_in(dir: tempfile::TempDir, allow: &[String]) -> TestSe
 
 /// The bootstrap admin key `aob serve` wrote into the data dir.
 pub fn admin_key(data_dir: &std::path::Path) -> String {
-    aob_cli::credentials::read_key_file(&serve::admin_key_path(data_dir)).expect("admin.key written on first start")
+    aob_cli::credentials::read_key_file(&serve::admin_key_path(data_dir))
+        .expect("admin.key written on first start")
 }
 
 /// A client whose every request carries `key`, as the CLI sends it.
 pub fn client_with_key(key: &str) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert("x-api-key", reqwest::header::HeaderValue::from_str(key).unwrap());
-    reqwest::Client::builder().no_proxy().default_headers(headers).build().unwrap()
+    headers.insert(
+        "x-api-key",
+        reqwest::header::HeaderValue::from_str(key).unwrap(),
+    );
+    reqwest::Client::builder()
+        .no_proxy()
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }
 
 /// Every request of a test carries the bootstrap admin key, as the local CLI does.
