@@ -1,5 +1,6 @@
-//! The OpenAPI document. Kept next to the router; a test checks that every route of
-//! the router is described here, so the two cannot drift apart.
+//! The OpenAPI document, kept next to the router. When you add a route, add it here
+//! and to the route list of `openapi_schema_health_readiness_and_version` in
+//! crates/cli/tests/api_runs.rs, which checks that the served document has it.
 
 use serde_json::{Value, json};
 

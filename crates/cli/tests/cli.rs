@@ -1,5 +1,6 @@
 //! The `aob` binary against a real server: data on stdout, diagnostics on stderr,
 //! documented exit codes.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed call is a failed test
 
 mod common;
 

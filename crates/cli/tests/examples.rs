@@ -1,4 +1,5 @@
 //! Every workflow in `examples/` runs to completion against a loopback stub.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed call is a failed test
 
 mod common;
 

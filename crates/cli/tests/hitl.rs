@@ -1,4 +1,5 @@
 //! Human approvals through the HTTP API.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed call is a failed test
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Run patches and node replay through the HTTP API.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed call is a failed test
 
 mod common;
 

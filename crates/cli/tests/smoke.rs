@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed call is a failed test
 mod common;
 
 use serde_json::json;

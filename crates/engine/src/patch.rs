@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use aob_model::Issue;
 
 use crate::plan::{EdgeKind, Plan};
-use crate::state::{NodeState, NodeStatus, RunState, Token};
+use crate::state::{NodeStatus, RunState, Token};
 
 /// Default cap on the number of `agent` nodes a run may reach through patches.
 pub const DEFAULT_AGENT_LIMIT: usize = 5;
@@ -86,7 +86,7 @@ pub fn check(old: &Plan, st: &RunState, new: &Plan, agent_limit: usize) -> Vec<I
 /// new ones pending.
 pub fn rebase(old: &Plan, st: &RunState, new: &Plan) -> RunState {
     let mut out = st.clone();
-    out.nodes = new.nodes.iter().map(|qn| old.index.get(&qn.id).map(|&i| st.nodes[i].clone()).unwrap_or_else(NodeState::new)).collect();
+    out.nodes = new.nodes.iter().map(|qn| old.index.get(&qn.id).map(|&i| st.nodes[i].clone()).unwrap_or_default()).collect();
     let tokens: HashMap<_, Token> = (0..old.edges.len()).map(|k| (edge_key(old, k), st.edges[k])).collect();
     out.edges = (0..new.edges.len()).map(|k| tokens.get(&edge_key(new, k)).copied().unwrap_or(Token::Pending)).collect();
     out

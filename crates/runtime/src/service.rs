@@ -296,7 +296,7 @@ enum Reply {
     State(String, oneshot::Sender<Result<RunState, RuntimeError>>),
     /// Whether the input changed the run (a decision on a node no longer waiting does not).
     Applied(bool, oneshot::Sender<Result<bool, RuntimeError>>),
-    Patch(PatchRecord, oneshot::Sender<Result<PatchRecord, RuntimeError>>),
+    Patch(Box<PatchRecord>, oneshot::Sender<Result<PatchRecord, RuntimeError>>),
 }
 
 struct Service {
@@ -481,7 +481,7 @@ impl Service {
                         continue;
                     }
                     match self.patch(&run_id, req, now, &mut order, &mut pending).await {
-                        Ok(rec) => replies.push(Reply::Patch(rec, reply)),
+                        Ok(rec) => replies.push(Reply::Patch(Box::new(rec), reply)),
                         Err(e) => {
                             let _ = reply.send(Err(e));
                         }
@@ -493,7 +493,7 @@ impl Service {
                         continue;
                     }
                     match self.decide_patch(&run_id, seq, approve, by, reason, now, &mut order, &mut pending).await {
-                        Ok(rec) => replies.push(Reply::Patch(rec, reply)),
+                        Ok(rec) => replies.push(Reply::Patch(Box::new(rec), reply)),
                         Err(e) => {
                             let _ = reply.send(Err(e));
                         }
@@ -778,7 +778,7 @@ impl Service {
                 Reply::Patch(rec, tx) => {
                     let res = match &err {
                         Some(e) => Err(RuntimeError::Invalid(e.to_string())),
-                        None => Ok(rec),
+                        None => Ok(*rec),
                     };
                     let _ = tx.send(res);
                 }
