@@ -74,7 +74,6 @@ impl Executors {
                 "agent nodes need an LLM provider; none is configured on this server",
                 false,
             )),
-            NodeKind::Hitl => Err(TaskError::new("unsupported", "hitl nodes are handled by the approvals service, which this server does not run", false)),
             other => Err(TaskError::new("unsupported", format!("{other:?} nodes are not dispatched"), false)),
         }
     }
