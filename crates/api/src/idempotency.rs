@@ -99,7 +99,11 @@ pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Res
         Err(_) => return ApiError::new(Code::PayloadTooLarge, "request body is too large").into_response(),
     };
     let key = header_key.or_else(|| {
-        serde_json::from_slice::<Value>(&bytes).ok()?.get("idempotency_key")?.as_str().map(str::to_string)
+        serde_json::from_slice::<Value>(&bytes)
+            .ok()?
+            .get("idempotency_key")?
+            .as_str()
+            .map(str::to_string)
     });
     let Some(key) = key else {
         return next.run(Request::from_parts(parts, Body::from(bytes))).await;
@@ -114,7 +118,11 @@ pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Res
         tenant: caller.owner.clone(),
         key: key.clone(),
         // Inside the nested router the URI lost its `/api/v1` prefix; the original has it.
-        request: format!("{} {}", parts.method, parts.extensions.get::<OriginalUri>().map_or(parts.uri.path(), |u| u.path())),
+        request: format!(
+            "{} {}",
+            parts.method,
+            parts.extensions.get::<OriginalUri>().map_or(parts.uri.path(), |u| u.path())
+        ),
         body_hash: hex::encode(Sha256::digest(&bytes)),
         status: None,
         response: None,
@@ -124,15 +132,21 @@ pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Res
         Err(e) => ApiError::from(e).into_response(),
         Ok(Some(first)) if first.request != rec.request || first.body_hash != rec.body_hash => {
             let what = if first.request != rec.request { "another request" } else { "another body" };
-            ApiError::new(Code::IdempotencyMismatch, format!("Idempotency-Key '{key}' was first used with {what}; use a new key for a new request"))
-                .with_details(json!({"idempotency_key": key, "first_request": first.request, "request": rec.request}))
-                .into_response()
+            ApiError::new(
+                Code::IdempotencyMismatch,
+                format!("Idempotency-Key '{key}' was first used with {what}; use a new key for a new request"),
+            )
+            .with_details(json!({"idempotency_key": key, "first_request": first.request, "request": rec.request}))
+            .into_response()
         }
         Ok(Some(first)) => match first.status {
             Some(status) => replay(status, first.response.unwrap_or_default()),
-            None => ApiError::new(Code::Conflict, format!("a request with Idempotency-Key '{key}' is still being answered; retry shortly"))
-                .with_details(json!({"idempotency_key": key}))
-                .into_response(),
+            None => ApiError::new(
+                Code::Conflict,
+                format!("a request with Idempotency-Key '{key}' is still being answered; retry shortly"),
+            )
+            .with_details(json!({"idempotency_key": key}))
+            .into_response(),
         },
         Ok(None) => {
             let claim = Claim { store, rec: Some(rec) };

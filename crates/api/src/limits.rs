@@ -43,7 +43,10 @@ pub struct RateLimits {
 
 impl Default for RateLimits {
     fn default() -> Self {
-        RateLimits { per_route_per_minute: 600, tiers: Tiers::default() }
+        RateLimits {
+            per_route_per_minute: 600,
+            tiers: Tiers::default(),
+        }
     }
 }
 
@@ -61,7 +64,11 @@ pub struct Tiers {
 
 impl Default for Tiers {
     fn default() -> Self {
-        Tiers { simple: 100, standard: 20, heavy: 5 }
+        Tiers {
+            simple: 100,
+            standard: 20,
+            heavy: 5,
+        }
     }
 }
 
@@ -154,7 +161,11 @@ impl<K: Hash + Eq + Clone> Bucket<K> {
         let n = NonZeroU32::new(per_minute)?;
         let quota = Quota::per_minute(n);
         let limiter: Keyed<K> = RateLimiter::new(quota, DefaultKeyedStateStore::default(), clock.clone());
-        Some(Bucket { limiter, limit: per_minute, clock: clock.clone() })
+        Some(Bucket {
+            limiter,
+            limit: per_minute,
+            clock: clock.clone(),
+        })
     }
 
     /// One token's worth of time.
@@ -166,12 +177,20 @@ impl<K: Hash + Eq + Clone> Bucket<K> {
         match self.limiter.check_key(key) {
             Ok(snap) => {
                 let remaining = snap.remaining_burst_capacity();
-                Ok(Allowance { limit: self.limit, remaining, reset_seconds: ceil_secs(self.period() * (self.limit - remaining)) })
+                Ok(Allowance {
+                    limit: self.limit,
+                    remaining,
+                    reset_seconds: ceil_secs(self.period() * (self.limit - remaining)),
+                })
             }
             Err(not_until) => {
                 let wait = not_until.wait_time_from(self.clock.now());
                 let full = wait + self.period() * (self.limit - 1);
-                Err(Rejection { limit: self.limit, retry_after_seconds: ceil_secs(wait).max(1), reset_seconds: ceil_secs(full).max(1) })
+                Err(Rejection {
+                    limit: self.limit,
+                    retry_after_seconds: ceil_secs(wait).max(1),
+                    reset_seconds: ceil_secs(full).max(1),
+                })
             }
         }
     }
@@ -203,15 +222,21 @@ impl Limiters {
     pub fn check_route(&self, caller: &Caller, route: &str) -> ApiResult<Option<Allowance>> {
         let Some(b) = &self.route else { return Ok(None) };
         b.check(&(caller.key_id.clone(), route.to_string())).map(Some).map_err(|r| {
-            ApiError::new(Code::RateLimited, format!("rate limit exceeded: {} requests/minute per key on {route}, retry after {} seconds", r.limit, r.retry_after_seconds))
-                .with_details(json!({
-                    "scope": "route",
-                    "route": route,
-                    "limit": r.limit,
-                    "window": "60 seconds",
-                    "retry_after_seconds": r.retry_after_seconds,
-                    "reset_seconds": r.reset_seconds,
-                }))
+            ApiError::new(
+                Code::RateLimited,
+                format!(
+                    "rate limit exceeded: {} requests/minute per key on {route}, retry after {} seconds",
+                    r.limit, r.retry_after_seconds
+                ),
+            )
+            .with_details(json!({
+                "scope": "route",
+                "route": route,
+                "limit": r.limit,
+                "window": "60 seconds",
+                "retry_after_seconds": r.retry_after_seconds,
+                "reset_seconds": r.reset_seconds,
+            }))
         })
     }
 
@@ -228,7 +253,12 @@ impl Limiters {
         b.check(&(caller.owner.clone(), caller.user.clone())).map(Some).map_err(|r| {
             ApiError::new(
                 Code::RateLimited,
-                format!("rate limit exceeded: {} tier allows {} runs/minute, retry after {} seconds", tier.as_str(), r.limit, r.retry_after_seconds),
+                format!(
+                    "rate limit exceeded: {} tier allows {} runs/minute, retry after {} seconds",
+                    tier.as_str(),
+                    r.limit,
+                    r.retry_after_seconds
+                ),
             )
             .with_details(json!({
                 "scope": "tier",
@@ -313,7 +343,12 @@ mod tests {
     use super::*;
 
     fn caller(owner: &str, user: &str) -> Caller {
-        Caller { owner: owner.into(), user: user.into(), role: "member".into(), key_id: format!("k-{owner}-{user}") }
+        Caller {
+            owner: owner.into(),
+            user: user.into(),
+            role: "member".into(),
+            key_id: format!("k-{owner}-{user}"),
+        }
     }
 
     fn manual() -> (LimitClock, Arc<AtomicU64>) {
@@ -324,7 +359,10 @@ mod tests {
 
     #[test]
     fn tiers_follow_agent_counts() {
-        assert_eq!([0, 1, 2, 3, 9].map(Tier::of), [Tier::Simple, Tier::Standard, Tier::Standard, Tier::Heavy, Tier::Heavy]);
+        assert_eq!(
+            [0, 1, 2, 3, 9].map(Tier::of),
+            [Tier::Simple, Tier::Standard, Tier::Standard, Tier::Heavy, Tier::Heavy]
+        );
     }
 
     #[test]
@@ -359,7 +397,14 @@ mod tests {
     #[test]
     fn zero_turns_a_limit_off() {
         let (clock, _) = manual();
-        let cfg = RateLimits { per_route_per_minute: 0, tiers: Tiers { simple: 0, standard: 1, heavy: 1 } };
+        let cfg = RateLimits {
+            per_route_per_minute: 0,
+            tiers: Tiers {
+                simple: 0,
+                standard: 1,
+                heavy: 1,
+            },
+        };
         let l = Limiters::new(&cfg, &clock);
         let c = caller("t", "u");
         for _ in 0..1000 {
@@ -373,12 +418,21 @@ mod tests {
     #[test]
     fn route_buckets_are_per_key_and_route() {
         let (clock, _) = manual();
-        let l = Limiters::new(&RateLimits { per_route_per_minute: 2, ..Default::default() }, &clock);
+        let l = Limiters::new(
+            &RateLimits {
+                per_route_per_minute: 2,
+                ..Default::default()
+            },
+            &clock,
+        );
         let c = caller("t", "u");
         assert!(l.check_route(&c, "GET /a").is_ok());
         assert!(l.check_route(&c, "GET /a").is_ok());
         let e = l.check_route(&c, "GET /a").unwrap_err();
-        assert_eq!((e.details["scope"].as_str(), e.details["retry_after_seconds"].as_u64()), (Some("route"), Some(30)));
+        assert_eq!(
+            (e.details["scope"].as_str(), e.details["retry_after_seconds"].as_u64()),
+            (Some("route"), Some(30))
+        );
         assert!(l.check_route(&c, "POST /a").is_ok());
         assert!(l.check_route(&caller("t", "v"), "GET /a").is_ok());
     }

@@ -46,8 +46,10 @@ fn moved_view(t: &Tag, op_count: Option<usize>, description: &Option<String>) ->
 /// 409 unless the client's `expected_version` (when given) is the tag's version.
 fn check_expected(t: &Tag, expected: Option<u64>) -> ApiResult<()> {
     match expected {
-        Some(e) if e != t.version => Err(ApiError::new(Code::Conflict, format!("workflow '{}' is at version {}, not {e}", t.name, t.version))
-            .with_details(json!({"expected_version": e, "current_version": t.version}))),
+        Some(e) if e != t.version => Err(
+            ApiError::new(Code::Conflict, format!("workflow '{}' is at version {}, not {e}", t.name, t.version))
+                .with_details(json!({"expected_version": e, "current_version": t.version})),
+        ),
         _ => Ok(()),
     }
 }
@@ -67,9 +69,7 @@ async fn move_to(app: &AppState, caller: &Caller, t: &Tag, hash: String, op: &st
     };
     match app.rt.store.set_tag(update).await {
         Ok(t) => Ok(t),
-        Err(aob_store::StoreError::Conflict(m)) => {
-            Err(ApiError::new(Code::Conflict, m).with_details(json!({"expected_version": t.version})))
-        }
+        Err(aob_store::StoreError::Conflict(m)) => Err(ApiError::new(Code::Conflict, m).with_details(json!({"expected_version": t.version}))),
         Err(e) => Err(e.into()),
     }
 }
@@ -102,7 +102,12 @@ pub async fn patch(
     let t = resolve(&app, &caller.owner, &tag, q.scope).await?;
     check_write(&caller, &t)?;
     check_expected(&t, body.expected_version)?;
-    let blob = app.rt.store.get_blob(&t.hash).await?.ok_or_else(|| ApiError::not_found(format!("workflow {}", t.hash)))?;
+    let blob = app
+        .rt
+        .store
+        .get_blob(&t.hash)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("workflow {}", t.hash)))?;
     let mut doc = blob.content;
     json_patch::patch(&mut doc, &patch).map_err(|e| {
         ApiError::bad_request(format!("operation {} does not apply: {e}", e.operation))
@@ -150,7 +155,10 @@ pub async fn move_tag(
     check_write(&caller, &t)?;
     check_expected(&t, body.expected_version)?;
     let h = app.rt.store.tag_history(&t.owner, &t.name).await?;
-    let v = h.iter().find(|v| v.seq == to).ok_or_else(|| ApiError::not_found(format!("workflow version {tag}@{to}")))?;
+    let v = h
+        .iter()
+        .find(|v| v.seq == to)
+        .ok_or_else(|| ApiError::not_found(format!("workflow version {tag}@{to}")))?;
     let description = Some(body.description.unwrap_or_else(|| format!("moved to version {to}")));
     let moved = move_to(&app, &caller, &t, v.hash.clone(), "move", description.clone()).await?;
     let mut out = moved_view(&moved, None, &description);

@@ -53,7 +53,10 @@ pub struct WsOptions {
 
 impl Default for WsOptions {
     fn default() -> Self {
-        WsOptions { buffer: 256, slow_consumer_ms: 10_000 }
+        WsOptions {
+            buffer: 256,
+            slow_consumer_ms: 10_000,
+        }
     }
 }
 
@@ -138,7 +141,11 @@ async fn session(app: AppState, caller: Caller, socket: WebSocket) {
     let (sink, mut stream) = socket.split();
     let (tx, rx) = mpsc::channel::<Message>(opts.buffer.max(1));
     let kill = CancellationToken::new();
-    let out = Out { tx, kill: kill.clone(), slow: Duration::from_millis(opts.slow_consumer_ms.max(1)) };
+    let out = Out {
+        tx,
+        kill: kill.clone(),
+        slow: Duration::from_millis(opts.slow_consumer_ms.max(1)),
+    };
     let writer = tokio::spawn(writer(sink, rx, kill.clone()));
     let mut subs: HashMap<String, AbortHandle> = HashMap::new();
     loop {
@@ -193,7 +200,10 @@ async fn handle(app: &AppState, caller: &Caller, out: &Out, subs: &mut HashMap<S
             }
             let (store, o, id) = (app.rt.store.clone(), out.clone(), run_id.clone());
             let task = tokio::spawn(async move {
-                let mut sink = WsSink { out: o.clone(), positions: false };
+                let mut sink = WsSink {
+                    out: o.clone(),
+                    positions: false,
+                };
                 if events::follow_run(&*store, live, &id, after, &mut sink).await == End::Terminal {
                     o.json(json!({"type": "end", "run_id": id})).await;
                 }
@@ -228,7 +238,14 @@ async fn handle(app: &AppState, caller: &Caller, out: &Out, subs: &mut HashMap<S
             out.json(v).await
         }
         ("subscribe" | "unsubscribe", _, _) => out.error("bad_request", "give either run_id or \"all\": true".into(), json!({})).await,
-        (other, _, _) => out.error("bad_request", format!("unknown message type '{other}' (subscribe, unsubscribe, ping)"), json!({})).await,
+        (other, _, _) => {
+            out.error(
+                "bad_request",
+                format!("unknown message type '{other}' (subscribe, unsubscribe, ping)"),
+                json!({}),
+            )
+            .await
+        }
     }
 }
 
@@ -248,7 +265,10 @@ async fn writer(mut sink: futures::stream::SplitSink<WebSocket, Message>, mut rx
     };
     let frame = if slow {
         tracing::info!("dropping a slow WebSocket consumer");
-        CloseFrame { code: SLOW_CONSUMER_CLOSE, reason: "slow consumer: send buffer stayed full".into() }
+        CloseFrame {
+            code: SLOW_CONSUMER_CLOSE,
+            reason: "slow consumer: send buffer stayed full".into(),
+        }
     } else {
         CloseFrame { code: 1000, reason: "".into() }
     };

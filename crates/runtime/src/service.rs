@@ -546,16 +546,20 @@ impl Service {
         }
 
         let mut writes = Vec::with_capacity(order.len());
+        // Rendered once: the same bodies are stored and then published.
+        let mut rendered: HashMap<String, Vec<aob_store::StoredEvent>> = HashMap::with_capacity(order.len());
         for id in &order {
             let (Some(live), Some(p)) = (self.runs.get(id), pending.get_mut(id)) else { continue };
             if p.create.is_none() && p.events.is_empty() && p.patches.is_empty() {
                 continue; // nothing changed (a duplicate or stale input)
             }
+            let events = stored_events(id, &p.events);
+            rendered.insert(id.clone(), events.clone());
             writes.push(RunWrite {
                 create: p.create.take(),
                 state_json: serde_json::to_string(&live.state).unwrap_or_default(),
                 state: live.state.clone(),
-                events: stored_events(id, &p.events),
+                events,
                 current_hash: p.current_hash.take(),
                 patches: std::mem::take(&mut p.patches),
             });
@@ -581,7 +585,7 @@ impl Service {
             let Some(p) = pending.remove(id) else { continue };
             let Some(live) = self.runs.get(id) else { continue };
             let owner = live.owner.clone();
-            for e in stored_events(id, &p.events) {
+            for e in rendered.remove(id).unwrap_or_default() {
                 let terminal = matches!(e.kind.as_str(), "workflow_completed" | "workflow_failed" | "workflow_cancelled");
                 published.push(Arc::new(HubEvent { owner: owner.clone(), event: e, terminal }));
             }
