@@ -100,6 +100,11 @@ impl Client {
         self.finish(resp).await
     }
 
+    pub async fn patch(&self, path: &str, body: &Value) -> Result<Value, CliError> {
+        let resp = self.http.patch(self.url(path)).json(body).timeout(Duration::from_secs(30)).send().await.map_err(|e| self.unreachable(e))?;
+        self.finish(resp).await
+    }
+
     pub async fn delete(&self, path: &str) -> Result<Value, CliError> {
         let resp = self.http.delete(self.url(path)).timeout(Duration::from_secs(30)).send().await.map_err(|e| self.unreachable(e))?;
         self.finish(resp).await

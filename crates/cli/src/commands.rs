@@ -99,6 +99,25 @@ pub enum WorkflowCmd {
     Delete { tag: String },
     /// Print the JSON Schema of the workflow format.
     Schema,
+    /// Patch a tag with RFC 6902 operations from a JSON/YAML file (a new version).
+    Patch {
+        tag: String,
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Refuse (409) unless the tag is at this version.
+        #[arg(long)]
+        expected_version: Option<u64>,
+    },
+    /// Every move of a tag: who, when, which version.
+    History { tag: String },
+    /// Point a tag at one of its past versions (undo/redo).
+    Move {
+        tag: String,
+        #[arg(long)]
+        version: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -325,6 +344,21 @@ pub async fn workflow(cmd: WorkflowCmd, client: &Client, fmt: Format) -> anyhow:
         }
         WorkflowCmd::Schema => {
             output::print(fmt, &aob_model::schema::workflow_schema());
+            Ok(exit::OK)
+        }
+        WorkflowCmd::Patch { tag, file, description, expected_version } => {
+            let body = json!({"operations": read_doc(&file)?, "description": description, "expected_version": expected_version});
+            output::print(fmt, &client.patch(&format!("/api/v1/workflows/{}/patch", seg(&tag)), &body).await?);
+            Ok(exit::OK)
+        }
+        WorkflowCmd::History { tag } => {
+            let v = client.get(&format!("/api/v1/workflows/{}/history", seg(&tag))).await?;
+            let rows = v["history"].as_array().cloned().unwrap_or_default();
+            output::table(fmt, &v, &rows, &[("SEQ", "seq"), ("OP", "op"), ("BY", "by"), ("AT", "at"), ("HASH", "hash"), ("DESCRIPTION", "description")]);
+            Ok(exit::OK)
+        }
+        WorkflowCmd::Move { tag, version } => {
+            output::print(fmt, &client.post(&format!("/api/v1/workflows/{}/move", seg(&tag)), &json!({"version": version})).await?);
             Ok(exit::OK)
         }
     }

@@ -11,7 +11,7 @@ use client::exit;
 use output::Format;
 
 #[derive(Parser)]
-#[command(name = "aob", version, about = "Durable agentic workflows", propagate_version = true)]
+#[command(name = "aob", version, about = "Durable agentic workflows")]
 struct Cli {
     /// Base URL of the aob server.
     #[arg(long, global = true, env = "AOB_API_URL", default_value = "http://127.0.0.1:8080")]
@@ -189,5 +189,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Reject { target, comment } => commands::decide(target, false, comment, &client, fmt).await,
         Command::Patch(cmd) => commands::patch(cmd, &client, fmt).await,
         Command::Replay { run_id, node, config, reason } => commands::replay(&run_id, &node, config.as_ref(), &reason, &client, fmt).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Catches clashing flags in any subcommand before a user does.
+    #[test]
+    fn cli_definition_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }

@@ -98,3 +98,27 @@ async fn follow_mode_prints_progress_and_exit_codes_follow_the_run() {
     let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_aob")).args(["run", "frobnicate"]).output().await.unwrap();
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[tokio::test]
+async fn workflow_patch_history_and_move_commands() {
+    let srv = common::start_server(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let wf = dir.path().join("wf.json");
+    std::fs::write(&wf, json!({"nodes": [{"id": "a", "type": "noop"}], "edges": []}).to_string()).unwrap();
+    let ops = dir.path().join("ops.json");
+    std::fs::write(&ops, json!([{"op": "add", "path": "/nodes/-", "value": {"id": "b", "type": "noop"}}, {"op": "add", "path": "/edges/-", "value": {"from": "a", "to": "b"}}]).to_string()).unwrap();
+    let o = aob(&srv, &["workflow", "create", "t", wf.to_str().unwrap()]).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = aob(&srv, &["-o", "json", "workflow", "patch", "t", "--file", ops.to_str().unwrap(), "--description", "add b", "--expected-version", "1"]).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(json_out(&o)["version"], 2);
+    let o = aob(&srv, &["workflow", "patch", "t", "--file", ops.to_str().unwrap(), "--expected-version", "1"]).await;
+    assert_eq!(o.status.code(), Some(2), "a stale version is a 409");
+    let o = aob(&srv, &["-o", "json", "workflow", "history", "t"]).await;
+    let history = json_out(&o);
+    assert_eq!(history["history"].as_array().unwrap().len(), 2, "{history}");
+    let o = aob(&srv, &["-o", "json", "workflow", "move", "t", "--version", "0"]).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = aob(&srv, &["-o", "json", "workflow", "show", "t"]).await;
+    assert_eq!(json_out(&o)["workflow"]["nodes"].as_array().unwrap().len(), 1);
+}
