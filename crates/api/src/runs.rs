@@ -171,15 +171,15 @@ pub async fn execute(
     Ok((status, axum::Json(body)))
 }
 
-pub async fn load(app: &AppState, caller: &Caller, id: &str) -> ApiResult<aob_store::RunRecord> {
-    match app.rt.store.get_run(id).await? {
+pub async fn load(app: &AppState, caller: &Caller, id: &str) -> ApiResult<Arc<aob_store::RunRecord>> {
+    match app.rt.get_run(id).await? {
         Some(r) if r.owner == caller.owner => Ok(r),
         _ => Err(ApiError::not_found(format!("run {id}"))),
     }
 }
 
 pub async fn get(State(app): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<axum::Json<Value>> {
-    Ok(axum::Json(views::run(&load(&app, &caller, &id).await?)))
+    Ok(axum::Json(views::run(&*load(&app, &caller, &id).await?)))
 }
 
 pub async fn details(State(app): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<axum::Json<Value>> {

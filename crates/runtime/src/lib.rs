@@ -16,10 +16,12 @@ pub mod failpoint;
 mod clock;
 mod hub;
 mod plans;
+mod reads;
 mod service;
 mod workers;
 
 pub use clock::{Clock, SystemClock};
 pub use hub::{EventHub, HubEvent};
 pub use plans::Plans;
+pub use reads::RunReads;
 pub use service::{Handle, Options, PatchRequest, Runtime, RuntimeError, StartRun};

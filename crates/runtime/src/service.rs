@@ -19,7 +19,7 @@ use aob_model::Workflow;
 use aob_store::{Blob, NewRun, PatchRecord, RunWrite, Store, StoreError, stored_events};
 
 use crate::children::ChildRunner;
-use crate::{Clock, EventHub, HubEvent, Plans, failpoint};
+use crate::{Clock, EventHub, HubEvent, Plans, RunReads, failpoint};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -98,6 +98,7 @@ pub struct Handle {
     pub hub: EventHub,
     pub plans: Plans,
     pub clock: Arc<dyn Clock>,
+    pub reads: RunReads,
 }
 
 impl Handle {
@@ -166,6 +167,11 @@ impl Handle {
         rx.await.map_err(|_| RuntimeError::Stopped)?
     }
 
+    /// A run as stored, served from the read cache when it is finished.
+    pub async fn get_run(&self, run_id: &str) -> Result<Option<Arc<aob_store::RunRecord>>, RuntimeError> {
+        Ok(self.reads.get(&*self.store, run_id).await?)
+    }
+
     /// Waits until the run is terminal and returns its final state.
     pub async fn wait_terminal(&self, run_id: &str) -> Result<RunState, RuntimeError> {
         let mut rx = self.hub.subscribe_run(run_id);
@@ -200,7 +206,7 @@ impl Runtime {
     /// Starts the engine loop; recovery of unfinished runs happens before the first command.
     pub fn start(opts: Options, store: Arc<dyn Store>, dispatch: Arc<dyn Dispatch>, guard: aob_ssrf::Guard, clock: Arc<dyn Clock>) -> Runtime {
         let (tx, rx) = mpsc::channel(65_536);
-        let handle = Handle { tx: tx.clone(), store: store.clone(), hub: EventHub::new(4096), plans: Plans::default(), clock };
+        let handle = Handle { tx: tx.clone(), store: store.clone(), hub: EventHub::new(4096), plans: Plans::default(), clock, reads: RunReads::default() };
         let executors = Executors::new(guard).with_children(Arc::new(ChildRunner { handle: handle.clone() }));
         let shutdown = CancellationToken::new();
         let running = Running::default();
@@ -579,6 +585,7 @@ impl Service {
             return;
         }
         failpoint!("after_commit");
+        self.handle.reads.invalidate(order.iter());
 
         let mut published = Vec::new();
         for id in &order {

@@ -52,6 +52,16 @@ pub struct SqliteStore {
     tx: mpsc::Sender<Msg>,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: PathBuf,
+    tags: Arc<Mutex<TagCache>>,
+}
+
+/// Tags are read on every run start and change rarely. This process is the store's
+/// only writer, so its own writes are all the invalidation the cache needs; the
+/// generation keeps a read that raced a write from caching the old value.
+#[derive(Default)]
+struct TagCache {
+    generation: u64,
+    tags: std::collections::HashMap<(String, String), Tag>,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -84,11 +94,17 @@ impl SqliteStore {
             .name("aob-sqlite-writer".into())
             .spawn(move || writer_loop(writer, rx))
             .map_err(backend)?;
-        Ok(SqliteStore { tx, readers: Arc::new(Mutex::new(readers)), path: opts.path })
+        Ok(SqliteStore { tx, readers: Arc::new(Mutex::new(readers)), path: opts.path, tags: Arc::default() })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    fn forget_tag(&self, owner: &str, name: &str) {
+        let mut c = self.tags.lock().unwrap_or_else(|p| p.into_inner());
+        c.generation += 1;
+        c.tags.remove(&(owner.to_string(), name.to_string()));
     }
 
     async fn send(&self, make: impl FnOnce(oneshot::Sender<Result<()>>) -> Msg) -> Result<()> {
@@ -175,6 +191,15 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>) {
                 }
             }
         }
+    }
+}
+
+/// Drops a tag from the cache once a write to it is over, however it ended.
+struct ForgetOnDrop<'a>(&'a SqliteStore, String, String);
+
+impl Drop for ForgetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.forget_tag(&self.1, &self.2);
     }
 }
 
@@ -378,7 +403,8 @@ impl Store for SqliteStore {
 
     async fn set_tag(&self, u: TagUpdate) -> Result<Tag> {
         let (owner, name) = (u.owner.clone(), u.name.clone());
-        self.exec(Box::new(move |tx| {
+        self.forget_tag(&owner, &name);
+        let result = self.exec(Box::new(move |tx| {
             let current: Option<i64> = tx
                 .query_row("SELECT version FROM tags WHERE owner = ?1 AND name = ?2", params![u.owner, u.name], |r| r.get(0))
                 .optional()
@@ -411,16 +437,32 @@ impl Store for SqliteStore {
             .map_err(|e| e.to_string())?;
             Ok(())
         }))
-        .await?;
+        .await;
+        self.forget_tag(&owner, &name);
+        result?;
         self.get_tag(&owner, &name).await?.ok_or(StoreError::NotFound(name))
     }
 
     async fn get_tag(&self, owner: &str, name: &str) -> Result<Option<Tag>> {
-        let (owner, name) = (owner.to_string(), name.to_string());
-        self.read(move |c| {
-            c.query_row(&format!("SELECT {TAG_COLS} FROM tags WHERE owner = ?1 AND name = ?2"), params![owner, name], tag_row).optional()
-        })
-        .await
+        let key = (owner.to_string(), name.to_string());
+        let generation = {
+            let c = self.tags.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(t) = c.tags.get(&key) {
+                return Ok(Some(t.clone()));
+            }
+            c.generation
+        };
+        let (o, n) = key.clone();
+        let tag = self
+            .read(move |c| c.query_row(&format!("SELECT {TAG_COLS} FROM tags WHERE owner = ?1 AND name = ?2"), params![o, n], tag_row).optional())
+            .await?;
+        if let Some(t) = &tag {
+            let mut c = self.tags.lock().unwrap_or_else(|p| p.into_inner());
+            if c.generation == generation {
+                c.tags.insert(key, t.clone());
+            }
+        }
+        Ok(tag)
     }
 
     async fn list_tags(&self, owner: &str) -> Result<Vec<Tag>> {
@@ -453,7 +495,9 @@ impl Store for SqliteStore {
 
     async fn delete_tag(&self, owner: &str, name: &str) -> Result<bool> {
         let existed = self.get_tag(owner, name).await?.is_some();
+        self.forget_tag(owner, name);
         let (owner, name) = (owner.to_string(), name.to_string());
+        let _forget = ForgetOnDrop(self, owner.clone(), name.clone());
         self.exec(Box::new(move |tx| {
             tx.execute("DELETE FROM tags WHERE owner = ?1 AND name = ?2", params![owner, name]).map_err(|e| e.to_string())?;
             tx.execute("DELETE FROM tag_history WHERE owner = ?1 AND name = ?2", params![owner, name]).map_err(|e| e.to_string())?;
