@@ -28,6 +28,11 @@ pub struct Config {
     /// WebSocket send queue (`buffer` messages) and how long it may stay full
     /// (`slow_consumer_ms`) before the consumer is dropped.
     pub ws: aob_api::WsOptions,
+    /// PostgreSQL instead of the embedded SQLite store (`postgres://…`).
+    pub database_url: Option<String>,
+    /// Schema for the PostgreSQL tables (default: the connection's `search_path`).
+    pub database_schema: Option<String>,
+    pub database_max_connections: u32,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -65,6 +70,9 @@ impl Default for Config {
             log: Log::default(),
             rate_limit: Default::default(),
             ws: Default::default(),
+            database_url: None,
+            database_schema: None,
+            database_max_connections: 16,
         }
     }
 }
@@ -78,6 +86,8 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub durability: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
 }
 
 impl Config {

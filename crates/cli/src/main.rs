@@ -101,6 +101,9 @@ pub struct ServeArgs {
     /// fsync (power-loss safe) or process (survives kill -9, faster).
     #[arg(long)]
     durability: Option<String>,
+    /// Keep state in PostgreSQL instead of the embedded SQLite store.
+    #[arg(long)]
+    database_url: Option<String>,
     /// Allow outbound requests to this IP/CIDR/IP:port despite the SSRF rules (repeatable).
     #[arg(long = "ssrf-allow")]
     ssrf_allow: Vec<String>,
@@ -108,7 +111,12 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     fn load(&self) -> anyhow::Result<config::Config> {
-        let flags = config::Overrides { addr: self.addr.clone(), data_dir: self.data_dir.clone(), durability: self.durability.clone() };
+        let flags = config::Overrides {
+            addr: self.addr.clone(),
+            data_dir: self.data_dir.clone(),
+            durability: self.durability.clone(),
+            database_url: self.database_url.clone(),
+        };
         config::Config::load(self.config.as_ref(), flags, &self.ssrf_allow)
     }
 }

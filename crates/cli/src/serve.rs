@@ -20,8 +20,16 @@ pub struct Server {
 pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     let durability = if cfg.durability == "process" { Durability::Process } else { Durability::Fsync };
-    let store = SqliteStore::open(StoreOptions { path: cfg.data_dir.join("aob.db"), durability, readers: 4 })
-        .with_context(|| format!("opening store in {}", cfg.data_dir.display()))?;
+    let store: Arc<dyn aob_store::Store> = match &cfg.database_url {
+        Some(url) => {
+            let opts = aob_store_postgres::Options { url: url.clone(), max_connections: cfg.database_max_connections, schema: cfg.database_schema.clone() };
+            Arc::new(aob_store_postgres::PgStore::connect(opts).await.context("connecting to PostgreSQL")?)
+        }
+        None => Arc::new(
+            SqliteStore::open(StoreOptions { path: cfg.data_dir.join("aob.db"), durability, readers: 4 })
+                .with_context(|| format!("opening store in {}", cfg.data_dir.display()))?,
+        ),
+    };
     let mut policy = aob_ssrf::Policy::default();
     for a in &cfg.ssrf.allow {
         policy.allow.push(a.parse().map_err(|e| anyhow::anyhow!("ssrf.allow '{a}': {e}"))?);
@@ -31,7 +39,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
     let started_at = aob_runtime::Clock::now_ms(&*clock);
     let opts = aob_runtime::Options { max_tasks: cfg.max_tasks, ..Default::default() };
     let dispatch = Arc::new(aob_dispatch::MemoryDispatch::new(aob_dispatch::Options { visibility: opts.visibility, ..Default::default() }));
-    let runtime = Runtime::start(opts, Arc::new(store), dispatch, guard, clock);
+    let runtime = Runtime::start(opts, store, dispatch, guard, clock);
     let listener = tokio::net::TcpListener::bind(&cfg.addr).await.with_context(|| format!("binding {}", cfg.addr))?;
     let addr = listener.local_addr()?;
     bootstrap_admin(&runtime.handle, &cfg.data_dir).await?;

@@ -52,6 +52,7 @@ pub struct SqliteStore {
     tx: mpsc::Sender<Msg>,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: PathBuf,
+    max_readers: usize,
     tags: Arc<Mutex<TagCache>>,
 }
 
@@ -94,7 +95,8 @@ impl SqliteStore {
             .name("aob-sqlite-writer".into())
             .spawn(move || writer_loop(writer, rx))
             .map_err(backend)?;
-        Ok(SqliteStore { tx, readers: Arc::new(Mutex::new(readers)), path: opts.path, tags: Arc::default() })
+        let max_readers = readers.len();
+        Ok(SqliteStore { tx, readers: Arc::new(Mutex::new(readers)), path: opts.path, max_readers, tags: Arc::default() })
     }
 
     pub fn path(&self) -> &Path {
@@ -119,18 +121,23 @@ impl SqliteStore {
 
     async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static) -> Result<T> {
         let pool = self.readers.clone();
+        let (path, keep) = (self.path.clone(), self.max_readers);
         tokio::task::spawn_blocking(move || {
-            let conn = pool.lock().map_err(|_| StoreError::Backend("reader pool poisoned".into()))?.pop();
-            let conn = match conn {
+            let pooled = pool.lock().map_err(|_| StoreError::Backend("reader pool poisoned".into()))?.pop();
+            // All pooled readers busy: open another for this read; the pool keeps at
+            // most `keep` of them afterwards.
+            let conn = match pooled {
                 Some(c) => c,
-                None => Connection::open_with_flags(
-                    pool_path_hint(&pool).ok_or_else(|| StoreError::Backend("no reader".into()))?,
-                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-                )
-                .map_err(backend)?,
+                None => {
+                    let c = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(backend)?;
+                    c.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
+                    c
+                }
             };
             let out = f(&conn).map_err(backend);
-            if let Ok(mut p) = pool.lock() {
+            if let Ok(mut p) = pool.lock()
+                && p.len() < keep
+            {
                 p.push(conn);
             }
             out
@@ -138,11 +145,6 @@ impl SqliteStore {
         .await
         .map_err(backend)?
     }
-}
-
-/// Readers are returned after use; if all are busy a caller waits on a fresh one.
-fn pool_path_hint(pool: &Arc<Mutex<Vec<Connection>>>) -> Option<String> {
-    pool.lock().ok()?.first().and_then(|c| c.path().map(str::to_string))
 }
 
 fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>) {
@@ -853,4 +855,19 @@ mod tests {
     }
 
     aob_store::store_conformance!(fresh());
+
+    /// More concurrent reads than pooled readers: the extra ones open their own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn reads_beyond_the_pool_succeed() {
+        let s = fresh().await;
+        let mut tasks = Vec::new();
+        for i in 0..64 {
+            let s = (*s).clone();
+            tasks.push(tokio::spawn(async move { s.get_blob(&format!("sha256:{i}")).await }));
+        }
+        for t in tasks {
+            assert!(t.await.unwrap().unwrap().is_none());
+        }
+        assert!(s.readers.lock().unwrap().len() <= s.max_readers);
+    }
 }
