@@ -151,27 +151,25 @@ pub struct RunFilter {
 
 /// Renders an engine event as the JSON served to clients and stored in the log.
 pub fn event_body(run_id: &str, e: &aob_engine::Event) -> String {
-    let mut m = serde_json::Map::new();
-    m.insert("run_id".into(), Value::String(run_id.to_string()));
-    m.insert("seq".into(), Value::from(e.seq));
-    m.insert("type".into(), Value::String(e.kind.clone()));
-    m.insert("timestamp".into(), Value::String(rfc3339_ms(e.at)));
-    if let Some(n) = &e.node_id {
-        m.insert("node_id".into(), Value::String(n.clone()));
+    /// Borrowed view, serialized straight to text: no copy of the event's data.
+    #[derive(Serialize)]
+    struct Body<'a> {
+        run_id: &'a str,
+        seq: u64,
+        #[serde(rename = "type")]
+        kind: &'a str,
+        timestamp: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        node_id: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        attempt: Option<u32>,
+        data: &'a Value,
     }
-    match (e.attempt, &e.node_id) {
-        (Some(a), _) => {
-            m.insert("attempt".into(), Value::from(a));
-        }
-        // Every node event carries `attempt` (the event contract); a node that never
-        // ran (e.g. `node_skipped`) is reported as attempt 0.
-        (None, Some(_)) => {
-            m.insert("attempt".into(), Value::from(0u32));
-        }
-        (None, None) => {}
-    }
-    m.insert("data".into(), e.data.clone());
-    Value::Object(m).to_string()
+    // Every node event carries `attempt` (the event contract); a node that never ran
+    // (e.g. `node_skipped`) is reported as attempt 0.
+    let attempt = e.attempt.or(e.node_id.as_ref().map(|_| 0));
+    let body = Body { run_id, seq: e.seq, kind: &e.kind, timestamp: rfc3339_ms(e.at), node_id: e.node_id.as_deref(), attempt, data: &e.data };
+    serde_json::to_string(&body).unwrap_or_default()
 }
 
 pub fn stored_events(run_id: &str, events: &[aob_engine::Event]) -> Vec<StoredEvent> {
