@@ -153,5 +153,5 @@ mod tests {
         Box::new(MemoryDispatch::new(opts))
     }
 
-    crate::dispatch_conformance!(fresh);
+    crate::dispatch_conformance!(fresh, tokio::time::advance, paused);
 }
