@@ -72,18 +72,31 @@ pub struct DecideBody {
 
 async fn decide_on(app: &AppState, caller: &Caller, a: Approval, approved: bool, comment: Option<String>, data: Value) -> ApiResult<axum::Json<Value>> {
     if !a.approvers.is_empty() && !a.approvers.contains(&caller.user) && !caller.is_admin() {
-        return Err(ApiError::new(Code::Forbidden, format!("user '{}' is not among the approvers of {}", caller.user, a.id)));
+        return Err(ApiError::new(
+            Code::Forbidden,
+            format!("user '{}' is not among the approvers of {}", caller.user, a.id),
+        ));
     }
     if a.status != "pending" {
         return Err(ApiError::new(Code::Conflict, format!("approval {} is already {}", a.id, a.status)).with_details(json!({"status": a.status})));
     }
-    let decision = Decision { approved, comment, by: caller.user.clone(), data };
+    let decision = Decision {
+        approved,
+        comment,
+        by: caller.user.clone(),
+        data,
+    };
     if !app.rt.decide(&a.run_id, &a.node_id, a.activation, decision).await? {
         // Another decision (or the timeout) got there first.
         let now = app.rt.store.get_approval(&a.id).await?.map(|x| x.status).unwrap_or_default();
         return Err(ApiError::new(Code::Conflict, format!("approval {} is already {now}", a.id)).with_details(json!({"status": now})));
     }
-    let fresh = app.rt.store.get_approval(&a.id).await?.ok_or_else(|| ApiError::not_found(format!("approval {}", a.id)))?;
+    let fresh = app
+        .rt
+        .store
+        .get_approval(&a.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("approval {}", a.id)))?;
     Ok(axum::Json(view(&fresh)))
 }
 
@@ -109,7 +122,13 @@ pub struct SeedBody {
 
 /// The seed's route: the newest approval of a run's node.
 pub async fn seed(State(app): State<AppState>, caller: Caller, Json(b): Json<SeedBody>) -> ApiResult<axum::Json<Value>> {
-    let run = app.rt.store.get_run(&b.run_id).await?.filter(|r| r.owner == caller.owner).ok_or_else(|| ApiError::not_found(format!("run {}", b.run_id)))?;
+    let run = app
+        .rt
+        .store
+        .get_run(&b.run_id)
+        .await?
+        .filter(|r| r.owner == caller.owner)
+        .ok_or_else(|| ApiError::not_found(format!("run {}", b.run_id)))?;
     let all = app.rt.store.list_approvals(&caller.owner, None, 1000).await?;
     let a = all
         .into_iter()

@@ -115,7 +115,10 @@ pub fn presented(parts: &Parts) -> Option<String> {
     {
         return Some(t.trim().to_string());
     }
-    parts.uri.query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("api_key=").map(str::to_string)))
+    parts
+        .uri
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("api_key=").map(str::to_string)))
 }
 
 /// Authenticates the request once: the caller is kept in the request's extensions, so
@@ -129,7 +132,12 @@ pub async fn caller(parts: &mut Parts, app: &AppState) -> Result<Caller, ApiErro
     };
     match app.keys.verify(&key).await? {
         Some(k) => {
-            let c = Caller { owner: k.tenant, user: k.user, role: k.role, key_id: k.id };
+            let c = Caller {
+                owner: k.tenant,
+                user: k.user,
+                role: k.role,
+                key_id: k.id,
+            };
             parts.extensions.insert(c.clone());
             Ok(c)
         }

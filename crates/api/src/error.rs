@@ -104,7 +104,11 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
     pub fn new(code: Code, message: impl Into<String>) -> ApiError {
-        ApiError { code, message: message.into(), details: Value::Null }
+        ApiError {
+            code,
+            message: message.into(),
+            details: Value::Null,
+        }
     }
     pub fn with_details(mut self, details: Value) -> ApiError {
         self.details = details;
@@ -118,7 +122,11 @@ impl ApiError {
     }
     pub fn validation(issues: &[aob_model::Issue]) -> ApiError {
         let errors: Vec<&aob_model::Issue> = issues.iter().filter(|i| i.severity == aob_model::Severity::Error).collect();
-        let summary = errors.iter().map(|i| format!("{}: {}", if i.pointer.is_empty() { "/" } else { &i.pointer }, i.message)).collect::<Vec<_>>().join("; ");
+        let summary = errors
+            .iter()
+            .map(|i| format!("{}: {}", if i.pointer.is_empty() { "/" } else { &i.pointer }, i.message))
+            .collect::<Vec<_>>()
+            .join("; ");
         ApiError::new(Code::ValidationFailed, format!("workflow is invalid ({} errors): {summary}", errors.len()))
             .with_details(json!({"errors": errors, "warnings": issues.iter().filter(|i| i.severity == aob_model::Severity::Warning).collect::<Vec<_>>()}))
     }
@@ -129,7 +137,11 @@ impl IntoResponse for ApiError {
         if self.code == Code::Internal || self.code == Code::Unavailable {
             tracing::error!(code = self.code.as_str(), message = %self.message, "request failed");
         }
-        let headers = if self.code == Code::RateLimited { crate::limits::rejection_headers(&self.details) } else { Default::default() };
+        let headers = if self.code == Code::RateLimited {
+            crate::limits::rejection_headers(&self.details)
+        } else {
+            Default::default()
+        };
         let body = json!({"error": {"code": self.code.as_str(), "message": self.message, "details": self.details}});
         (self.code.status(), headers, axum::Json(body)).into_response()
     }

@@ -23,8 +23,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use aob_runtime::HubEvent;
 use aob_store::{Store, StoredEvent};
 
-use crate::error::{ApiError, ApiResult};
 use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
 use crate::extract::Query;
 use crate::{AppState, runs};
 
@@ -37,16 +37,26 @@ pub struct StreamQuery {
 }
 
 fn position(headers: &HeaderMap, q: &StreamQuery) -> ApiResult<i64> {
-    let raw = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_string).or_else(|| q.last_event_id.clone());
+    let raw = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| q.last_event_id.clone());
     match raw {
         None => Ok(0),
         Some(s) if s.trim().is_empty() => Ok(0),
-        Some(s) => s.trim().parse::<i64>().map_err(|_| ApiError::bad_request(format!("Last-Event-ID '{s}' is not an integer"))).map(|v| v.max(0)),
+        Some(s) => s
+            .trim()
+            .parse::<i64>()
+            .map_err(|_| ApiError::bad_request(format!("Last-Event-ID '{s}' is not an integer")))
+            .map(|v| v.max(0)),
     }
 }
 
 fn type_filter(q: &StreamQuery) -> Option<HashSet<String>> {
-    q.types.as_ref().map(|t| t.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+    q.types
+        .as_ref()
+        .map(|t| t.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
 }
 
 fn is_terminal(kind: &str) -> bool {

@@ -15,9 +15,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(Json(v)),
-            Err(JsonRejection::MissingJsonContentType(_)) => {
-                Err(ApiError::new(Code::UnsupportedMediaType, "expected Content-Type: application/json"))
-            }
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::new(Code::UnsupportedMediaType, "expected Content-Type: application/json")),
             Err(JsonRejection::BytesRejection(e)) => {
                 if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                     Err(ApiError::new(Code::PayloadTooLarge, "request body is too large"))
@@ -49,5 +47,7 @@ pub fn optional_json<T: DeserializeOwned>(body: &[u8]) -> Result<Option<T>, ApiE
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    serde_json::from_slice(body).map(Some).map_err(|e| ApiError::new(Code::InvalidJson, format!("invalid JSON body: {e}")))
+    serde_json::from_slice(body)
+        .map(Some)
+        .map_err(|e| ApiError::new(Code::InvalidJson, format!("invalid JSON body: {e}")))
 }

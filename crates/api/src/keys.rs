@@ -75,7 +75,13 @@ pub async fn list(State(app): State<AppState>, caller: Caller, Query(q): Query<L
     let keys = if caller.is_admin() {
         app.rt.store.list_keys(Some(q.tenant.as_deref().unwrap_or(&caller.owner))).await?
     } else {
-        app.rt.store.list_keys(Some(&caller.owner)).await?.into_iter().filter(|k| k.user == caller.user).collect()
+        app.rt
+            .store
+            .list_keys(Some(&caller.owner))
+            .await?
+            .into_iter()
+            .filter(|k| k.user == caller.user)
+            .collect()
     };
     let items: Vec<Value> = keys.iter().map(view).collect();
     Ok(axum::Json(json!({"keys": items, "count": items.len()})))
@@ -84,8 +90,8 @@ pub async fn list(State(app): State<AppState>, caller: Caller, Query(q): Query<L
 /// Revokes a key: admins any key of their tenant (any tenant's for the default tenant's admins), members their own.
 pub async fn revoke(State(app): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<axum::Json<Value>> {
     let key = app.rt.store.get_key(&id).await?.ok_or_else(|| ApiError::not_found(format!("key {id}")))?;
-    let allowed = (caller.is_admin() && (key.tenant == caller.owner || caller.owner == auth::DEFAULT_TENANT))
-        || (key.tenant == caller.owner && key.user == caller.user);
+    let allowed =
+        (caller.is_admin() && (key.tenant == caller.owner || caller.owner == auth::DEFAULT_TENANT)) || (key.tenant == caller.owner && key.user == caller.user);
     if !allowed {
         return Err(ApiError::not_found(format!("key {id}")));
     }

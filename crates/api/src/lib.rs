@@ -48,7 +48,12 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(rt: Handle, keys: auth::Keys, started_at: i64) -> AppState {
-        AppState { rt, keys, started_at, guards: Arc::new(Guards::new(Options::default())) }
+        AppState {
+            rt,
+            keys,
+            started_at,
+            guards: Arc::new(Guards::new(Options::default())),
+        }
     }
 }
 
@@ -63,7 +68,11 @@ impl Guards {
     fn new(opts: Options) -> Guards {
         let clock = opts.limit_clock.clone().unwrap_or_else(limits::LimitClock::monotonic);
         let limits = Arc::new(limits::Limiters::new(&opts.rate_limit, &clock));
-        Guards { opts, limits, idempotency_purged_at: AtomicI64::new(0) }
+        Guards {
+            opts,
+            limits,
+            idempotency_purged_at: AtomicI64::new(0),
+        }
     }
 }
 
@@ -79,7 +88,12 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { body_limit: 4 * 1024 * 1024, rate_limit: Default::default(), ws: Default::default(), limit_clock: None }
+        Options {
+            body_limit: 4 * 1024 * 1024,
+            rate_limit: Default::default(),
+            ws: Default::default(),
+            limit_clock: None,
+        }
     }
 }
 
@@ -156,7 +170,11 @@ async fn envelope_plain_errors(resp: axum::response::Response) -> axum::response
     if !(status.is_client_error() || status.is_server_error()) {
         return resp;
     }
-    let is_json = resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.starts_with("application/json"));
+    let is_json = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
     if is_json {
         return resp;
     }
@@ -172,8 +190,15 @@ async fn envelope_plain_errors(resp: axum::response::Response) -> axum::response
         _ => Code::BadRequest,
     };
     let (mut parts, body) = resp.into_parts();
-    let text = axum::body::to_bytes(body, 64 * 1024).await.map(|b| String::from_utf8_lossy(&b).trim().to_string()).unwrap_or_default();
-    let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { text };
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
     let body = json!({"error": {"code": code.as_str(), "message": message, "details": null}}).to_string();
     parts.headers.remove(CONTENT_LENGTH);
     parts.headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -194,11 +219,20 @@ async fn health() -> axum::Json<serde_json::Value> {
 
 /// Ready when the store answers.
 async fn readiness(State(app): State<AppState>) -> impl IntoResponse {
-    let probe = aob_store::RunFilter { limit: 1, ..Default::default() };
+    let probe = aob_store::RunFilter {
+        limit: 1,
+        ..Default::default()
+    };
     match tokio::time::timeout(Duration::from_secs(2), app.rt.store.list_runs(probe)).await {
         Ok(Ok(_)) => (StatusCode::OK, axum::Json(json!({"status": "ready"}))),
-        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "unavailable", "reason": e.to_string()}))),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "unavailable", "reason": "store timeout"}))),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "unavailable", "reason": e.to_string()})),
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "unavailable", "reason": "store timeout"})),
+        ),
     }
 }
 

@@ -43,7 +43,11 @@ pub fn rejected(e: RuntimeError) -> ApiError {
                 "agent_limit_exceeded" => (Code::AgentLimitExceeded, code),
                 _ => (Code::PatchRejected, code),
             };
-            let summary = issues.iter().map(|i| format!("{}: {}", if i.pointer.is_empty() { "/" } else { &i.pointer }, i.message)).collect::<Vec<_>>().join("; ");
+            let summary = issues
+                .iter()
+                .map(|i| format!("{}: {}", if i.pointer.is_empty() { "/" } else { &i.pointer }, i.message))
+                .collect::<Vec<_>>()
+                .join("; ");
             ApiError::new(c, format!("patch refused ({status_code}): {summary}")).with_details(json!({"reason": status_code, "errors": issues}))
         }
         other => other.into(),
@@ -60,7 +64,12 @@ pub struct CreatePatch {
 
 pub async fn create(State(app): State<AppState>, caller: Caller, Path(id): Path<String>, Json(b): Json<CreatePatch>) -> ApiResult<impl IntoResponse> {
     runs::load(&app, &caller, &id).await?;
-    let req = PatchRequest { operations: b.operations, description: b.description, node_id: b.node_id, by: caller.user.clone() };
+    let req = PatchRequest {
+        operations: b.operations,
+        description: b.description,
+        node_id: b.node_id,
+        by: caller.user.clone(),
+    };
     let rec = app.rt.patch(&id, req).await.map_err(rejected)?;
     Ok((StatusCode::CREATED, axum::Json(view(&rec))))
 }
@@ -72,13 +81,19 @@ pub async fn list(State(app): State<AppState>, caller: Caller, Path(id): Path<St
 }
 
 fn seq_of(seq: &str) -> ApiResult<u64> {
-    seq.parse().map_err(|_| ApiError::bad_request(format!("patch seq '{seq}' is not a positive integer")))
+    seq.parse()
+        .map_err(|_| ApiError::bad_request(format!("patch seq '{seq}' is not a positive integer")))
 }
 
 pub async fn get(State(app): State<AppState>, caller: Caller, Path((id, seq)): Path<(String, String)>) -> ApiResult<axum::Json<Value>> {
     runs::load(&app, &caller, &id).await?;
     let seq = seq_of(&seq)?;
-    let rec = app.rt.store.get_patch(&id, seq).await?.ok_or_else(|| ApiError::not_found(format!("patch {seq} of run {id}")))?;
+    let rec = app
+        .rt
+        .store
+        .get_patch(&id, seq)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("patch {seq} of run {id}")))?;
     Ok(axum::Json(view(&rec)))
 }
 
@@ -93,16 +108,30 @@ async fn review(app: AppState, caller: Caller, id: String, seq: String, body: ax
     let reason = optional_json::<Review>(&body)?.and_then(|r| r.reason);
     let rec = app.rt.decide_patch(&id, seq, approve, &caller.user, reason).await.map_err(rejected)?;
     if approve && rec.status != "applied" {
-        return Err(ApiError::new(Code::Conflict, format!("patch {seq} no longer applies: {}", rec.reason.clone().unwrap_or_default())).with_details(view(&rec)));
+        return Err(ApiError::new(
+            Code::Conflict,
+            format!("patch {seq} no longer applies: {}", rec.reason.clone().unwrap_or_default()),
+        )
+        .with_details(view(&rec)));
     }
     Ok(axum::Json(view(&rec)))
 }
 
-pub async fn approve(State(app): State<AppState>, caller: Caller, Path((id, seq)): Path<(String, String)>, body: axum::body::Bytes) -> ApiResult<axum::Json<Value>> {
+pub async fn approve(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((id, seq)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult<axum::Json<Value>> {
     review(app, caller, id, seq, body, true).await
 }
 
-pub async fn reject(State(app): State<AppState>, caller: Caller, Path((id, seq)): Path<(String, String)>, body: axum::body::Bytes) -> ApiResult<axum::Json<Value>> {
+pub async fn reject(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((id, seq)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult<axum::Json<Value>> {
     review(app, caller, id, seq, body, false).await
 }
 
@@ -113,12 +142,19 @@ pub struct ReplayBody {
     reason: String,
 }
 
-pub async fn replay(State(app): State<AppState>, caller: Caller, Path((id, node)): Path<(String, String)>, body: axum::body::Bytes) -> ApiResult<axum::Json<Value>> {
+pub async fn replay(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((id, node)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> ApiResult<axum::Json<Value>> {
     runs::load(&app, &caller, &id).await?;
     let b = optional_json::<ReplayBody>(&body)?.unwrap_or_default();
     let st = app.rt.replay(&id, &node, b.config, &caller.user, &b.reason).await.map_err(|e| match e {
         RuntimeError::Conflict(m) => ApiError::new(Code::InvalidState, m),
         other => rejected(other),
     })?;
-    Ok(axum::Json(json!({"run_id": id, "node_id": node, "replayed": true, "status": st.status.as_str()})))
+    Ok(axum::Json(
+        json!({"run_id": id, "node_id": node, "replayed": true, "status": st.status.as_str()}),
+    ))
 }

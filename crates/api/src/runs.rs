@@ -13,8 +13,8 @@ use aob_model::validate::parse_and_validate;
 use aob_runtime::StartRun;
 use aob_store::RunFilter;
 
-use crate::error::{ApiError, ApiResult, Code};
 use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult, Code};
 use crate::extract::{Json, Query, optional_json};
 use crate::workflows::workflow_doc;
 use crate::{AppState, views};
@@ -57,7 +57,9 @@ fn check_inputs(plan: &Plan, inputs: &Value) -> ApiResult<()> {
     }
     if let Some(props) = schema.get("properties").and_then(Value::as_object) {
         for (k, p) in props {
-            let (Some(v), Some(t)) = (obj.get(k), p.get("type").and_then(Value::as_str)) else { continue };
+            let (Some(v), Some(t)) = (obj.get(k), p.get("type").and_then(Value::as_str)) else {
+                continue;
+            };
             let ok = match t {
                 "string" => v.is_string(),
                 "number" => v.is_number(),
@@ -76,8 +78,11 @@ fn check_inputs(plan: &Plan, inputs: &Value) -> ApiResult<()> {
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(ApiError::new(Code::ValidationFailed, format!("inputs do not match the workflow's inputs schema ({} problems)", problems.len()))
-            .with_details(json!({"errors": problems})))
+        Err(ApiError::new(
+            Code::ValidationFailed,
+            format!("inputs do not match the workflow's inputs schema ({} problems)", problems.len()),
+        )
+        .with_details(json!({"errors": problems})))
     }
 }
 
@@ -91,13 +96,22 @@ async fn resolve_tag(app: &AppState, owner: &str, tag: &str) -> ApiResult<Arc<Pl
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn start(app: &AppState, owner: &str, plan: Arc<Plan>, tag: Option<String>, inputs: Value, key: Option<String>, settings: aob_engine::RunSettings) -> ApiResult<(StatusCode, Value)> {
+async fn start(
+    app: &AppState,
+    owner: &str,
+    plan: Arc<Plan>,
+    tag: Option<String>,
+    inputs: Value,
+    key: Option<String>,
+    settings: aob_engine::RunSettings,
+) -> ApiResult<(StatusCode, Value)> {
     let inputs = if inputs.is_null() { json!({}) } else { inputs };
     check_inputs(&plan, &inputs)?;
     if let Some(k) = &key
-        && let Some(existing) = app.rt.store.run_by_idempotency_key(owner, k).await? {
-            return replay(app, &existing).await;
-        }
+        && let Some(existing) = app.rt.store.run_by_idempotency_key(owner, k).await?
+    {
+        return replay(app, &existing).await;
+    }
     let req = StartRun {
         run_id: uuid::Uuid::now_v7().to_string(),
         owner: owner.to_string(),
@@ -109,7 +123,10 @@ async fn start(app: &AppState, owner: &str, plan: Arc<Plan>, tag: Option<String>
         settings,
     };
     match app.rt.start(req).await {
-        Ok(st) => Ok((StatusCode::CREATED, json!({"run_id": st.run_id, "status": st.status.as_str(), "workflow_hash": plan.hash, "tag": tag}))),
+        Ok(st) => Ok((
+            StatusCode::CREATED,
+            json!({"run_id": st.run_id, "status": st.status.as_str(), "workflow_hash": plan.hash, "tag": tag}),
+        )),
         // Two requests with one key raced: the loser answers with the winner's run.
         Err(aob_runtime::RuntimeError::Conflict(m)) => match &key {
             Some(k) => match app.rt.store.run_by_idempotency_key(owner, k).await? {
@@ -123,8 +140,16 @@ async fn start(app: &AppState, owner: &str, plan: Arc<Plan>, tag: Option<String>
 }
 
 async fn replay(app: &AppState, run_id: &str) -> ApiResult<(StatusCode, Value)> {
-    let rec = app.rt.store.get_run(run_id).await?.ok_or_else(|| ApiError::not_found(format!("run {run_id}")))?;
-    Ok((StatusCode::CREATED, json!({"run_id": rec.run_id, "status": rec.state.status.as_str(), "workflow_hash": rec.workflow_hash, "tag": rec.tag, "idempotent_replay": true})))
+    let rec = app
+        .rt
+        .store
+        .get_run(run_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("run {run_id}")))?;
+    Ok((
+        StatusCode::CREATED,
+        json!({"run_id": rec.run_id, "status": rec.state.status.as_str(), "workflow_hash": rec.workflow_hash, "tag": rec.tag, "idempotent_replay": true}),
+    ))
 }
 
 fn header_key(headers: &HeaderMap) -> Option<String> {
@@ -148,7 +173,10 @@ pub async fn create(State(app): State<AppState>, caller: Caller, headers: Header
         }
         _ => return Err(ApiError::bad_request("give exactly one of workflow or tag")),
     };
-    let settings = aob_engine::RunSettings { patch_review: body.patch_review, agent_limit: body.agent_limit };
+    let settings = aob_engine::RunSettings {
+        patch_review: body.patch_review,
+        agent_limit: body.agent_limit,
+    };
     let (status, body) = start(&app, &caller.owner, plan, tag, body.inputs, key, settings).await?;
     Ok((status, axum::Json(body)))
 }
@@ -211,8 +239,22 @@ pub async fn list(State(app): State<AppState>, caller: Caller, Query(q): Query<L
         None => None,
     };
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
-    let runs = app.rt.store.list_runs(RunFilter { owner: Some(caller.owner.clone()), status, tag: q.tag, before, limit }).await?;
-    let next = if runs.len() == limit { runs.last().map(|r| format!("{}_{}", r.created_at, r.run_id)) } else { None };
+    let runs = app
+        .rt
+        .store
+        .list_runs(RunFilter {
+            owner: Some(caller.owner.clone()),
+            status,
+            tag: q.tag,
+            before,
+            limit,
+        })
+        .await?;
+    let next = if runs.len() == limit {
+        runs.last().map(|r| format!("{}_{}", r.created_at, r.run_id))
+    } else {
+        None
+    };
     let items: Vec<Value> = runs.iter().map(views::summary).collect();
     Ok(axum::Json(json!({"runs": items, "count": items.len(), "next_cursor": next})))
 }
@@ -221,7 +263,10 @@ async fn control(app: AppState, caller: Caller, id: String, input: Input, verb: 
     let rec = load(&app, &caller, &id).await?;
     let before = rec.state.status;
     if before.is_terminal() {
-        return Err(ApiError::new(Code::InvalidState, format!("run {id} is already {}; cannot {verb}", before.as_str())));
+        return Err(ApiError::new(
+            Code::InvalidState,
+            format!("run {id} is already {}; cannot {verb}", before.as_str()),
+        ));
     }
     if verb == "resume" && before != RunStatus::Paused {
         return Err(ApiError::new(Code::InvalidState, format!("run {id} is {}, not PAUSED", before.as_str())));
@@ -239,7 +284,9 @@ pub struct CancelBody {
 }
 
 pub async fn cancel(State(app): State<AppState>, caller: Caller, Path(id): Path<String>, body: axum::body::Bytes) -> ApiResult<axum::Json<Value>> {
-    let reason = optional_json::<CancelBody>(&body)?.and_then(|b| b.reason).unwrap_or_else(|| "cancelled by request".into());
+    let reason = optional_json::<CancelBody>(&body)?
+        .and_then(|b| b.reason)
+        .unwrap_or_else(|| "cancelled by request".into());
     control(app, caller, id, Input::Cancel { reason }, "cancel").await
 }
 
@@ -256,5 +303,7 @@ pub async fn artifact(State(app): State<AppState>, caller: Caller, Path(id): Pat
         return Err(ApiError::not_found(format!("artifact {id}")));
     }
     let blob = app.rt.store.get_blob(&id).await?.ok_or_else(|| ApiError::not_found(format!("artifact {id}")))?;
-    Ok(axum::Json(json!({"artifact_id": blob.hash, "cas_id": blob.hash, "kind": blob.kind, "created_at": aob_store::rfc3339_ms(blob.created_at), "content": blob.content})))
+    Ok(axum::Json(
+        json!({"artifact_id": blob.hash, "cas_id": blob.hash, "kind": blob.kind, "created_at": aob_store::rfc3339_ms(blob.created_at), "content": blob.content}),
+    ))
 }

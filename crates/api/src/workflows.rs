@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 use aob_model::validate::parse_and_validate;
 use aob_store::TagUpdate;
 
-use crate::error::{ApiError, ApiResult, Code};
 use crate::auth::{Caller, GLOBAL_OWNER};
+use crate::error::{ApiError, ApiResult, Code};
 use crate::extract::{Json, Query};
 use crate::{AppState, views};
 
@@ -19,8 +19,10 @@ pub fn workflow_doc(v: &Value) -> ApiResult<Value> {
     match v {
         Value::Object(_) => Ok(v.clone()),
         Value::String(text) => {
-            let wf = aob_model::Workflow::parse(text)
-                .map_err(|e| ApiError::new(Code::ValidationFailed, e.to_string()).with_details(json!({"errors": [{"pointer": "", "code": "invalid_document", "message": e.to_string()}]})))?;
+            let wf = aob_model::Workflow::parse(text).map_err(|e| {
+                ApiError::new(Code::ValidationFailed, e.to_string())
+                    .with_details(json!({"errors": [{"pointer": "", "code": "invalid_document", "message": e.to_string()}]}))
+            })?;
             serde_json::to_value(wf).map_err(|e| ApiError::bad_request(e.to_string()))
         }
         _ => Err(ApiError::bad_request("workflow must be an object (or YAML text)")),
@@ -29,7 +31,9 @@ pub fn workflow_doc(v: &Value) -> ApiResult<Value> {
 
 pub fn check_tag_name(name: &str) -> ApiResult<()> {
     if name.is_empty() || name.len() > 200 || name.starts_with("_global_") || name.chars().any(|c| c.is_control()) {
-        return Err(ApiError::bad_request(format!("invalid tag_name '{name}': 1-200 printable characters, not starting with _global_")));
+        return Err(ApiError::bad_request(format!(
+            "invalid tag_name '{name}': 1-200 printable characters, not starting with _global_"
+        )));
     }
     Ok(())
 }
@@ -79,7 +83,10 @@ pub async fn resolve(app: &AppState, owner: &str, name: &str, scope: Scope) -> A
 /// Global tags are changed by admins only.
 pub fn check_write(caller: &Caller, t: &aob_store::Tag) -> ApiResult<()> {
     if t.owner == GLOBAL_OWNER && !caller.is_admin() {
-        return Err(ApiError::new(Code::Forbidden, format!("workflow '{}' is global; only admins change global workflows", t.name)));
+        return Err(ApiError::new(
+            Code::Forbidden,
+            format!("workflow '{}' is global; only admins change global workflows", t.name),
+        ));
     }
     Ok(())
 }
@@ -156,16 +163,16 @@ pub struct Materialize {
     scope: Scope,
 }
 
-pub async fn get(
-    State(app): State<AppState>,
-    caller: Caller,
-    Path(tag): Path<String>,
-    Query(q): Query<Materialize>,
-) -> ApiResult<axum::Json<Value>> {
+pub async fn get(State(app): State<AppState>, caller: Caller, Path(tag): Path<String>, Query(q): Query<Materialize>) -> ApiResult<axum::Json<Value>> {
     let t = resolve(&app, &caller.owner, &tag, q.scope).await?;
     let mut out = tag_view(&t);
     if q.materialize.unwrap_or(true) {
-        let blob = app.rt.store.get_blob(&t.hash).await?.ok_or_else(|| ApiError::not_found(format!("workflow {}", t.hash)))?;
+        let blob = app
+            .rt
+            .store
+            .get_blob(&t.hash)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("workflow {}", t.hash)))?;
         out["workflow"] = blob.content;
     }
     Ok(axum::Json(out))
@@ -177,13 +184,23 @@ pub async fn version(
     Path((tag, seq)): Path<(String, String)>,
     Query(q): Query<Materialize>,
 ) -> ApiResult<axum::Json<Value>> {
-    let seq: u64 = seq.parse().map_err(|_| ApiError::bad_request(format!("version seq '{seq}' is not a non-negative integer")))?;
+    let seq: u64 = seq
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("version seq '{seq}' is not a non-negative integer")))?;
     let t = resolve(&app, &caller.owner, &tag, q.scope).await?;
     let history = app.rt.store.tag_history(&t.owner, &tag).await?;
-    let v = history.iter().find(|v| v.seq == seq).ok_or_else(|| ApiError::not_found(format!("workflow version {tag}@{seq}")))?;
+    let v = history
+        .iter()
+        .find(|v| v.seq == seq)
+        .ok_or_else(|| ApiError::not_found(format!("workflow version {tag}@{seq}")))?;
     let mut out = crate::tags::version_view(&t, v);
     if q.materialize.unwrap_or(true) {
-        let blob = app.rt.store.get_blob(&v.hash).await?.ok_or_else(|| ApiError::not_found(format!("workflow {}", v.hash)))?;
+        let blob = app
+            .rt
+            .store
+            .get_blob(&v.hash)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("workflow {}", v.hash)))?;
         out["workflow"] = blob.content;
     }
     Ok(axum::Json(out))

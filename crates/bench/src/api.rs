@@ -76,7 +76,10 @@ pub async fn api_get(a: ApiGetArgs) -> anyhow::Result<()> {
         s.line()
     );
     eprintln!("api-get: {} (unit = request)", cpu_line(&cpu));
-    b.emit("api-get", json!({"clients": a.clients, "seconds": r3(wall.as_secs_f64()), "requests": lat.len(), "requests_per_s": r3(rps), "latency": s.json(), "cpu": cpu}));
+    b.emit(
+        "api-get",
+        json!({"clients": a.clients, "seconds": r3(wall.as_secs_f64()), "requests": lat.len(), "requests_per_s": r3(rps), "latency": s.json(), "cpu": cpu}),
+    );
     b.stop().await;
     Ok(())
 }

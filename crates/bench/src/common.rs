@@ -93,15 +93,9 @@ pub struct Machine {
 
 impl Machine {
     pub fn probe(data_dir: &Path) -> Machine {
-        let nproc = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0);
+        let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
         let kernel = read_trim("/proc/sys/kernel/osrelease");
-        let loadavg = read_trim("/proc/loadavg")
-            .split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ");
+        let loadavg = read_trim("/proc/loadavg").split_whitespace().take(3).collect::<Vec<_>>().join(" ");
         Machine {
             nproc,
             kernel,
@@ -127,20 +121,14 @@ impl Machine {
     }
 
     pub fn print(&self, durability: Option<Durability>) {
-        let d = durability.map_or("n/a (no store involved)".to_string(), |d| {
-            d.as_str().to_string()
-        });
+        let d = durability.map_or("n/a (no store involved)".to_string(), |d| d.as_str().to_string());
         eprintln!(
             "machine: {} cores, kernel {}, data dir {} on {}{}, load {}; durability: {}",
             self.nproc,
             self.kernel,
             self.data_dir.display(),
             self.data_fs,
-            if self.tmpfs() {
-                " (tmpfs: fsync is free)"
-            } else {
-                " (not tmpfs)"
-            },
+            if self.tmpfs() { " (tmpfs: fsync is free)" } else { " (not tmpfs)" },
             self.loadavg,
             d
         );
@@ -148,9 +136,7 @@ impl Machine {
 }
 
 fn read_trim(p: &str) -> String {
-    std::fs::read_to_string(p)
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
+    std::fs::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
 }
 
 /// The type of the filesystem holding `path`: the longest mount point prefix in /proc/self/mounts.
@@ -198,21 +184,10 @@ impl Api {
     pub fn with_key(url: String, key: Option<&str>) -> anyhow::Result<Api> {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(k) = key {
-            headers.insert(
-                "x-api-key",
-                reqwest::header::HeaderValue::from_str(k.trim())?,
-            );
+            headers.insert("x-api-key", reqwest::header::HeaderValue::from_str(k.trim())?);
         }
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .tcp_nodelay(true)
-            .default_headers(headers)
-            .build()?;
-        Ok(Api {
-            url,
-            http,
-            wait: Wait::Poll,
-        })
+        let http = reqwest::Client::builder().no_proxy().tcp_nodelay(true).default_headers(headers).build()?;
+        Ok(Api { url, http, wait: Wait::Poll })
     }
 
     /// The same server, authenticated with the admin key the server bootstrapped into
@@ -236,10 +211,7 @@ impl Api {
             .await?;
         let status = r.status();
         if !status.is_success() {
-            bail!(
-                "creating tag {tag}: HTTP {status}: {}",
-                r.text().await.unwrap_or_default()
-            );
+            bail!("creating tag {tag}: HTTP {status}: {}", r.text().await.unwrap_or_default());
         }
         Ok(())
     }
@@ -257,21 +229,14 @@ impl Api {
         if status.as_u16() != 201 {
             bail!("starting a run of {tag}: HTTP {status}: {body}");
         }
-        let id = body["run_id"]
-            .as_str()
-            .context("no run_id in the answer")?
-            .to_string();
+        let id = body["run_id"].as_str().context("no run_id in the answer")?.to_string();
         let st = body["status"].as_str().unwrap_or("").to_string();
         Ok((id, st))
     }
 
     /// `GET /api/v1/runs/:id` → status.
     pub async fn status(&self, id: &str) -> anyhow::Result<String> {
-        let r = self
-            .http
-            .get(format!("{}/api/v1/runs/{id}", self.url))
-            .send()
-            .await?;
+        let r = self.http.get(format!("{}/api/v1/runs/{id}", self.url)).send().await?;
         let code = r.status();
         let body: Value = r.json().await.unwrap_or(Value::Null);
         if !code.is_success() {
@@ -286,12 +251,7 @@ impl Api {
     pub async fn run_to_end(&self, tag: &str) -> anyhow::Result<Duration> {
         let t = Instant::now();
         let (id, mut st) = self.start(tag).await?;
-        if self.wait == Wait::Sse
-            && !matches!(
-                st.as_str(),
-                "COMPLETED" | "FAILED" | "CANCELLED" | "TIMEOUT"
-            )
-        {
+        if self.wait == Wait::Sse && !matches!(st.as_str(), "COMPLETED" | "FAILED" | "CANCELLED" | "TIMEOUT") {
             let end = self.terminal_event(&id).await?;
             if end != "workflow_completed" {
                 bail!("run {id} ended with {end}");
@@ -352,13 +312,8 @@ impl Bench {
             let bin = aob_bin(&args.aob_bin)?;
             let addr = format!("127.0.0.1:{}", free_port()?);
             let api = Api::new(format!("http://{addr}"))?;
-            let (p, _) =
-                spawn_aob(&bin, args.durability, dir.path(), &api, &addr, &ssrf_allow).await?;
-            eprintln!(
-                "server: {} (pid {}), a separate process",
-                bin.display(),
-                p.0.id()
-            );
+            let (p, _) = spawn_aob(&bin, args.durability, dir.path(), &api, &addr, &ssrf_allow).await?;
+            eprintln!("server: {} (pid {}), a separate process", bin.display(), p.0.id());
             (api, None, Some(p))
         } else {
             // Through serde so that settings this build does not have are ignored.
@@ -374,11 +329,7 @@ impl Bench {
             let api = Api::new(format!("http://{}", server.addr))?;
             (api, Some(server), None)
         };
-        let api = Api {
-            wait: args.wait,
-            ..api
-        }
-        .admin(dir.path())?;
+        let api = Api { wait: args.wait, ..api }.admin(dir.path())?;
         let machine = Machine::probe(dir.path());
         machine.print(Some(args.durability));
         Ok(Bench {
@@ -418,9 +369,8 @@ impl Bench {
 
 /// The API's rate limits, off: a benchmark is one client doing far more than a
 /// tenant may (0 turns a limit off).
-static NO_RATE_LIMITS: std::sync::LazyLock<Value> = std::sync::LazyLock::new(
-    || json!({"per_route_per_minute": 0, "tiers": {"simple": 0, "standard": 0, "heavy": 0}}),
-);
+static NO_RATE_LIMITS: std::sync::LazyLock<Value> =
+    std::sync::LazyLock::new(|| json!({"per_route_per_minute": 0, "tiers": {"simple": 0, "standard": 0, "heavy": 0}}));
 
 /// The same for `aob serve`, through its `AOB_*` environment layer.
 const NO_RATE_LIMITS_ENV: [(&str, &str); 4] = [
@@ -435,9 +385,7 @@ pub fn aob_bin(given: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
     let p = match given {
         Some(p) => p.clone(),
         None => {
-            let sibling = std::env::current_exe()
-                .ok()
-                .and_then(|e| e.parent().map(|d| d.join("aob")));
+            let sibling = std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join("aob")));
             match sibling {
                 Some(s) if s.exists() => s,
                 _ => PathBuf::from("target/release/aob"),
@@ -465,10 +413,7 @@ impl Drop for Proc {
 
 pub fn rss_kb(pid: u32) -> anyhow::Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = s
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .context("no VmRSS line")?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS line")?;
     line.split_whitespace()
         .nth(1)
         .context("malformed VmRSS")?
@@ -477,21 +422,12 @@ pub fn rss_kb(pid: u32) -> anyhow::Result<u64> {
 }
 
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Spawns `aob serve` on `addr` over `dir` and polls `/health` without sleeping;
 /// returns the process and the time from spawn to the first 200.
-pub async fn spawn_aob(
-    bin: &Path,
-    durability: Durability,
-    dir: &Path,
-    api: &Api,
-    addr: &str,
-    ssrf_allow: &[String],
-) -> anyhow::Result<(Proc, Duration)> {
+pub async fn spawn_aob(bin: &Path, durability: Durability, dir: &Path, api: &Api, addr: &str, ssrf_allow: &[String]) -> anyhow::Result<(Proc, Duration)> {
     let mut cmd = Command::new(bin);
     cmd.args(["serve", "--addr", addr, "--data-dir"])
         .arg(dir)
@@ -513,18 +449,10 @@ pub async fn spawn_aob(
         cmd.env(k, v);
     }
     let t = Instant::now();
-    let child = Proc(
-        cmd.spawn()
-            .with_context(|| format!("spawning {}", bin.display()))?,
-    );
+    let child = Proc(cmd.spawn().with_context(|| format!("spawning {}", bin.display()))?);
     let health = format!("{}/health", api.url);
     loop {
-        let answer = api
-            .http
-            .get(&health)
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await;
+        let answer = api.http.get(&health).timeout(Duration::from_secs(2)).send().await;
         if answer.is_ok_and(|r| r.status().is_success()) {
             return Ok((child, t.elapsed()));
         }
@@ -550,12 +478,7 @@ pub fn emit(bench: &str, machine: &Machine, durability: Option<Durability>, resu
 
 /// `runs` runs of `tag`, `concurrency` client loops each with one run in flight.
 /// Returns the wall time and every run's latency.
-pub async fn closed_loop(
-    api: &Api,
-    tag: &str,
-    runs: usize,
-    concurrency: usize,
-) -> anyhow::Result<(Duration, Vec<Duration>)> {
+pub async fn closed_loop(api: &Api, tag: &str, runs: usize, concurrency: usize) -> anyhow::Result<(Duration, Vec<Duration>)> {
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let t = Instant::now();
     let mut tasks = Vec::new();
@@ -639,12 +562,8 @@ pub fn per_sec(n: usize, d: Duration) -> f64 {
 
 /// `n` noop nodes in a line.
 pub fn noop_chain(name: &str, n: usize) -> Value {
-    let nodes: Vec<Value> = (0..n)
-        .map(|i| json!({"id": format!("n{i}"), "type": "noop"}))
-        .collect();
-    let edges: Vec<Value> = (1..n)
-        .map(|i| json!({"from": format!("n{}", i - 1), "to": format!("n{i}")}))
-        .collect();
+    let nodes: Vec<Value> = (0..n).map(|i| json!({"id": format!("n{i}"), "type": "noop"})).collect();
+    let edges: Vec<Value> = (1..n).map(|i| json!({"from": format!("n{}", i - 1), "to": format!("n{i}")})).collect();
     json!({"name": name, "nodes": nodes, "edges": edges})
 }
 
@@ -700,13 +619,7 @@ pub fn fan_join(name: &str, width: usize, kind: Kind, stub: Option<&str>) -> Val
 }
 
 /// A `wait` gate of `gate_ms`, then a loop running `body` `iterations` times, then `done`.
-pub fn gated_loop(
-    name: &str,
-    gate_ms: u64,
-    iterations: u32,
-    kind: Kind,
-    stub: Option<&str>,
-) -> Value {
+pub fn gated_loop(name: &str, gate_ms: u64, iterations: u32, kind: Kind, stub: Option<&str>) -> Value {
     json!({
         "name": name,
         "nodes": [
@@ -779,10 +692,7 @@ fn stat_ticks(path: &Path) -> Option<(String, u64)> {
     let (open, close) = (s.find('(')?, s.rfind(')')?);
     let comm = s[open + 1..close].to_string();
     let f: Vec<&str> = s[close + 1..].split_whitespace().collect();
-    Some((
-        comm,
-        f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?,
-    ))
+    Some((comm, f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?))
 }
 
 fn writer_ticks(proc_dir: &str) -> u64 {
@@ -862,9 +772,7 @@ pub fn cpu_line(v: &Value) -> String {
     format!(
         "CPU: {:.2} of {} cores busy; {:.3} ms per unit{split}, of which the store writer thread {:.3} ms",
         f("cores_busy"),
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         f("cpu_ms_per_unit"),
         f("store_writer_cpu_ms_per_unit")
     )

@@ -7,10 +7,7 @@ use std::time::Instant;
 use clap::Args;
 use serde_json::json;
 
-use crate::common::{
-    Bench, Kind, ServerArgs, Stub, closed_loop, cpu_line, fan_join, noop_chain, per_sec, r3,
-    summarize,
-};
+use crate::common::{Bench, Kind, ServerArgs, Stub, closed_loop, cpu_line, fan_join, noop_chain, per_sec, r3, summarize};
 
 #[derive(Debug, Clone, Args)]
 pub struct W1Args {
@@ -119,9 +116,7 @@ pub async fn w2(a: W2Args) -> anyhow::Result<()> {
     let mut figures = Vec::new();
     for kind in a.kind.expand() {
         let tag = format!("bench-w2-{}", kind.as_str());
-        b.api
-            .put_tag(&tag, &fan_join(&tag, a.width, kind, Some(&base)))
-            .await?;
+        b.api.put_tag(&tag, &fan_join(&tag, a.width, kind, Some(&base))).await?;
         for &c in &a.concurrency {
             closed_loop(&b.api, &tag, a.warmup, c).await?;
             let cpu0 = b.cpu();
@@ -141,8 +136,10 @@ pub async fn w2(a: W2Args) -> anyhow::Result<()> {
                 s.line()
             );
             eprintln!("w2: {} (unit = run)", cpu_line(&cpu));
-            figures.push(json!({"kind": kind.as_str(), "concurrency": c, "runs": a.runs, "wall_s": r3(wall.as_secs_f64()),
-                                "runs_per_s": r3(rps), "latency": s.json(), "cpu": cpu}));
+            figures.push(
+                json!({"kind": kind.as_str(), "concurrency": c, "runs": a.runs, "wall_s": r3(wall.as_secs_f64()),
+                                "runs_per_s": r3(rps), "latency": s.json(), "cpu": cpu}),
+            );
         }
     }
     b.emit(

@@ -6,9 +6,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use serde_json::json;
 
-use crate::common::{
-    Api, Machine, ServerArgs, aob_bin, free_port, one_wait, r3, rss_kb, spawn_aob, summarize,
-};
+use crate::common::{Api, Machine, ServerArgs, aob_bin, free_port, one_wait, r3, rss_kb, spawn_aob, summarize};
 
 #[derive(Debug, Clone, Args)]
 pub struct IdleArgs {
@@ -36,8 +34,7 @@ pub async fn idle_rss(a: IdleArgs) -> anyhow::Result<()> {
         let dir = a.server.tempdir()?;
         let addr = format!("127.0.0.1:{}", free_port()?);
         let api = Api::new(format!("http://{addr}"))?;
-        let (proc_, took) =
-            spawn_aob(&bin, a.server.durability, dir.path(), &api, &addr, &[]).await?;
+        let (proc_, took) = spawn_aob(&bin, a.server.durability, dir.path(), &api, &addr, &[]).await?;
         startups.push(took);
         if i + 1 == a.startups.max(1) {
             last = Some((proc_, dir, api));
@@ -58,10 +55,7 @@ pub async fn idle_rss(a: IdleArgs) -> anyhow::Result<()> {
     let pid = proc_.0.id();
     tokio::time::sleep(Duration::from_millis(a.settle_ms)).await;
     let idle = rss_kb(pid)?;
-    eprintln!(
-        "idle-rss: idle RSS after start-up and one /health: {:.1} MB",
-        idle as f64 / 1024.0
-    );
+    eprintln!("idle-rss: idle RSS after start-up and one /health: {:.1} MB", idle as f64 / 1024.0);
 
     let tag = "bench-idle-wait";
     api.put_tag(tag, &one_wait(tag, 3_600_000)).await?;
@@ -90,10 +84,7 @@ pub async fn idle_rss(a: IdleArgs) -> anyhow::Result<()> {
     let after = rss_kb(pid)?;
     let growth_kb = after.saturating_sub(before);
     let per_run = growth_kb as f64 * 1024.0 / a.runs as f64;
-    let db_bytes: u64 = std::fs::read_dir(dir.path())?
-        .filter_map(|e| e.ok()?.metadata().ok())
-        .map(|m| m.len())
-        .sum();
+    let db_bytes: u64 = std::fs::read_dir(dir.path())?.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum();
     eprintln!(
         "idle-rss: {} waiting runs started in {:.1} s; RSS {:.1} MB → {:.1} MB: {:.0} bytes per idle waiting run (data dir {:.1} MB)",
         a.runs,

@@ -14,10 +14,7 @@ mod sse;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "aob-bench",
-    about = "aob benchmarks: one subcommand per figure in BENCHMARKS.md"
-)]
+#[command(name = "aob-bench", about = "aob benchmarks: one subcommand per figure in BENCHMARKS.md")]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -52,9 +49,7 @@ fn main() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         match cli.command {
             Cmd::W1(a) => flows::w1("w1", a).await,

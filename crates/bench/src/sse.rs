@@ -16,9 +16,7 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde_json::json;
 
-use crate::common::{
-    Bench, Kind, ServerArgs, Stub, cpu_line, fd_limit, gated_loop, per_sec, r3, summarize,
-};
+use crate::common::{Bench, Kind, ServerArgs, Stub, cpu_line, fd_limit, gated_loop, per_sec, r3, summarize};
 
 #[derive(Debug, Clone, Args)]
 pub struct SseArgs {
@@ -59,10 +57,7 @@ pub async fn sse(a: SseArgs) -> anyhow::Result<()> {
             need.next_power_of_two()
         ),
         Some(l) => eprintln!("open-file limit {l} (need about {need})"),
-        None => eprintln!(
-            "warning: could not read the open-file limit; {} subscribers need about {need}",
-            a.subscribers
-        ),
+        None => eprintln!("warning: could not read the open-file limit; {} subscribers need about {need}", a.subscribers),
     }
     let mut figures = Vec::new();
     let mut machine = None;
@@ -71,10 +66,7 @@ pub async fn sse(a: SseArgs) -> anyhow::Result<()> {
         let b = Bench::start(&a.server, vec![stub.allow()]).await?;
         let tag = format!("bench-sse-{}", kind.as_str());
         b.api
-            .put_tag(
-                &tag,
-                &gated_loop(&tag, a.gate_ms, a.iterations, kind, Some(&stub.base())),
-            )
+            .put_tag(&tag, &gated_loop(&tag, a.gate_ms, a.iterations, kind, Some(&stub.base())))
             .await?;
         let started = Instant::now();
         let (id, _) = b.api.start(&tag).await?;
@@ -84,13 +76,7 @@ pub async fn sse(a: SseArgs) -> anyhow::Result<()> {
         let url = format!("{}/api/v1/runs/{id}/events?last_event_id=0", b.api.url);
         let mut tasks = Vec::with_capacity(a.subscribers);
         for _ in 0..a.subscribers {
-            let (http, url, ready, ready_all, n) = (
-                b.api.http.clone(),
-                url.clone(),
-                ready.clone(),
-                ready_all.clone(),
-                a.subscribers,
-            );
+            let (http, url, ready, ready_all, n) = (b.api.http.clone(), url.clone(), ready.clone(), ready_all.clone(), a.subscribers);
             tasks.push(tokio::spawn(async move {
                 let resp = http.get(&url).send().await?;
                 if !resp.status().is_success() {
@@ -117,10 +103,7 @@ pub async fn sse(a: SseArgs) -> anyhow::Result<()> {
                         seen.first.get_or_insert_with(Instant::now);
                         seen.live += 1;
                     }
-                    if matches!(
-                        ev.event.as_str(),
-                        "workflow_completed" | "workflow_failed" | "workflow_cancelled"
-                    ) {
+                    if matches!(ev.event.as_str(), "workflow_completed" | "workflow_failed" | "workflow_cancelled") {
                         seen.end = Some(Instant::now());
                         seen.terminal = ev.event;
                         break;
@@ -158,17 +141,10 @@ pub async fn sse(a: SseArgs) -> anyhow::Result<()> {
             .filter_map(|s| s.first)
             .min()
             .context("no subscriber saw an event after the gate")?;
-        let last = seens
-            .iter()
-            .filter_map(|s| s.end)
-            .max()
-            .context("no subscriber saw the end")?;
+        let last = seens.iter().filter_map(|s| s.end).max().context("no subscriber saw the end")?;
         let deliveries: usize = seens.iter().map(|s| s.live).sum();
         let per_sub = seens[0].live;
-        if let Some(s) = seens
-            .iter()
-            .find(|s| s.live != per_sub || s.terminal != "workflow_completed")
-        {
+        if let Some(s) = seens.iter().find(|s| s.live != per_sub || s.terminal != "workflow_completed") {
             bail!(
                 "subscribers disagree: one saw {} events ending with '{}', another {per_sub}",
                 s.live,
@@ -181,11 +157,7 @@ pub async fn sse(a: SseArgs) -> anyhow::Result<()> {
         // spread over the delivery window.
         let cpu = cpu0.since(deliveries, elapsed);
         // Per-subscriber time from the first live event anywhere to its own end.
-        let tails: Vec<Duration> = seens
-            .iter()
-            .filter_map(|s| s.end)
-            .map(|e| e - first)
-            .collect();
+        let tails: Vec<Duration> = seens.iter().filter_map(|s| s.end).map(|e| e - first).collect();
         let tail = summarize(&tails);
         eprintln!(
             "sse[{}]: {} subscribers × {per_sub} events = {deliveries} deliveries in {:.3} s → {dps:.0} deliveries/s ({}); subscriber done after {}",
@@ -195,24 +167,17 @@ pub async fn sse(a: SseArgs) -> anyhow::Result<()> {
             a.server.durability.as_str(),
             tail.line()
         );
-        eprintln!(
-            "sse[{}]: {} (unit = delivery)",
-            kind.as_str(),
-            cpu_line(&cpu)
-        );
-        figures.push(json!({"kind": kind.as_str(), "subscribers": a.subscribers, "iterations": a.iterations, "events_per_subscriber": per_sub,
+        eprintln!("sse[{}]: {} (unit = delivery)", kind.as_str(), cpu_line(&cpu));
+        figures.push(
+            json!({"kind": kind.as_str(), "subscribers": a.subscribers, "iterations": a.iterations, "events_per_subscriber": per_sub,
                             "deliveries": deliveries, "elapsed_s": r3(elapsed.as_secs_f64()), "deliveries_per_s": r3(dps),
-                            "connect_ms": r3(connected.as_secs_f64() * 1e3), "subscriber_done": tail.json(), "cpu": cpu}));
+                            "connect_ms": r3(connected.as_secs_f64() * 1e3), "subscriber_done": tail.json(), "cpu": cpu}),
+        );
         machine = Some(b.machine.clone());
         b.stop().await;
     }
     if let Some(m) = machine {
-        crate::common::emit(
-            "sse",
-            &m,
-            Some(a.server.durability),
-            json!({"gate_ms": a.gate_ms, "figures": figures}),
-        );
+        crate::common::emit("sse", &m, Some(a.server.durability), json!({"gate_ms": a.gate_ms, "figures": figures}));
     }
     Ok(())
 }

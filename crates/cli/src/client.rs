@@ -23,7 +23,12 @@ pub mod exit {
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     #[error("{message}")]
-    Api { status: u16, code: String, message: String, details: Value },
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+        details: Value,
+    },
     #[error("cannot reach the aob server at {url}: {reason} (is `aob serve` running? set --api-url or AOB_API_URL)")]
     Unreachable { url: String, reason: String },
     #[error("{0}")]
@@ -63,7 +68,10 @@ impl Client {
             .default_headers(headers)
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
-        Client { base: base.trim_end_matches('/').to_string(), http }
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -71,7 +79,10 @@ impl Client {
     }
 
     fn unreachable(&self, e: reqwest::Error) -> CliError {
-        CliError::Unreachable { url: self.base.clone(), reason: e.to_string() }
+        CliError::Unreachable {
+            url: self.base.clone(),
+            reason: e.to_string(),
+        }
     }
 
     async fn finish(&self, resp: reqwest::Response) -> Result<Value, CliError> {
@@ -91,28 +102,60 @@ impl Client {
     }
 
     pub async fn get(&self, path: &str) -> Result<Value, CliError> {
-        let resp = self.http.get(self.url(path)).timeout(Duration::from_secs(30)).send().await.map_err(|e| self.unreachable(e))?;
+        let resp = self
+            .http
+            .get(self.url(path))
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
         self.finish(resp).await
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, CliError> {
-        let resp = self.http.post(self.url(path)).json(body).timeout(Duration::from_secs(30)).send().await.map_err(|e| self.unreachable(e))?;
+        let resp = self
+            .http
+            .post(self.url(path))
+            .json(body)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
         self.finish(resp).await
     }
 
     pub async fn patch(&self, path: &str, body: &Value) -> Result<Value, CliError> {
-        let resp = self.http.patch(self.url(path)).json(body).timeout(Duration::from_secs(30)).send().await.map_err(|e| self.unreachable(e))?;
+        let resp = self
+            .http
+            .patch(self.url(path))
+            .json(body)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
         self.finish(resp).await
     }
 
     pub async fn delete(&self, path: &str) -> Result<Value, CliError> {
-        let resp = self.http.delete(self.url(path)).timeout(Duration::from_secs(30)).send().await.map_err(|e| self.unreachable(e))?;
+        let resp = self
+            .http
+            .delete(self.url(path))
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
         self.finish(resp).await
     }
 
     /// Opens an SSE stream (no overall timeout: streams are long-lived).
     pub async fn stream(&self, path: &str) -> Result<reqwest::Response, CliError> {
-        let resp = self.http.get(self.url(path)).header("accept", "text/event-stream").send().await.map_err(|e| self.unreachable(e))?;
+        let resp = self
+            .http
+            .get(self.url(path))
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
         if resp.status().as_u16() >= 400 {
             return Err(self.finish(resp).await.err().unwrap_or(CliError::Failed("stream failed".into())));
         }

@@ -158,16 +158,32 @@ fn parse_inputs(file: Option<&PathBuf>, pairs: &[String]) -> anyhow::Result<Valu
 
 pub async fn run(cmd: RunCmd, client: &Client, fmt: Format) -> anyhow::Result<i32> {
     match cmd {
-        RunCmd::Start { target, inputs, input, follow, local, data_dir, idempotency_key } => {
+        RunCmd::Start {
+            target,
+            inputs,
+            input,
+            follow,
+            local,
+            data_dir,
+            idempotency_key,
+        } => {
             let inputs = parse_inputs(inputs.as_ref(), &input)?;
             let path = PathBuf::from(&target);
-            let mut body = if path.is_file() { json!({"workflow": read_doc(&path)?}) } else { json!({"tag": target}) };
+            let mut body = if path.is_file() {
+                json!({"workflow": read_doc(&path)?})
+            } else {
+                json!({"tag": target})
+            };
             body["inputs"] = inputs;
             if let Some(k) = idempotency_key {
                 body["idempotency_key"] = json!(k);
             }
             if local {
-                let cfg = crate::config::Config { addr: "127.0.0.1:0".into(), data_dir, ..Default::default() };
+                let cfg = crate::config::Config {
+                    addr: "127.0.0.1:0".into(),
+                    data_dir,
+                    ..Default::default()
+                };
                 let server = crate::serve::start(&cfg).await?;
                 let key = crate::credentials::read_key_file(&crate::serve::admin_key_path(&cfg.data_dir));
                 let local_client = Client::new(&format!("http://{}", server.addr), key.as_deref());
@@ -188,7 +204,18 @@ pub async fn run(cmd: RunCmd, client: &Client, fmt: Format) -> anyhow::Result<i3
             if fmt == Format::Pretty {
                 eprintln!("run {} {}", d["run_id"].as_str().unwrap_or(""), d["status"].as_str().unwrap_or(""));
                 let rows = d["nodes"].as_array().cloned().unwrap_or_default();
-                output::table(fmt, &d, &rows, &[("NODE", "node_id"), ("TYPE", "type"), ("STATUS", "status"), ("ATTEMPT", "attempt"), ("MS", "duration_ms")]);
+                output::table(
+                    fmt,
+                    &d,
+                    &rows,
+                    &[
+                        ("NODE", "node_id"),
+                        ("TYPE", "type"),
+                        ("STATUS", "status"),
+                        ("ATTEMPT", "attempt"),
+                        ("MS", "duration_ms"),
+                    ],
+                );
             } else {
                 output::print(fmt, &d);
             }
@@ -203,7 +230,18 @@ pub async fn run(cmd: RunCmd, client: &Client, fmt: Format) -> anyhow::Result<i3
             }
             let v = client.get(&q).await?;
             let rows = v["runs"].as_array().cloned().unwrap_or_default();
-            output::table(fmt, &v, &rows, &[("RUN", "run_id"), ("STATUS", "status"), ("TAG", "tag"), ("CREATED", "created_at"), ("COMPLETED", "completed_at")]);
+            output::table(
+                fmt,
+                &v,
+                &rows,
+                &[
+                    ("RUN", "run_id"),
+                    ("STATUS", "status"),
+                    ("TAG", "tag"),
+                    ("CREATED", "created_at"),
+                    ("COMPLETED", "completed_at"),
+                ],
+            );
             if let (Format::Pretty, Some(c)) = (fmt, v["next_cursor"].as_str()) {
                 eprintln!("more: --cursor {c}");
             }
@@ -268,7 +306,12 @@ async fn follow_run(client: &Client, run_id: &str, node: Option<&str>, after: Op
             "node_started" => format!("▶ {} started{attempt}", node_id.unwrap_or("?")),
             "node_completed" => format!("✔ {} completed in {}ms", node_id.unwrap_or("?"), e["data"]["duration_ms"]),
             "node_failed" => format!("✘ {} failed: {}", node_id.unwrap_or("?"), e["data"]["error"]["message"].as_str().unwrap_or("")),
-            "node_retrying" => format!("↻ {} retrying in {}ms: {}", node_id.unwrap_or("?"), e["data"]["delay_ms"], e["data"]["error"]["message"].as_str().unwrap_or("")),
+            "node_retrying" => format!(
+                "↻ {} retrying in {}ms: {}",
+                node_id.unwrap_or("?"),
+                e["data"]["delay_ms"],
+                e["data"]["error"]["message"].as_str().unwrap_or("")
+            ),
             "node_skipped" => format!("· {} skipped", node_id.unwrap_or("?")),
             "loop_iteration" => format!("⟲ {} iteration {}", node_id.unwrap_or("?"), e["data"]["iteration"]),
             "workflow_completed" => "run COMPLETED".to_string(),
@@ -327,7 +370,12 @@ pub async fn workflow(cmd: WorkflowCmd, client: &Client, fmt: Format) -> anyhow:
         WorkflowCmd::List => {
             let v = client.get("/api/v1/workflows").await?;
             let rows = v["workflows"].as_array().cloned().unwrap_or_default();
-            output::table(fmt, &v, &rows, &[("TAG", "tag"), ("VERSION", "version"), ("HASH", "hash"), ("MOVED", "moved_at")]);
+            output::table(
+                fmt,
+                &v,
+                &rows,
+                &[("TAG", "tag"), ("VERSION", "version"), ("HASH", "hash"), ("MOVED", "moved_at")],
+            );
             Ok(exit::OK)
         }
         WorkflowCmd::Show { tag, version } => {
@@ -346,7 +394,12 @@ pub async fn workflow(cmd: WorkflowCmd, client: &Client, fmt: Format) -> anyhow:
             output::print(fmt, &aob_model::schema::workflow_schema());
             Ok(exit::OK)
         }
-        WorkflowCmd::Patch { tag, file, description, expected_version } => {
+        WorkflowCmd::Patch {
+            tag,
+            file,
+            description,
+            expected_version,
+        } => {
             let body = json!({"operations": read_doc(&file)?, "description": description, "expected_version": expected_version});
             output::print(fmt, &client.patch(&format!("/api/v1/workflows/{}/patch", seg(&tag)), &body).await?);
             Ok(exit::OK)
@@ -354,11 +407,28 @@ pub async fn workflow(cmd: WorkflowCmd, client: &Client, fmt: Format) -> anyhow:
         WorkflowCmd::History { tag } => {
             let v = client.get(&format!("/api/v1/workflows/{}/history", seg(&tag))).await?;
             let rows = v["history"].as_array().cloned().unwrap_or_default();
-            output::table(fmt, &v, &rows, &[("SEQ", "seq"), ("OP", "op"), ("BY", "by"), ("AT", "at"), ("HASH", "hash"), ("DESCRIPTION", "description")]);
+            output::table(
+                fmt,
+                &v,
+                &rows,
+                &[
+                    ("SEQ", "seq"),
+                    ("OP", "op"),
+                    ("BY", "by"),
+                    ("AT", "at"),
+                    ("HASH", "hash"),
+                    ("DESCRIPTION", "description"),
+                ],
+            );
             Ok(exit::OK)
         }
         WorkflowCmd::Move { tag, version } => {
-            output::print(fmt, &client.post(&format!("/api/v1/workflows/{}/move", seg(&tag)), &json!({"version": version})).await?);
+            output::print(
+                fmt,
+                &client
+                    .post(&format!("/api/v1/workflows/{}/move", seg(&tag)), &json!({"version": version}))
+                    .await?,
+            );
             Ok(exit::OK)
         }
     }
@@ -407,9 +477,17 @@ pub enum KeysCmd {
 pub async fn keys(cmd: KeysCmd, client: &Client, fmt: Format) -> anyhow::Result<i32> {
     match cmd {
         KeysCmd::Create { name, user, role, tenant } => {
-            let v = client.post("/api/v1/keys", &json!({"name": name, "user": user, "role": role, "tenant": tenant})).await?;
+            let v = client
+                .post("/api/v1/keys", &json!({"name": name, "user": user, "role": role, "tenant": tenant}))
+                .await?;
             if fmt == Format::Pretty {
-                eprintln!("key {} for {}/{} ({}); it is shown only now:", v["id"].as_str().unwrap_or(""), v["tenant"].as_str().unwrap_or(""), v["user"].as_str().unwrap_or(""), v["role"].as_str().unwrap_or(""));
+                eprintln!(
+                    "key {} for {}/{} ({}); it is shown only now:",
+                    v["id"].as_str().unwrap_or(""),
+                    v["tenant"].as_str().unwrap_or(""),
+                    v["user"].as_str().unwrap_or(""),
+                    v["role"].as_str().unwrap_or("")
+                );
                 println!("{}", v["key"].as_str().unwrap_or(""));
             } else {
                 output::print(fmt, &v);
@@ -423,7 +501,19 @@ pub async fn keys(cmd: KeysCmd, client: &Client, fmt: Format) -> anyhow::Result<
             };
             let v = client.get(&path).await?;
             let rows = v["keys"].as_array().cloned().unwrap_or_default();
-            output::table(fmt, &v, &rows, &[("ID", "id"), ("TENANT", "tenant"), ("USER", "user"), ("ROLE", "role"), ("NAME", "name"), ("REVOKED", "revoked_at")]);
+            output::table(
+                fmt,
+                &v,
+                &rows,
+                &[
+                    ("ID", "id"),
+                    ("TENANT", "tenant"),
+                    ("USER", "user"),
+                    ("ROLE", "role"),
+                    ("NAME", "name"),
+                    ("REVOKED", "revoked_at"),
+                ],
+            );
             Ok(exit::OK)
         }
         KeysCmd::Revoke { id } => {
@@ -504,17 +594,41 @@ pub async fn patch(cmd: PatchCmd, client: &Client, fmt: Format) -> anyhow::Resul
         PatchCmd::List { run_id } => {
             let v = client.get(&format!("/api/v1/runs/{}/patches", seg(&run_id))).await?;
             let rows = v["patches"].as_array().cloned().unwrap_or_default();
-            output::table(fmt, &v, &rows, &[("SEQ", "seq"), ("STATUS", "status"), ("AUTHOR", "author"), ("OPS", "op_count"), ("DESCRIPTION", "description")]);
+            output::table(
+                fmt,
+                &v,
+                &rows,
+                &[
+                    ("SEQ", "seq"),
+                    ("STATUS", "status"),
+                    ("AUTHOR", "author"),
+                    ("OPS", "op_count"),
+                    ("DESCRIPTION", "description"),
+                ],
+            );
             return Ok(exit::OK);
         }
         PatchCmd::Show { run_id, seq } => client.get(&format!("/api/v1/runs/{}/patches/{seq}", seg(&run_id))).await?,
-        PatchCmd::Create { run_id, file, description, node } => {
+        PatchCmd::Create {
+            run_id,
+            file,
+            description,
+            node,
+        } => {
             let ops = read_doc(&file)?;
             let body = json!({"operations": ops, "description": description, "node_id": node});
             client.post(&format!("/api/v1/runs/{}/patches", seg(&run_id)), &body).await?
         }
-        PatchCmd::Approve { run_id, seq, reason } => client.post(&format!("/api/v1/runs/{}/patches/{seq}/approve", seg(&run_id)), &json!({"reason": reason})).await?,
-        PatchCmd::Reject { run_id, seq, reason } => client.post(&format!("/api/v1/runs/{}/patches/{seq}/reject", seg(&run_id)), &json!({"reason": reason})).await?,
+        PatchCmd::Approve { run_id, seq, reason } => {
+            client
+                .post(&format!("/api/v1/runs/{}/patches/{seq}/approve", seg(&run_id)), &json!({"reason": reason}))
+                .await?
+        }
+        PatchCmd::Reject { run_id, seq, reason } => {
+            client
+                .post(&format!("/api/v1/runs/{}/patches/{seq}/reject", seg(&run_id)), &json!({"reason": reason}))
+                .await?
+        }
     };
     output::print(fmt, &v);
     Ok(exit::OK)
@@ -527,7 +641,14 @@ pub async fn decide(target: Vec<String>, approve: bool, comment: Option<String>,
             let body = json!({"decision": if approve { "approve" } else { "reject" }, "comment": comment});
             client.post(&format!("/api/v1/approvals/{}/decide", seg(id)), &body).await?
         }
-        [run, node] => client.post("/api/approval", &json!({"run_id": run, "node_id": node, "approved": approve, "comment": comment})).await?,
+        [run, node] => {
+            client
+                .post(
+                    "/api/approval",
+                    &json!({"run_id": run, "node_id": node, "approved": approve, "comment": comment}),
+                )
+                .await?
+        }
         _ => return Err(CliError::Usage("give an approval id, or a run id and a node id".into()).into()),
     };
     output::print(fmt, &v);
@@ -539,7 +660,12 @@ pub async fn replay(run_id: &str, node: &str, config: Option<&PathBuf>, reason: 
         Some(f) => Some(read_doc(f)?),
         None => None,
     };
-    let v = client.post(&format!("/api/v1/runs/{}/nodes/{}/replay", seg(run_id), seg(node)), &json!({"config": config, "reason": reason})).await?;
+    let v = client
+        .post(
+            &format!("/api/v1/runs/{}/nodes/{}/replay", seg(run_id), seg(node)),
+            &json!({"config": config, "reason": reason}),
+        )
+        .await?;
     output::print(fmt, &v);
     Ok(exit::OK)
 }

@@ -54,7 +54,10 @@ pub struct Log {
 
 impl Default for Log {
     fn default() -> Self {
-        Log { format: "pretty".into(), level: "info".into() }
+        Log {
+            format: "pretty".into(),
+            level: "info".into(),
+        }
     }
 }
 

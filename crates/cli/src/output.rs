@@ -34,7 +34,13 @@ pub fn table(fmt: Format, whole: &Value, rows: &[Value], cols: &[(&str, &str)]) 
                 }
             }
             let line = |vals: Vec<String>| {
-                vals.iter().enumerate().map(|(i, v)| format!("{v:<w$}", w = widths[i])).collect::<Vec<_>>().join("  ").trim_end().to_string()
+                vals.iter()
+                    .enumerate()
+                    .map(|(i, v)| format!("{v:<w$}", w = widths[i]))
+                    .collect::<Vec<_>>()
+                    .join("  ")
+                    .trim_end()
+                    .to_string()
             };
             println!("{}", line(cols.iter().map(|(h, _)| h.to_string()).collect()));
             for row in cells {

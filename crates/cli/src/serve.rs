@@ -19,15 +19,27 @@ pub struct Server {
 /// Opens the store, recovers runs, binds the listener and starts serving.
 pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
-    let durability = if cfg.durability == "process" { Durability::Process } else { Durability::Fsync };
+    let durability = if cfg.durability == "process" {
+        Durability::Process
+    } else {
+        Durability::Fsync
+    };
     let store: Arc<dyn aob_store::Store> = match &cfg.database_url {
         Some(url) => {
-            let opts = aob_store_postgres::Options { url: url.clone(), max_connections: cfg.database_max_connections, schema: cfg.database_schema.clone() };
+            let opts = aob_store_postgres::Options {
+                url: url.clone(),
+                max_connections: cfg.database_max_connections,
+                schema: cfg.database_schema.clone(),
+            };
             Arc::new(aob_store_postgres::PgStore::connect(opts).await.context("connecting to PostgreSQL")?)
         }
         None => Arc::new(
-            SqliteStore::open(StoreOptions { path: cfg.data_dir.join("aob.db"), durability, readers: 4 })
-                .with_context(|| format!("opening store in {}", cfg.data_dir.display()))?,
+            SqliteStore::open(StoreOptions {
+                path: cfg.data_dir.join("aob.db"),
+                durability,
+                readers: 4,
+            })
+            .with_context(|| format!("opening store in {}", cfg.data_dir.display()))?,
         ),
     };
     let mut policy = aob_ssrf::Policy::default();
@@ -37,15 +49,28 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
     let guard = aob_ssrf::Guard::new(policy);
     let clock = Arc::new(SystemClock);
     let started_at = aob_runtime::Clock::now_ms(&*clock);
-    let opts = aob_runtime::Options { max_tasks: cfg.max_tasks, ..Default::default() };
-    let dispatch = Arc::new(aob_dispatch::MemoryDispatch::new(aob_dispatch::Options { visibility: opts.visibility, ..Default::default() }));
+    let opts = aob_runtime::Options {
+        max_tasks: cfg.max_tasks,
+        ..Default::default()
+    };
+    let dispatch = Arc::new(aob_dispatch::MemoryDispatch::new(aob_dispatch::Options {
+        visibility: opts.visibility,
+        ..Default::default()
+    }));
     let runtime = Runtime::start(opts, store, dispatch, guard, clock);
-    let listener = tokio::net::TcpListener::bind(&cfg.addr).await.with_context(|| format!("binding {}", cfg.addr))?;
+    let listener = tokio::net::TcpListener::bind(&cfg.addr)
+        .await
+        .with_context(|| format!("binding {}", cfg.addr))?;
     let addr = listener.local_addr()?;
     bootstrap_admin(&runtime.handle, &cfg.data_dir).await?;
     let keys = aob_api::auth::Keys::new(runtime.handle.store.clone());
     let state = aob_api::AppState::new(runtime.handle.clone(), keys, started_at);
-    let api_opts = aob_api::Options { body_limit: cfg.body_limit, rate_limit: cfg.rate_limit.clone(), ws: cfg.ws.clone(), limit_clock: None };
+    let api_opts = aob_api::Options {
+        body_limit: cfg.body_limit,
+        rate_limit: cfg.rate_limit.clone(),
+        ws: cfg.ws.clone(),
+        limit_clock: None,
+    };
     let app = aob_api::router(state, &api_opts);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serve = tokio::spawn(aob_api::serve(listener, app, async move {

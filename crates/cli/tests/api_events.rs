@@ -26,10 +26,7 @@ fn chain() -> Value {
 }
 
 fn seqs(frames: &[Frame]) -> Vec<u64> {
-    frames
-        .iter()
-        .map(|f| f.data["seq"].as_u64().unwrap())
-        .collect()
+    frames.iter().map(|f| f.data["seq"].as_u64().unwrap()).collect()
 }
 
 /// Every frame: `id:` = seq, `event:` = type, and the JSON carries the common fields.
@@ -40,13 +37,8 @@ fn assert_frames(run_id: &str, frames: &[Frame]) {
         assert_eq!(f.event, d["type"].as_str().unwrap(), "{f:?}");
         assert_eq!(d["run_id"], run_id, "{f:?}");
         assert!(d["seq"].as_u64().is_some_and(|s| s >= 1), "{f:?}");
-        let ts = d["timestamp"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no timestamp: {f:?}"));
-        assert!(
-            chrono::DateTime::parse_from_rfc3339(ts).is_ok(),
-            "timestamp {ts}"
-        );
+        let ts = d["timestamp"].as_str().unwrap_or_else(|| panic!("no timestamp: {f:?}"));
+        assert!(chrono::DateTime::parse_from_rfc3339(ts).is_ok(), "timestamp {ts}");
         if f.event.starts_with("node_") {
             assert!(d["node_id"].is_string(), "node event without node_id: {d}");
             assert!(d["attempt"].is_u64(), "node event without attempt: {d}");
@@ -56,9 +48,7 @@ fn assert_frames(run_id: &str, frames: &[Frame]) {
 
 async fn finished_run(srv: &TestServer) -> (String, Vec<Frame>) {
     let id = srv.start_run(&chain(), json!({})).await;
-    let all = srv
-        .sse_frames(&format!("/api/v1/runs/{id}/events"), &[])
-        .await;
+    let all = srv.sse_frames(&format!("/api/v1/runs/{id}/events"), &[]).await;
     (id, all)
 }
 
@@ -86,44 +76,21 @@ async fn resume_from_k_yields_exactly_the_rest_by_header_and_by_query() {
     let (id, all) = finished_run(&srv).await;
     let n = all.len() as u64;
     for k in [0, 1, 3, n - 1, n] {
-        let by_header = srv
-            .sse_frames(
-                &format!("/api/v1/runs/{id}/events"),
-                &[("Last-Event-ID", &k.to_string())],
-            )
-            .await;
-        assert_eq!(
-            seqs(&by_header),
-            (k + 1..=n).collect::<Vec<_>>(),
-            "Last-Event-ID: {k}"
-        );
-        let by_query = srv
-            .sse_frames(&format!("/api/v1/runs/{id}/events?last_event_id={k}"), &[])
-            .await;
-        assert_eq!(
-            seqs(&by_query),
-            (k + 1..=n).collect::<Vec<_>>(),
-            "?last_event_id={k}"
-        );
+        let by_header = srv.sse_frames(&format!("/api/v1/runs/{id}/events"), &[("Last-Event-ID", &k.to_string())]).await;
+        assert_eq!(seqs(&by_header), (k + 1..=n).collect::<Vec<_>>(), "Last-Event-ID: {k}");
+        let by_query = srv.sse_frames(&format!("/api/v1/runs/{id}/events?last_event_id={k}"), &[]).await;
+        assert_eq!(seqs(&by_query), (k + 1..=n).collect::<Vec<_>>(), "?last_event_id={k}");
         // Same bytes as the first read: events are stored once and replayed as stored.
         for f in &by_header {
-            assert_eq!(
-                f.data,
-                all[(f.data["seq"].as_u64().unwrap() - 1) as usize].data
-            );
+            assert_eq!(f.data, all[(f.data["seq"].as_u64().unwrap() - 1) as usize].data);
         }
     }
     // The header wins over the query when both are given.
     let both = srv
-        .sse_frames(
-            &format!("/api/v1/runs/{id}/events?last_event_id=1"),
-            &[("Last-Event-ID", "5")],
-        )
+        .sse_frames(&format!("/api/v1/runs/{id}/events?last_event_id=1"), &[("Last-Event-ID", "5")])
         .await;
     assert_eq!(seqs(&both), (6..=n).collect::<Vec<_>>());
-    let (s, v) = srv
-        .get(&format!("/api/v1/runs/{id}/events?last_event_id=abc"))
-        .await;
+    let (s, v) = srv.get(&format!("/api/v1/runs/{id}/events?last_event_id=abc")).await;
     assert_eq!(s, 400, "{v}");
     common::assert_envelope(&v, "bad_request");
 }
@@ -132,12 +99,7 @@ async fn resume_from_k_yields_exactly_the_rest_by_header_and_by_query() {
 async fn types_filter_keeps_only_the_named_types() {
     let srv = common::start_server(&[]).await;
     let (id, all) = finished_run(&srv).await;
-    let only = srv
-        .sse_frames(
-            &format!("/api/v1/runs/{id}/events?types=node_completed"),
-            &[],
-        )
-        .await;
+    let only = srv.sse_frames(&format!("/api/v1/runs/{id}/events?types=node_completed"), &[]).await;
     assert_eq!(only.len(), 3);
     assert!(only.iter().all(|f| f.event == "node_completed"));
     let want: Vec<u64> = all
@@ -147,17 +109,9 @@ async fn types_filter_keeps_only_the_named_types() {
         .collect();
     assert_eq!(seqs(&only), want);
     let two = srv
-        .sse_frames(
-            &format!(
-                "/api/v1/runs/{id}/events?types=node_skipped,workflow_completed&last_event_id=2"
-            ),
-            &[],
-        )
+        .sse_frames(&format!("/api/v1/runs/{id}/events?types=node_skipped,workflow_completed&last_event_id=2"), &[])
         .await;
-    assert_eq!(
-        two.iter().map(|f| f.event.as_str()).collect::<Vec<_>>(),
-        ["node_skipped", "workflow_completed"]
-    );
+    assert_eq!(two.iter().map(|f| f.event.as_str()).collect::<Vec<_>>(), ["node_skipped", "workflow_completed"]);
 }
 
 #[tokio::test]
@@ -183,11 +137,7 @@ async fn live_subscriber_gets_history_then_live_events_then_the_stream_closes() 
     let frames = srv
         .sse_frames_until(&format!("/api/v1/runs/{id}/events"), &[], 60, |seen| {
             // History is in (the run is held at the gate): now let it finish.
-            if !released
-                && seen
-                    .iter()
-                    .any(|f| f.event == "node_started" && f.data["node_id"] == "gate")
-            {
+            if !released && seen.iter().any(|f| f.event == "node_started" && f.data["node_id"] == "gate") {
                 released = true;
                 gate.notify_one();
             }
@@ -198,11 +148,7 @@ async fn live_subscriber_gets_history_then_live_events_then_the_stream_closes() 
     assert_frames(&id, &frames);
     assert_eq!(seqs(&frames), (1..=frames.len() as u64).collect::<Vec<_>>());
     assert_eq!(frames.last().unwrap().event, "workflow_completed");
-    assert!(
-        frames
-            .iter()
-            .any(|f| f.event == "node_completed" && f.data["node_id"] == "after")
-    );
+    assert!(frames.iter().any(|f| f.event == "node_completed" && f.data["node_id"] == "after"));
 }
 
 #[tokio::test]
@@ -212,10 +158,7 @@ async fn per_user_stream_carries_events_of_every_run() {
     let r2 = srv.start_run(&chain(), json!({})).await;
     let frames = srv
         .sse_frames_until("/api/v1/events", &[], 60, |seen| {
-            let done = |r: &str| {
-                seen.iter()
-                    .any(|f| f.event == "workflow_completed" && f.data["run_id"] == r)
-            };
+            let done = |r: &str| seen.iter().any(|f| f.event == "workflow_completed" && f.data["run_id"] == r);
             done(&r1) && done(&r2)
         })
         .await;
@@ -246,10 +189,7 @@ async fn per_user_stream_carries_events_of_every_run() {
         .await;
     assert_eq!(
         rest.iter().map(|f| f.id.clone()).collect::<Vec<_>>(),
-        frames[frames.len() / 2 + 1..]
-            .iter()
-            .map(|f| f.id.clone())
-            .collect::<Vec<_>>()
+        frames[frames.len() / 2 + 1..].iter().map(|f| f.id.clone()).collect::<Vec<_>>()
     );
 }
 
@@ -261,11 +201,7 @@ async fn json_event_listing_pages_through_the_log() {
     let mut after = 0u64;
     let mut pages = 0;
     loop {
-        let (s, page) = srv
-            .get(&format!(
-                "/api/v1/runs/{id}/events/list?after={after}&limit=4"
-            ))
-            .await;
+        let (s, page) = srv.get(&format!("/api/v1/runs/{id}/events/list?after={after}&limit=4")).await;
         assert_eq!(s, 200, "{page}");
         pages += 1;
         assert!(pages < 10, "paging does not end");
@@ -282,9 +218,7 @@ async fn json_event_listing_pages_through_the_log() {
         }
     }
     assert_eq!(got, all.iter().map(|f| f.data.clone()).collect::<Vec<_>>());
-    let (_, tail) = srv
-        .get(&format!("/api/v1/runs/{id}/events/list?after=7"))
-        .await;
+    let (_, tail) = srv.get(&format!("/api/v1/runs/{id}/events/list?after=7")).await;
     assert_eq!(
         tail["events"]
             .as_array()
@@ -294,9 +228,7 @@ async fn json_event_listing_pages_through_the_log() {
             .collect::<Vec<_>>(),
         vec![8, 9]
     );
-    let (_, filtered) = srv
-        .get(&format!("/api/v1/runs/{id}/events/list?types=node_skipped"))
-        .await;
+    let (_, filtered) = srv.get(&format!("/api/v1/runs/{id}/events/list?types=node_skipped")).await;
     assert_eq!(filtered["count"], 1);
     let (s, v) = srv.get("/api/v1/runs/nope/events/list").await;
     assert_eq!(s, 404);

@@ -28,10 +28,7 @@ fn node<'a>(details: &'a Value, id: &str) -> &'a Value {
 }
 
 fn of_type<'a>(events: &'a [Value], kind: &str, node: &str) -> Vec<&'a Value> {
-    events
-        .iter()
-        .filter(|e| e["type"] == kind && e["node_id"] == node)
-        .collect()
+    events.iter().filter(|e| e["type"] == kind && e["node_id"] == node).collect()
 }
 
 #[tokio::test]
@@ -50,19 +47,10 @@ async fn seed_diamond_with_http_nodes_runs_the_join_once_after_both_branches() {
     for p in ["/a", "/b", "/c", "/d"] {
         assert_eq!(stub.hits(p).len(), 1, "{p} hit count");
     }
-    let order: Vec<String> = stub
-        .hits
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|h| h.path.clone())
-        .collect();
+    let order: Vec<String> = stub.hits.lock().unwrap().iter().map(|h| h.path.clone()).collect();
     let pos = |p: &str| order.iter().position(|x| x == p).unwrap();
     assert!(
-        pos("/d") > pos("/b")
-            && pos("/d") > pos("/c")
-            && pos("/b") > pos("/a")
-            && pos("/c") > pos("/a"),
+        pos("/d") > pos("/b") && pos("/d") > pos("/c") && pos("/b") > pos("/a") && pos("/c") > pos("/a"),
         "order {order:?}"
     );
     assert_eq!(of_type(&events, "node_completed", "D").len(), 1);
@@ -84,23 +72,12 @@ async fn seed_diamond_with_http_nodes_runs_the_join_once_after_both_branches() {
         assert_eq!(d["status"], "completed", "{d}");
         assert_eq!(d["attempt"], 1, "{d}");
         assert_eq!(d["type"], "http");
-        assert!(
-            d["started_at"].is_string() && d["finished_at"].is_string(),
-            "{d}"
-        );
+        assert!(d["started_at"].is_string() && d["finished_at"].is_string(), "{d}");
         assert!(d["duration_ms"].as_i64().is_some_and(|ms| ms >= 0), "{d}");
         assert_eq!(d["output"]["status_code"], 200, "{d}");
         assert_eq!(det["node_executions"][n]["status"], "completed");
     }
-    assert!(
-        det["edges"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|e| e["state"] == "taken"),
-        "{}",
-        det["edges"]
-    );
+    assert!(det["edges"].as_array().unwrap().iter().all(|e| e["state"] == "taken"), "{}", det["edges"]);
 }
 
 #[tokio::test]
@@ -124,11 +101,7 @@ async fn untaken_branch_feeding_a_join_is_skipped_and_the_join_fires_once() {
     let id = srv.start_run(&wf, json!({"amount": 50})).await;
     let events = srv.events_until_end(&id, None).await;
     common::assert_gapless(&events);
-    assert_eq!(
-        events.last().unwrap()["type"],
-        "workflow_completed",
-        "{events:#?}"
-    );
+    assert_eq!(events.last().unwrap()["type"], "workflow_completed", "{events:#?}");
     assert_eq!(stub.hits("/big").len(), 0);
     assert_eq!(stub.hits("/small").len(), 1);
     assert_eq!(stub.hits("/join").len(), 1);
@@ -205,21 +178,13 @@ async fn loop_retries_the_call_until_success_then_takes_the_break_path() {
     let id = srv.start_run(&wf, json!({})).await;
     let events = srv.events_until_end(&id, None).await;
     common::assert_gapless(&events);
-    assert_eq!(
-        events.last().unwrap()["type"],
-        "workflow_completed",
-        "{events:#?}"
-    );
+    assert_eq!(events.last().unwrap()["type"], "workflow_completed", "{events:#?}");
     assert_eq!(stub.hits("/call").len(), 3);
     assert_eq!(stub.hits("/ok").len(), 1);
     assert_eq!(stub.hits("/give_up").len(), 0);
     assert_eq!(of_type(&events, "node_completed", "call").len(), 3);
     // Each iteration is a new activation, so each call has its own idempotency key.
-    let keys: std::collections::HashSet<String> = stub
-        .hits("/call")
-        .iter()
-        .map(|h| h.header("idempotency-key").unwrap().to_string())
-        .collect();
+    let keys: std::collections::HashSet<String> = stub.hits("/call").iter().map(|h| h.header("idempotency-key").unwrap().to_string()).collect();
     assert_eq!(keys.len(), 3, "{keys:?}");
     let det = srv.details(&id).await;
     assert_eq!(node(&det, "ok")["status"], "completed");
@@ -257,13 +222,11 @@ async fn loop_that_never_succeeds_takes_the_timeout_path() {
 
 #[tokio::test]
 async fn node_retry_policy_retries_a_503_with_a_fresh_idempotency_key_per_attempt() {
-    let stub = Stub::start(Arc::new(|_: &Hit, n| {
-        if n == 0 {
-            (503, json!({"busy": true}))
-        } else {
-            (200, json!({"fine": true}))
-        }
-    }))
+    let stub = Stub::start(Arc::new(
+        |_: &Hit, n| {
+            if n == 0 { (503, json!({"busy": true})) } else { (200, json!({"fine": true})) }
+        },
+    ))
     .await;
     let srv = common::start_server(&[stub.allow()]).await;
     let wf = json!({
@@ -280,40 +243,21 @@ async fn node_retry_policy_retries_a_503_with_a_fresh_idempotency_key_per_attemp
     let kinds: Vec<(String, u64)> = events
         .iter()
         .filter(|e| e["node_id"] == "flaky")
-        .map(|e| {
-            (
-                e["type"].as_str().unwrap().to_string(),
-                e["attempt"].as_u64().unwrap(),
-            )
-        })
+        .map(|e| (e["type"].as_str().unwrap().to_string(), e["attempt"].as_u64().unwrap()))
         .collect();
-    let want: Vec<(String, u64)> = [
-        ("node_started", 1),
-        ("node_retrying", 1),
-        ("node_started", 2),
-        ("node_completed", 2),
-    ]
-    .iter()
-    .map(|(k, a)| (k.to_string(), *a))
-    .collect();
+    let want: Vec<(String, u64)> = [("node_started", 1), ("node_retrying", 1), ("node_started", 2), ("node_completed", 2)]
+        .iter()
+        .map(|(k, a)| (k.to_string(), *a))
+        .collect();
     assert_eq!(kinds, want);
     let retrying = &of_type(&events, "node_retrying", "flaky")[0];
-    assert_eq!(
-        retrying["data"]["error"]["code"], "http_status",
-        "{retrying}"
-    );
-    assert!(
-        retrying["data"]["next_attempt_at_ms"].is_i64(),
-        "{retrying}"
-    );
+    assert_eq!(retrying["data"]["error"]["code"], "http_status", "{retrying}");
+    assert!(retrying["data"]["next_attempt_at_ms"].is_i64(), "{retrying}");
     assert_eq!(events.last().unwrap()["type"], "workflow_completed");
 
     let hits = stub.hits("/flaky");
     assert_eq!(hits.len(), 2);
-    let keys: Vec<&str> = hits
-        .iter()
-        .map(|h| h.header("idempotency-key").expect("Idempotency-Key header"))
-        .collect();
+    let keys: Vec<&str> = hits.iter().map(|h| h.header("idempotency-key").expect("Idempotency-Key header")).collect();
     assert_ne!(keys[0], keys[1]);
     // `<run_id>:<node>:<activation>:<attempt>`: the same attempt always gets the same key.
     for (i, k) in keys.iter().enumerate() {
@@ -321,15 +265,9 @@ async fn node_retry_policy_retries_a_503_with_a_fresh_idempotency_key_per_attemp
         assert_eq!(parts.len(), 4, "{k}");
         assert_eq!(parts[3], id, "{k}");
         assert_eq!(parts[0], (i + 1).to_string(), "{k}");
-        assert!(
-            parts[1].parse::<u32>().is_ok() && parts[2].parse::<u32>().is_ok(),
-            "{k}"
-        );
+        assert!(parts[1].parse::<u32>().is_ok() && parts[2].parse::<u32>().is_ok(), "{k}");
     }
-    assert_eq!(
-        keys[0].rsplit_once(':').unwrap().0,
-        keys[1].rsplit_once(':').unwrap().0
-    );
+    assert_eq!(keys[0].rsplit_once(':').unwrap().0, keys[1].rsplit_once(':').unwrap().0);
     let det = srv.details(&id).await;
     assert_eq!(node(&det, "flaky")["attempt"], 2);
     assert_eq!(node(&det, "flaky")["output"]["body"]["fine"], true);
@@ -342,10 +280,7 @@ async fn map_fans_out_with_the_concurrency_limit_and_keeps_item_order() {
             // A bounded hold so that requests overlap and the limit can be measured.
             tokio::time::sleep(Duration::from_millis(200)).await;
             let body: Value = serde_json::from_str(&hit.body).unwrap_or(Value::Null);
-            (
-                200,
-                json!({"echo": body["i"].as_i64().unwrap_or(-1) * 10, "index": body["idx"]}),
-            )
+            (200, json!({"echo": body["i"].as_i64().unwrap_or(-1) * 10, "index": body["idx"]}))
         })
     }))
     .await;
@@ -366,23 +301,12 @@ async fn map_fans_out_with_the_concurrency_limit_and_keeps_item_order() {
     let run = srv.wait_run(&id).await;
     assert_eq!(run["status"], "COMPLETED", "{run}");
     assert_eq!(stub.hits("/item").len(), items.len());
-    assert!(
-        stub.max_in_flight() <= 2,
-        "stub saw {} requests at once",
-        stub.max_in_flight()
-    );
+    assert!(stub.max_in_flight() <= 2, "stub saw {} requests at once", stub.max_in_flight());
     assert_eq!(stub.max_in_flight(), 2, "items never ran in parallel");
-    let out = run["outputs"]["fan"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{run}"));
+    let out = run["outputs"]["fan"].as_array().unwrap_or_else(|| panic!("{run}"));
     assert_eq!(out.len(), items.len());
     for (k, v) in items.iter().enumerate() {
-        assert_eq!(
-            out[k]["body"]["echo"],
-            json!(v * 10),
-            "item {k}: {}",
-            out[k]
-        );
+        assert_eq!(out[k]["body"]["echo"], json!(v * 10), "item {k}: {}", out[k]);
         assert_eq!(out[k]["body"]["index"], json!(k));
     }
     let det = srv.details(&id).await;
@@ -393,10 +317,7 @@ async fn map_fans_out_with_the_concurrency_limit_and_keeps_item_order() {
 #[tokio::test]
 async fn subworkflows_inline_and_by_tag_return_child_outputs_and_are_listed_with_their_parent() {
     let stub = Stub::start(Arc::new(|hit: &Hit, _| {
-        (
-            200,
-            json!({"got": serde_json::from_str::<Value>(&hit.body).unwrap_or(Value::Null)}),
-        )
+        (200, json!({"got": serde_json::from_str::<Value>(&hit.body).unwrap_or(Value::Null)}))
     }))
     .await;
     let srv = common::start_server(&[stub.allow()]).await;
@@ -421,17 +342,10 @@ async fn subworkflows_inline_and_by_tag_return_child_outputs_and_are_listed_with
     let det = srv.details(&id).await;
     let inline = &node(&det, "inline")["output"];
     assert_eq!(inline["outputs"]["c1"]["doubled"], 21, "{inline}");
-    assert_eq!(
-        run["outputs"]["by_tag"]["outputs"]["x_seen"], "21-tagged",
-        "{run}"
-    );
+    assert_eq!(run["outputs"]["by_tag"]["outputs"]["x_seen"], "21-tagged", "{run}");
     assert_eq!(stub.hits("/child").len(), 1);
 
-    let children: Vec<&str> = [
-        inline["run_id"].as_str().unwrap(),
-        run["outputs"]["by_tag"]["run_id"].as_str().unwrap(),
-    ]
-    .to_vec();
+    let children: Vec<&str> = [inline["run_id"].as_str().unwrap(), run["outputs"]["by_tag"]["run_id"].as_str().unwrap()].to_vec();
     let (s, list) = srv.get("/api/v1/runs?limit=50").await;
     assert_eq!(s, 200);
     let runs = list["runs"].as_array().unwrap();

@@ -43,35 +43,15 @@ async fn start_by_tag_and_by_seed_route_and_read_the_run() {
     let created = srv.create_workflow("greet", &noop_wf("greet")).await;
     assert_eq!(created["tag"], "greet");
     assert_eq!(created["version"], 1);
-    assert!(
-        created["hash"].as_str().unwrap().starts_with("sha256:"),
-        "{created}"
-    );
+    assert!(created["hash"].as_str().unwrap().starts_with("sha256:"), "{created}");
 
-    let (s, v) = srv
-        .post(
-            "/api/v1/runs",
-            &json!({"tag": "greet", "inputs": {"msg": "hi"}}),
-        )
-        .await;
+    let (s, v) = srv.post("/api/v1/runs", &json!({"tag": "greet", "inputs": {"msg": "hi"}})).await;
     assert_eq!(s, 201, "{v}");
     let id = v["run_id"].as_str().unwrap().to_string();
     assert!(v["status"].is_string(), "{v}");
     let run = srv.wait_run(&id).await;
-    for k in [
-        "run_id",
-        "status",
-        "inputs",
-        "outputs",
-        "error",
-        "created_at",
-        "started_at",
-        "completed_at",
-    ] {
-        assert!(
-            run.as_object().unwrap().contains_key(k),
-            "GET run lacks {k}: {run}"
-        );
+    for k in ["run_id", "status", "inputs", "outputs", "error", "created_at", "started_at", "completed_at"] {
+        assert!(run.as_object().unwrap().contains_key(k), "GET run lacks {k}: {run}");
     }
     assert_eq!(run["run_id"], id);
     assert_eq!(run["status"], "COMPLETED");
@@ -80,47 +60,27 @@ async fn start_by_tag_and_by_seed_route_and_read_the_run() {
     assert!(run["error"].is_null());
     assert_eq!(run["tag"], "greet");
     for k in ["created_at", "started_at", "completed_at"] {
-        assert!(
-            chrono::DateTime::parse_from_rfc3339(run[k].as_str().unwrap()).is_ok(),
-            "{k}: {run}"
-        );
+        assert!(chrono::DateTime::parse_from_rfc3339(run[k].as_str().unwrap()).is_ok(), "{k}: {run}");
     }
 
-    let (s, v) = srv
-        .post(
-            "/api/v1/workflows/greet/execute",
-            &json!({"inputs": {"msg": "seed"}}),
-        )
-        .await;
+    let (s, v) = srv.post("/api/v1/workflows/greet/execute", &json!({"inputs": {"msg": "seed"}})).await;
     assert_eq!(s, 201, "{v}");
     let run = srv.wait_run(v["run_id"].as_str().unwrap()).await;
     assert_eq!(run["outputs"]["only"]["echo"], "seed");
     // The seed route also takes no body at all.
-    let (s, v) = srv
-        .post_raw("/api/v1/workflows/greet/execute", None, Vec::new())
-        .await;
+    let (s, v) = srv.post_raw("/api/v1/workflows/greet/execute", None, Vec::new()).await;
     assert_eq!(s, 201, "{v}");
     let run = srv.wait_run(v["run_id"].as_str().unwrap()).await;
-    assert_eq!(
-        run["status"], "FAILED",
-        "a missing $inputs.msg reference fails the node: {run}"
-    );
+    assert_eq!(run["status"], "FAILED", "a missing $inputs.msg reference fails the node: {run}");
 
     // Unknown tags are 404 on both routes; a body with both workflow and tag is 400.
-    let (s, v) = srv
-        .post("/api/v1/runs", &json!({"tag": "nope", "inputs": {}}))
-        .await;
+    let (s, v) = srv.post("/api/v1/runs", &json!({"tag": "nope", "inputs": {}})).await;
     assert_eq!(s, 404, "{v}");
     common::assert_envelope(&v, "not_found");
     let (s, v) = srv.post("/api/v1/workflows/nope/execute", &json!({})).await;
     assert_eq!(s, 404, "{v}");
     common::assert_envelope(&v, "not_found");
-    let (s, v) = srv
-        .post(
-            "/api/v1/runs",
-            &json!({"tag": "greet", "workflow": noop_wf("x")}),
-        )
-        .await;
+    let (s, v) = srv.post("/api/v1/runs", &json!({"tag": "greet", "workflow": noop_wf("x")})).await;
     assert_eq!(s, 400, "{v}");
     common::assert_envelope(&v, "bad_request");
 }
@@ -134,9 +94,7 @@ async fn list_filters_by_status_and_tag_and_the_cursor_returns_each_run_once() {
     let mut bad = HashSet::new();
     for i in 0..7 {
         let tag = if i % 3 == 0 { "bad" } else { "good" };
-        let (s, v) = srv
-            .post("/api/v1/runs", &json!({"tag": tag, "inputs": {"msg": i}}))
-            .await;
+        let (s, v) = srv.post("/api/v1/runs", &json!({"tag": tag, "inputs": {"msg": i}})).await;
         assert_eq!(s, 201, "{v}");
         let id = v["run_id"].as_str().unwrap().to_string();
         if tag == "bad" {
@@ -158,18 +116,8 @@ async fn list_filters_by_status_and_tag_and_the_cursor_returns_each_run_once() {
     };
 
     let (_, failed) = srv.get("/api/v1/runs?status=FAILED").await;
-    assert_eq!(
-        ids(&failed).into_iter().collect::<HashSet<_>>(),
-        bad,
-        "{failed}"
-    );
-    assert!(
-        failed["runs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|r| r["status"] == "FAILED" && r["tag"] == "bad")
-    );
+    assert_eq!(ids(&failed).into_iter().collect::<HashSet<_>>(), bad, "{failed}");
+    assert!(failed["runs"].as_array().unwrap().iter().all(|r| r["status"] == "FAILED" && r["tag"] == "bad"));
     let (_, completed) = srv.get("/api/v1/runs?status=completed").await;
     assert_eq!(ids(&completed).into_iter().collect::<HashSet<_>>(), good);
     let (_, tagged) = srv.get("/api/v1/runs?tag=good").await;
@@ -196,19 +144,13 @@ async fn list_filters_by_status_and_tag_and_the_cursor_returns_each_run_once() {
         }
     }
     assert_eq!(seen.len(), 7, "{seen:?}");
-    assert_eq!(
-        seen.iter().collect::<HashSet<_>>().len(),
-        7,
-        "duplicates in {seen:?}"
-    );
+    assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 7, "duplicates in {seen:?}");
     let all: HashSet<String> = good.union(&bad).cloned().collect();
     assert_eq!(seen.into_iter().collect::<HashSet<_>>(), all);
     // Paging through one tag only.
     let (_, p1) = srv.get("/api/v1/runs?tag=bad&limit=2").await;
     let c = p1["next_cursor"].as_str().unwrap().to_string();
-    let (_, p2) = srv
-        .get(&format!("/api/v1/runs?tag=bad&limit=2&cursor={c}"))
-        .await;
+    let (_, p2) = srv.get(&format!("/api/v1/runs?tag=bad&limit=2&cursor={c}")).await;
     let mut paged: Vec<String> = ids(&p1);
     paged.extend(ids(&p2));
     assert_eq!(paged.len(), 3);
@@ -226,12 +168,8 @@ async fn list_filters_by_status_and_tag_and_the_cursor_returns_each_run_once() {
 async fn idempotency_key_in_header_or_body_returns_the_same_run() {
     let srv = common::start_server(&[]).await;
     let body = json!({"workflow": noop_wf("idem"), "inputs": {"msg": 1}});
-    let (s1, a) = srv
-        .post_with("/api/v1/runs", &[("Idempotency-Key", "key-h")], &body)
-        .await;
-    let (s2, b) = srv
-        .post_with("/api/v1/runs", &[("Idempotency-Key", "key-h")], &body)
-        .await;
+    let (s1, a) = srv.post_with("/api/v1/runs", &[("Idempotency-Key", "key-h")], &body).await;
+    let (s2, b) = srv.post_with("/api/v1/runs", &[("Idempotency-Key", "key-h")], &body).await;
     assert_eq!((s1, s2), (201, 201), "{a} {b}");
     assert_eq!(a["run_id"], b["run_id"]);
 
@@ -262,8 +200,7 @@ async fn idempotency_key_in_header_or_body_returns_the_same_run() {
 
     // Concurrent duplicates still make one run: each answer is that run, or a 409
     // `conflict` while the first request is still being answered.
-    let reqs =
-        (0..4).map(|_| srv.post_with("/api/v1/runs", &[("Idempotency-Key", "key-race")], &body));
+    let reqs = (0..4).map(|_| srv.post_with("/api/v1/runs", &[("Idempotency-Key", "key-race")], &body));
     let answers = futures::future::join_all(reqs).await;
     let mut ids: HashSet<String> = HashSet::new();
     for (s, v) in &answers {
@@ -276,9 +213,7 @@ async fn idempotency_key_in_header_or_body_returns_the_same_run() {
         }
     }
     assert_eq!(ids.len(), 1, "{answers:?}");
-    let (s, again) = srv
-        .post_with("/api/v1/runs", &[("Idempotency-Key", "key-race")], &body)
-        .await;
+    let (s, again) = srv.post_with("/api/v1/runs", &[("Idempotency-Key", "key-race")], &body).await;
     assert_eq!(s, 201, "{again}");
     assert!(ids.contains(again["run_id"].as_str().unwrap()), "{again}");
 
@@ -297,16 +232,9 @@ async fn idempotency_key_in_header_or_body_returns_the_same_run() {
 async fn cancel_a_run_waiting_on_a_timer() {
     let srv = common::start_server(&[]).await;
     let id = srv.start_run(&wait_wf(600_000), json!({})).await;
-    srv.poll_until(&format!("/api/v1/runs/{id}/details"), 30, |d| {
-        node_status(d, "sleep") == "running"
-    })
-    .await;
-    let (s, v) = srv
-        .post(
-            &format!("/api/v1/runs/{id}/cancel"),
-            &json!({"reason": "test says stop"}),
-        )
+    srv.poll_until(&format!("/api/v1/runs/{id}/details"), 30, |d| node_status(d, "sleep") == "running")
         .await;
+    let (s, v) = srv.post(&format!("/api/v1/runs/{id}/cancel"), &json!({"reason": "test says stop"})).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["status"], "CANCELLED");
     let events = srv.events_until_end(&id, None).await;
@@ -323,17 +251,13 @@ async fn cancel_a_run_waiting_on_a_timer() {
 
     // A finished run cannot be cancelled, paused or resumed again.
     for verb in ["cancel", "pause", "resume"] {
-        let (s, v) = srv
-            .post(&format!("/api/v1/runs/{id}/{verb}"), &json!({}))
-            .await;
+        let (s, v) = srv.post(&format!("/api/v1/runs/{id}/{verb}"), &json!({})).await;
         assert_eq!(s, 409, "{verb}: {v}");
         common::assert_envelope(&v, "invalid_state");
     }
     // Cancel without a body works too.
     let id = srv.start_run(&wait_wf(600_000), json!({})).await;
-    let (s, v) = srv
-        .post_raw(&format!("/api/v1/runs/{id}/cancel"), None, Vec::new())
-        .await;
+    let (s, v) = srv.post_raw(&format!("/api/v1/runs/{id}/cancel"), None, Vec::new()).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(srv.wait_run(&id).await["status"], "CANCELLED");
 }
@@ -343,15 +267,10 @@ async fn cancel_of_a_completed_run_is_409() {
     let srv = common::start_server(&[]).await;
     let id = srv.start_run(&noop_wf("done"), json!({"msg": "x"})).await;
     assert_eq!(srv.wait_run(&id).await["status"], "COMPLETED");
-    let (s, v) = srv
-        .post(&format!("/api/v1/runs/{id}/cancel"), &json!({}))
-        .await;
+    let (s, v) = srv.post(&format!("/api/v1/runs/{id}/cancel"), &json!({})).await;
     assert_eq!(s, 409, "{v}");
     common::assert_envelope(&v, "invalid_state");
-    assert_eq!(
-        srv.get(&format!("/api/v1/runs/{id}")).await.1["status"],
-        "COMPLETED"
-    );
+    assert_eq!(srv.get(&format!("/api/v1/runs/{id}")).await.1["status"], "COMPLETED");
 }
 
 #[tokio::test]
@@ -378,43 +297,27 @@ async fn pause_holds_dispatch_and_resume_completes_the_run() {
     });
     let id = srv.start_run(&wf, json!({})).await;
     common::wait_for("the first request", 30, || !stub.hits("/first").is_empty()).await;
-    let (s, v) = srv
-        .post(&format!("/api/v1/runs/{id}/pause"), &json!({}))
-        .await;
+    let (s, v) = srv.post(&format!("/api/v1/runs/{id}/pause"), &json!({})).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["status"], "PAUSED");
-    let (s, v) = srv
-        .post(&format!("/api/v1/runs/{id}/pause"), &json!({}))
-        .await;
+    let (s, v) = srv.post(&format!("/api/v1/runs/{id}/pause"), &json!({})).await;
     assert_eq!(s, 409, "pausing twice: {v}");
     common::assert_envelope(&v, "invalid_state");
 
     // The in-flight attempt finishes while paused; nothing new is dispatched.
     gate.notify_one();
     let det = srv
-        .poll_until(&format!("/api/v1/runs/{id}/details"), 30, |d| {
-            node_status(d, "first") == "completed"
-        })
+        .poll_until(&format!("/api/v1/runs/{id}/details"), 30, |d| node_status(d, "first") == "completed")
         .await;
     assert_eq!(det["status"], "PAUSED", "{det}");
     assert_ne!(node_status(&det, "second"), "running");
     assert!(stub.hits("/second").is_empty());
     let events = srv.event_list(&id).await;
     assert!(events.iter().any(|e| e["type"] == "workflow_paused"));
-    assert!(
-        !events
-            .iter()
-            .any(|e| e["type"] == "node_started" && e["node_id"] == "second"),
-        "{events:#?}"
-    );
-    assert_eq!(
-        srv.get(&format!("/api/v1/runs/{id}")).await.1["status"],
-        "PAUSED"
-    );
+    assert!(!events.iter().any(|e| e["type"] == "node_started" && e["node_id"] == "second"), "{events:#?}");
+    assert_eq!(srv.get(&format!("/api/v1/runs/{id}")).await.1["status"], "PAUSED");
 
-    let (s, v) = srv
-        .post(&format!("/api/v1/runs/{id}/resume"), &json!({}))
-        .await;
+    let (s, v) = srv.post(&format!("/api/v1/runs/{id}/resume"), &json!({})).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["status"], "RUNNING");
     let events = srv.events_until_end(&id, None).await;
@@ -423,37 +326,25 @@ async fn pause_holds_dispatch_and_resume_completes_the_run() {
     let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
     let paused = kinds.iter().position(|k| *k == "workflow_paused").unwrap();
     let resumed = kinds.iter().position(|k| *k == "workflow_resumed").unwrap();
-    let second = events
-        .iter()
-        .position(|e| e["type"] == "node_started" && e["node_id"] == "second")
-        .unwrap();
+    let second = events.iter().position(|e| e["type"] == "node_started" && e["node_id"] == "second").unwrap();
     assert!(paused < resumed && resumed < second, "{kinds:?}");
     assert_eq!(stub.hits("/second").len(), 1);
-    assert_eq!(
-        srv.get(&format!("/api/v1/runs/{id}")).await.1["status"],
-        "COMPLETED"
-    );
+    assert_eq!(srv.get(&format!("/api/v1/runs/{id}")).await.1["status"], "COMPLETED");
 }
 
 #[tokio::test]
 async fn a_timer_that_fires_while_paused_does_not_start_the_next_node_until_resume() {
     let srv = common::start_server(&[]).await;
     let id = srv.start_run(&wait_wf(1000), json!({})).await;
-    let (s, v) = srv
-        .post(&format!("/api/v1/runs/{id}/pause"), &json!({}))
-        .await;
+    let (s, v) = srv.post(&format!("/api/v1/runs/{id}/pause"), &json!({})).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["status"], "PAUSED");
     let det = srv
-        .poll_until(&format!("/api/v1/runs/{id}/details"), 30, |d| {
-            node_status(d, "sleep") == "completed"
-        })
+        .poll_until(&format!("/api/v1/runs/{id}/details"), 30, |d| node_status(d, "sleep") == "completed")
         .await;
     assert_eq!(det["status"], "PAUSED", "{det}");
     assert_ne!(node_status(&det, "after"), "completed", "{det}");
-    let (s, v) = srv
-        .post(&format!("/api/v1/runs/{id}/resume"), &json!({}))
-        .await;
+    let (s, v) = srv.post(&format!("/api/v1/runs/{id}/resume"), &json!({})).await;
     assert_eq!(s, 200, "{v}");
     let run = srv.wait_run(&id).await;
     assert_eq!(run["status"], "COMPLETED", "{run}");
@@ -477,61 +368,30 @@ async fn caller_mistakes_get_the_error_envelope() {
         common::assert_envelope(&v, "not_found");
     }
 
-    let (s, v) = srv
-        .post_raw(
-            "/api/v1/runs",
-            Some("application/json"),
-            b"{\"workflow\": {".to_vec(),
-        )
-        .await;
+    let (s, v) = srv.post_raw("/api/v1/runs", Some("application/json"), b"{\"workflow\": {".to_vec()).await;
+    assert_eq!(s, 400, "{v}");
+    common::assert_envelope(&v, "invalid_json");
+    let (s, v) = srv.post_raw("/api/v1/workflows", Some("application/json"), b"not json".to_vec()).await;
     assert_eq!(s, 400, "{v}");
     common::assert_envelope(&v, "invalid_json");
     let (s, v) = srv
-        .post_raw(
-            "/api/v1/workflows",
-            Some("application/json"),
-            b"not json".to_vec(),
-        )
-        .await;
-    assert_eq!(s, 400, "{v}");
-    common::assert_envelope(&v, "invalid_json");
-    let (s, v) = srv
-        .post_raw(
-            "/api/v1/workflows/greet/execute",
-            Some("application/json"),
-            b"{oops".to_vec(),
-        )
+        .post_raw("/api/v1/workflows/greet/execute", Some("application/json"), b"{oops".to_vec())
         .await;
     assert_eq!(s, 400, "{v}");
     common::assert_envelope(&v, "invalid_json");
 
-    let (s, v) = srv
-        .post_raw("/api/v1/runs", Some("text/plain"), b"{}".to_vec())
-        .await;
+    let (s, v) = srv.post_raw("/api/v1/runs", Some("text/plain"), b"{}".to_vec()).await;
     assert_eq!(s, 415, "{v}");
     common::assert_envelope(&v, "unsupported_media_type");
-    let (s, v) = srv
-        .post_raw("/api/v1/workflows", None, b"{}".to_vec())
-        .await;
+    let (s, v) = srv.post_raw("/api/v1/workflows", None, b"{}".to_vec()).await;
     assert_eq!(s, 415, "{v}");
     common::assert_envelope(&v, "unsupported_media_type");
 
-    let big = serde_json::to_vec(
-        &json!({"workflow": noop_wf("big"), "inputs": {"blob": "x".repeat(5 * 1024 * 1024)}}),
-    )
-    .unwrap();
-    let (s, v) = srv
-        .post_raw("/api/v1/runs", Some("application/json"), big.clone())
-        .await;
+    let big = serde_json::to_vec(&json!({"workflow": noop_wf("big"), "inputs": {"blob": "x".repeat(5 * 1024 * 1024)}})).unwrap();
+    let (s, v) = srv.post_raw("/api/v1/runs", Some("application/json"), big.clone()).await;
     assert_eq!(s, 413, "{v}");
     common::assert_envelope(&v, "payload_too_large");
-    let (s, v) = srv
-        .post_raw(
-            "/api/v1/workflows/greet/execute",
-            Some("application/json"),
-            big,
-        )
-        .await;
+    let (s, v) = srv.post_raw("/api/v1/workflows/greet/execute", Some("application/json"), big).await;
     assert_eq!(s, 413, "{v}");
     common::assert_envelope(&v, "payload_too_large");
 
@@ -541,26 +401,14 @@ async fn caller_mistakes_get_the_error_envelope() {
     let (s, v) = srv.get("/nothing-here").await;
     assert_eq!(s, 404);
     common::assert_envelope(&v, "not_found");
-    let r = srv
-        .http
-        .delete(format!("{}/api/v1/runs", srv.url))
-        .send()
-        .await
-        .unwrap();
+    let r = srv.http.delete(format!("{}/api/v1/runs", srv.url)).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 405);
     common::assert_envelope(&r.json().await.unwrap(), "method_not_allowed");
 
-    let (s, v) = srv
-        .post(
-            "/api/v1/runs",
-            &json!({"workflow": noop_wf("x"), "inputs": [1, 2]}),
-        )
-        .await;
+    let (s, v) = srv.post("/api/v1/runs", &json!({"workflow": noop_wf("x"), "inputs": [1, 2]})).await;
     assert_eq!(s, 400, "{v}");
     common::assert_envelope(&v, "bad_request");
-    let (s, v) = srv
-        .post("/api/v1/workflows", &json!({"workflow": noop_wf("x")}))
-        .await;
+    let (s, v) = srv.post("/api/v1/workflows", &json!({"workflow": noop_wf("x")})).await;
     assert_eq!(s, 400, "{v}");
     common::assert_envelope(&v, "bad_request");
 
@@ -573,20 +421,12 @@ async fn caller_mistakes_get_the_error_envelope() {
 async fn inputs_are_checked_against_the_workflow_inputs_schema() {
     let srv = common::start_server(&[]).await;
     let mut wf = noop_wf("typed");
-    wf["inputs"] =
-        json!({"type": "object", "required": ["msg"], "properties": {"msg": {"type": "string"}}});
-    let (s, v) = srv
-        .post("/api/v1/runs", &json!({"workflow": wf, "inputs": {}}))
-        .await;
+    wf["inputs"] = json!({"type": "object", "required": ["msg"], "properties": {"msg": {"type": "string"}}});
+    let (s, v) = srv.post("/api/v1/runs", &json!({"workflow": wf, "inputs": {}})).await;
     assert_eq!(s, 400, "{v}");
     common::assert_envelope(&v, "validation_failed");
     assert_eq!(v["error"]["details"]["errors"][0]["pointer"], "/inputs/msg");
-    let (s, v) = srv
-        .post(
-            "/api/v1/runs",
-            &json!({"workflow": wf, "inputs": {"msg": 5}}),
-        )
-        .await;
+    let (s, v) = srv.post("/api/v1/runs", &json!({"workflow": wf, "inputs": {"msg": 5}})).await;
     assert_eq!(s, 400, "{v}");
     let id = srv.start_run(&wf, json!({"msg": "fine"})).await;
     assert_eq!(srv.wait_run(&id).await["status"], "COMPLETED");
@@ -605,53 +445,31 @@ async fn tag_roundtrip(srv: &TestServer, tag: &str) {
     assert_eq!(cur["tag"], tag);
     assert_eq!(cur["hash"], v2["hash"]);
     assert_eq!(cur["workflow"]["name"], "two");
-    let (_, bare) = srv
-        .get(&format!("/api/v1/workflows/{enc}?materialize=false"))
-        .await;
-    assert!(
-        !bare.as_object().unwrap().contains_key("workflow"),
-        "{bare}"
-    );
+    let (_, bare) = srv.get(&format!("/api/v1/workflows/{enc}?materialize=false")).await;
+    assert!(!bare.as_object().unwrap().contains_key("workflow"), "{bare}");
     assert_eq!(bare["hash"], v2["hash"]);
 
-    let (s, first) = srv
-        .get(&format!("/api/v1/workflows/{enc}/versions/0"))
-        .await;
+    let (s, first) = srv.get(&format!("/api/v1/workflows/{enc}/versions/0")).await;
     assert_eq!(s, 200, "{first}");
     assert_eq!(first["hash"], v1["hash"]);
     assert_eq!(first["workflow"]["name"], "one");
-    let (_, second) = srv
-        .get(&format!(
-            "/api/v1/workflows/{enc}/versions/1?materialize=false"
-        ))
-        .await;
+    let (_, second) = srv.get(&format!("/api/v1/workflows/{enc}/versions/1?materialize=false")).await;
     assert_eq!(second["hash"], v2["hash"]);
     assert!(second.get("workflow").is_none());
-    let (s, v) = srv
-        .get(&format!("/api/v1/workflows/{enc}/versions/9"))
-        .await;
+    let (s, v) = srv.get(&format!("/api/v1/workflows/{enc}/versions/9")).await;
     assert_eq!(s, 404, "{v}");
     common::assert_envelope(&v, "not_found");
-    let (s, v) = srv
-        .get(&format!("/api/v1/workflows/{enc}/versions/-1"))
-        .await;
+    let (s, v) = srv.get(&format!("/api/v1/workflows/{enc}/versions/-1")).await;
     assert_eq!(s, 400, "{v}");
     common::assert_envelope(&v, "bad_request");
 
     // Runs start from the tag's current version, by body and by the seed route.
-    let (s, r) = srv
-        .post(
-            &format!("/api/v1/workflows/{enc}/execute"),
-            &json!({"inputs": {"msg": "m"}}),
-        )
-        .await;
+    let (s, r) = srv.post(&format!("/api/v1/workflows/{enc}/execute"), &json!({"inputs": {"msg": "m"}})).await;
     assert_eq!(s, 201, "{r}");
     let run = srv.wait_run(r["run_id"].as_str().unwrap()).await;
     assert_eq!(run["workflow_hash"], v2["hash"]);
     assert_eq!(run["tag"], tag);
-    let (s, r) = srv
-        .post("/api/v1/runs", &json!({"tag": tag, "inputs": {"msg": "m"}}))
-        .await;
+    let (s, r) = srv.post("/api/v1/runs", &json!({"tag": tag, "inputs": {"msg": "m"}})).await;
     assert_eq!(s, 201, "{r}");
     srv.wait_run(r["run_id"].as_str().unwrap()).await;
     let (_, listed) = srv.get(&format!("/api/v1/runs?tag={enc}")).await;
@@ -659,12 +477,7 @@ async fn tag_roundtrip(srv: &TestServer, tag: &str) {
 
     // Both versions are artifacts, addressed by hash.
     for (v, name) in [(&v1, "one"), (&v2, "two")] {
-        let (s, a) = srv
-            .get(&format!(
-                "/api/v1/artifacts/{}",
-                v["hash"].as_str().unwrap()
-            ))
-            .await;
+        let (s, a) = srv.get(&format!("/api/v1/artifacts/{}", v["hash"].as_str().unwrap())).await;
         assert_eq!(s, 200, "{a}");
         assert_eq!(a["content"]["name"], name);
         assert_eq!(a["kind"], "workflow");
@@ -677,12 +490,7 @@ async fn tags_versions_artifacts_and_tag_names_with_slashes() {
     tag_roundtrip(&srv, "plain").await;
     tag_roundtrip(&srv, "team/release/v1").await;
     let (_, list) = srv.get("/api/v1/workflows").await;
-    let names: HashSet<&str> = list["workflows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["tag"].as_str().unwrap())
-        .collect();
+    let names: HashSet<&str> = list["workflows"].as_array().unwrap().iter().map(|t| t["tag"].as_str().unwrap()).collect();
     assert_eq!(names, ["plain", "team/release/v1"].into_iter().collect());
 
     let (s, v) = srv.get("/api/v1/artifacts/sha256:0000").await;
@@ -721,16 +529,11 @@ async fn yaml_workflow_text_is_accepted() {
     assert_eq!(run["outputs"]["b"]["greeting"], "hello yaml");
     // Same content, same address: the inline run used the stored workflow's hash.
     assert_eq!(run["workflow_hash"], created["hash"]);
-    let (s, v) = srv
-        .post("/api/v1/workflows/validate", &json!({"workflow": yaml}))
-        .await;
+    let (s, v) = srv.post("/api/v1/workflows/validate", &json!({"workflow": yaml})).await;
     assert_eq!(s, 200);
     assert_eq!(v["valid"], true, "{v}");
     let (s, v) = srv
-        .post(
-            "/api/v1/workflows",
-            &json!({"tag_name": "broken", "workflow": "nodes: [unclosed"}),
-        )
+        .post("/api/v1/workflows", &json!({"tag_name": "broken", "workflow": "nodes: [unclosed"}))
         .await;
     assert_eq!(s, 400, "{v}");
     common::assert_envelope(&v, "validation_failed");
@@ -766,19 +569,15 @@ async fn openapi_schema_health_readiness_and_version() {
     ];
     for (path, methods) in routes {
         for m in *methods {
-            assert!(
-                spec["paths"][path][m].is_object(),
-                "openapi lacks {m} {path}"
-            );
+            assert!(spec["paths"][path][m].is_object(), "openapi lacks {m} {path}");
         }
     }
-    let codes: HashSet<&str> =
-        spec["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]["enum"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c.as_str().unwrap())
-            .collect();
+    let codes: HashSet<&str> = spec["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
     for c in [
         "validation_failed",
         "invalid_json",
@@ -792,20 +591,9 @@ async fn openapi_schema_health_readiness_and_version() {
 
     let (s, schema) = srv.get("/api/v1/schema/workflow").await;
     assert_eq!(s, 200);
-    assert!(
-        schema["$schema"]
-            .as_str()
-            .is_some_and(|u| u.contains("json-schema.org")),
-        "{schema}"
-    );
+    assert!(schema["$schema"].as_str().is_some_and(|u| u.contains("json-schema.org")), "{schema}");
     assert!(schema["properties"]["nodes"].is_object(), "{schema}");
-    assert!(
-        schema["required"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|r| r == "nodes")
-    );
+    assert!(schema["required"].as_array().unwrap().iter().any(|r| r == "nodes"));
 
     let (s, h) = srv.get("/health").await;
     assert_eq!((s, h["status"].as_str()), (200, Some("ok")));

@@ -32,21 +32,11 @@ async fn assert_blocked(srv: &TestServer, wf: &Value, node: &str, target: &str) 
     common::assert_gapless(&events);
     let last = events.last().unwrap();
     assert_eq!(last["type"], "workflow_failed", "{target}: {events:#?}");
-    let failed: Vec<&Value> = events
-        .iter()
-        .filter(|e| e["type"] == "node_failed" && e["node_id"] == node)
-        .collect();
+    let failed: Vec<&Value> = events.iter().filter(|e| e["type"] == "node_failed" && e["node_id"] == node).collect();
     assert_eq!(failed.len(), 1, "{target}: {events:#?}");
-    assert_eq!(
-        failed[0]["data"]["error"]["code"], "security_error",
-        "{target}: {}",
-        failed[0]
-    );
+    assert_eq!(failed[0]["data"]["error"]["code"], "security_error", "{target}: {}", failed[0]);
     // Blocked requests are not retried: the same address would be blocked again.
-    assert!(
-        !events.iter().any(|e| e["type"] == "node_retrying"),
-        "{target}: {events:#?}"
-    );
+    assert!(!events.iter().any(|e| e["type"] == "node_retrying"), "{target}: {events:#?}");
     let run = srv.get(&format!("/api/v1/runs/{id}")).await.1;
     assert_eq!(run["status"], "FAILED", "{target}: {run}");
     assert_eq!(run["error"]["code"], "security_error", "{target}: {run}");
@@ -76,16 +66,8 @@ async fn targets() -> Targets {
         redirector.url("/go"),
     ];
     // Without IPv6 on the host nothing listens there, but the request must still be refused.
-    list.push(format!(
-        "http://[::1]:{}/",
-        v6.as_ref().map_or(p, Trap::port)
-    ));
-    Targets {
-        v4,
-        v6,
-        redirector,
-        list,
-    }
+    list.push(format!("http://[::1]:{}/", v6.as_ref().map_or(p, Trap::port)));
+    Targets { v4, v6, redirector, list }
 }
 
 #[tokio::test]
@@ -96,11 +78,7 @@ async fn http_nodes_aimed_at_internal_addresses_fail_with_security_error_and_nev
     for target in &t.list {
         assert_blocked(&srv, &http_wf(target), "fetch", target).await;
     }
-    assert_eq!(
-        t.redirector.hits(),
-        1,
-        "the allowed first hop was made exactly once"
-    );
+    assert_eq!(t.redirector.hits(), 1, "the allowed first hop was made exactly once");
     t.v4.assert_untouched().await;
     if let Some(v6) = &t.v6 {
         v6.assert_untouched().await;
@@ -123,25 +101,14 @@ async fn the_http_request_primitive_is_guarded_the_same_way() {
 
 #[tokio::test]
 async fn allow_listed_stub_is_reachable_and_its_neighbours_are_not() {
-    let stub = common::Stub::start(std::sync::Arc::new(|_: &common::Hit, _| {
-        (200, json!([{"ok": true}]))
-    }))
-    .await;
+    let stub = common::Stub::start(std::sync::Arc::new(|_: &common::Hit, _| (200, json!([{"ok": true}])))).await;
     let trap = Trap::bind("127.0.0.1").await.unwrap();
     let srv = common::start_server(&[stub.allow()]).await;
     // The allow entry is for one port: the same IP on another port stays blocked.
-    assert_blocked(
-        &srv,
-        &http_wf(&format!("http://127.0.0.1:{}/", trap.port())),
-        "fetch",
-        "other port",
-    )
-    .await;
+    assert_blocked(&srv, &http_wf(&format!("http://127.0.0.1:{}/", trap.port())), "fetch", "other port").await;
     let id = srv.start_run(&http_wf(&stub.url("/fine")), json!({})).await;
     assert_eq!(srv.wait_run(&id).await["status"], "COMPLETED");
-    let id = srv
-        .start_run(&transform_wf(&stub.url("/rows")), json!({}))
-        .await;
+    let id = srv.start_run(&transform_wf(&stub.url("/rows")), json!({})).await;
     let run = srv.wait_run(&id).await;
     assert_eq!(run["status"], "COMPLETED", "{run}");
     assert_eq!(run["outputs"]["pipe"], json!([{"ok": true}]));

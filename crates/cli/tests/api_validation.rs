@@ -83,20 +83,12 @@ fn errors(body: &Value) -> Vec<(String, String)> {
 }
 
 async fn assert_rejected(srv: &TestServer, wf: &Value, want: &[(&str, &str)]) {
-    let (s, body) = srv
-        .post(
-            "/api/v1/workflows",
-            &json!({"tag_name": "broken", "workflow": wf}),
-        )
-        .await;
+    let (s, body) = srv.post("/api/v1/workflows", &json!({"tag_name": "broken", "workflow": wf})).await;
     assert_eq!(s, 400, "{body}");
     common::assert_envelope(&body, "validation_failed");
     let got = errors(&body);
     for (code, ptr) in want {
-        assert!(
-            got.iter().any(|(c, p)| c == code && p == ptr),
-            "missing ({code}, {ptr}) in {got:?}"
-        );
+        assert!(got.iter().any(|(c, p)| c == code && p == ptr), "missing ({code}, {ptr}) in {got:?}");
     }
     assert_eq!(got.len(), want.len(), "unexpected extra errors: {got:?}");
     for e in body["error"]["details"]["errors"].as_array().unwrap() {
@@ -104,29 +96,20 @@ async fn assert_rejected(srv: &TestServer, wf: &Value, want: &[(&str, &str)]) {
     }
 
     // Starting it inline fails the same way.
-    let (s, run_body) = srv
-        .post("/api/v1/runs", &json!({"workflow": wf, "inputs": {}}))
-        .await;
+    let (s, run_body) = srv.post("/api/v1/runs", &json!({"workflow": wf, "inputs": {}})).await;
     assert_eq!(s, 400, "{run_body}");
     common::assert_envelope(&run_body, "validation_failed");
     assert_eq!(errors(&run_body), got);
 
     // The validate endpoint answers 200 with the same list.
-    let (s, v) = srv
-        .post("/api/v1/workflows/validate", &json!({"workflow": wf}))
-        .await;
+    let (s, v) = srv.post("/api/v1/workflows/validate", &json!({"workflow": wf})).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["valid"], false);
     let listed: Vec<(String, String)> = v["errors"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| {
-            (
-                e["code"].as_str().unwrap().to_string(),
-                e["pointer"].as_str().unwrap().to_string(),
-            )
-        })
+        .map(|e| (e["code"].as_str().unwrap().to_string(), e["pointer"].as_str().unwrap().to_string()))
         .collect();
     assert_eq!(listed, got);
     assert_eq!(v["errors"], body["error"]["details"]["errors"]);
@@ -166,15 +149,7 @@ async fn each_problem_alone_is_reported() {
 async fn yaml_text_with_problems_is_reported_too() {
     let srv = common::start_server(&[]).await;
     let yaml = "nodes:\n  - {id: a, type: noop}\n  - {id: b, type: frobnicate}\nedges:\n  - {from: a, to: b}\n  - {from: a, to: nowhere}\n";
-    assert_rejected(
-        &srv,
-        &json!(yaml),
-        &[
-            ("unknown_type", "/nodes/1/type"),
-            ("dangling_edge", "/edges/1/to"),
-        ],
-    )
-    .await;
+    assert_rejected(&srv, &json!(yaml), &[("unknown_type", "/nodes/1/type"), ("dangling_edge", "/edges/1/to")]).await;
     assert_nothing_stored(&srv).await;
 }
 
@@ -185,9 +160,7 @@ async fn a_valid_workflow_validates_and_nothing_is_stored() {
         "nodes": [{"id": "a", "type": "noop"}, {"id": "b", "type": "noop"}, {"id": "c", "type": "noop"}],
         "edges": [{"from": "a", "to": "b"}]
     });
-    let (s, v) = srv
-        .post("/api/v1/workflows/validate", &json!({"workflow": wf}))
-        .await;
+    let (s, v) = srv.post("/api/v1/workflows/validate", &json!({"workflow": wf})).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["valid"], true, "{v}");
     assert_eq!(v["errors"], json!([]));

@@ -11,12 +11,21 @@ use serde_json::{Value, json};
 async fn aob(srv: &common::TestServer, args: &[&str]) -> Output {
     let key = common::admin_key(srv.dir.path());
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_aob"));
-    cmd.args(["--api-url", &srv.url, "--api-key", &key]).args(args).env_remove("AOB_API_URL").env_remove("AOB_API_KEY");
+    cmd.args(["--api-url", &srv.url, "--api-key", &key])
+        .args(args)
+        .env_remove("AOB_API_URL")
+        .env_remove("AOB_API_KEY");
     cmd.output().await.unwrap()
 }
 
 fn json_out(o: &Output) -> Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}\nstderr: {}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    })
 }
 
 fn example(name: &str) -> String {
@@ -78,14 +87,22 @@ async fn follow_mode_prints_progress_and_exit_codes_follow_the_run() {
 
     let dir = tempfile::tempdir().unwrap();
     let failing = dir.path().join("f.json");
-    std::fs::write(&failing, json!({"nodes": [{"id": "m", "type": "map", "config": {"items": "$inputs.nope", "node": {"type": "noop"}}}]}).to_string()).unwrap();
+    std::fs::write(
+        &failing,
+        json!({"nodes": [{"id": "m", "type": "map", "config": {"items": "$inputs.nope", "node": {"type": "noop"}}}]}).to_string(),
+    )
+    .unwrap();
     let o = aob(&srv, &["run", "start", failing.to_str().unwrap(), "-f"]).await;
     assert_eq!(o.status.code(), Some(1), "a followed run that fails exits 1");
 
     let o = aob(&srv, &["run", "status", "no-such-run"]).await;
     assert_eq!(o.status.code(), Some(3));
     let bad = dir.path().join("bad.json");
-    std::fs::write(&bad, json!({"nodes": [{"id": "a", "type": "task"}], "edges": [{"from": "a", "to": "b"}]}).to_string()).unwrap();
+    std::fs::write(
+        &bad,
+        json!({"nodes": [{"id": "a", "type": "task"}], "edges": [{"from": "a", "to": "b"}]}).to_string(),
+    )
+    .unwrap();
     let o = aob(&srv, &["workflow", "validate", bad.to_str().unwrap()]).await;
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
@@ -93,9 +110,17 @@ async fn follow_mode_prints_progress_and_exit_codes_follow_the_run() {
     let o = aob(&srv, &["run", "start", bad.to_str().unwrap()]).await;
     assert_eq!(o.status.code(), Some(2), "the server rejects it with 400");
 
-    let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_aob")).args(["--api-url", "http://127.0.0.1:9", "run", "list"]).output().await.unwrap();
+    let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_aob"))
+        .args(["--api-url", "http://127.0.0.1:9", "run", "list"])
+        .output()
+        .await
+        .unwrap();
     assert_eq!(o.status.code(), Some(4));
-    let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_aob")).args(["run", "frobnicate"]).output().await.unwrap();
+    let o = tokio::process::Command::new(env!("CARGO_BIN_EXE_aob"))
+        .args(["run", "frobnicate"])
+        .output()
+        .await
+        .unwrap();
     assert_eq!(o.status.code(), Some(2));
 }
 
@@ -106,10 +131,31 @@ async fn workflow_patch_history_and_move_commands() {
     let wf = dir.path().join("wf.json");
     std::fs::write(&wf, json!({"nodes": [{"id": "a", "type": "noop"}], "edges": []}).to_string()).unwrap();
     let ops = dir.path().join("ops.json");
-    std::fs::write(&ops, json!([{"op": "add", "path": "/nodes/-", "value": {"id": "b", "type": "noop"}}, {"op": "add", "path": "/edges/-", "value": {"from": "a", "to": "b"}}]).to_string()).unwrap();
+    std::fs::write(
+        &ops,
+        json!([{"op": "add", "path": "/nodes/-", "value": {"id": "b", "type": "noop"}}, {"op": "add", "path": "/edges/-", "value": {"from": "a", "to": "b"}}])
+            .to_string(),
+    )
+    .unwrap();
     let o = aob(&srv, &["workflow", "create", "t", wf.to_str().unwrap()]).await;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = aob(&srv, &["-o", "json", "workflow", "patch", "t", "--file", ops.to_str().unwrap(), "--description", "add b", "--expected-version", "1"]).await;
+    let o = aob(
+        &srv,
+        &[
+            "-o",
+            "json",
+            "workflow",
+            "patch",
+            "t",
+            "--file",
+            ops.to_str().unwrap(),
+            "--description",
+            "add b",
+            "--expected-version",
+            "1",
+        ],
+    )
+    .await;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(json_out(&o)["version"], 2);
     let o = aob(&srv, &["workflow", "patch", "t", "--file", ops.to_str().unwrap(), "--expected-version", "1"]).await;

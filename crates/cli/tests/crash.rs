@@ -61,22 +61,13 @@ impl Stub {
 
     async fn with_status(blocked: &[&str], status: Status) -> Stub {
         let hits: Arc<Mutex<Vec<Hit>>> = Arc::default();
-        let (gate, _) = watch::channel(
-            blocked
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<BTreeSet<_>>(),
-        );
+        let (gate, _) = watch::channel(blocked.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>());
         let (h, g) = (hits.clone(), gate.clone());
         let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
             let (hits, mut open, status) = (h.clone(), g.subscribe(), status.clone());
             async move {
                 let path = req.uri().path().to_string();
-                let key = req
-                    .headers()
-                    .get("idempotency-key")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
+                let key = req.headers().get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
                 let n = {
                     let mut g = hits.lock().unwrap();
                     let n = g.iter().filter(|x| x.path == path).count();
@@ -97,11 +88,7 @@ impl Stub {
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Stub {
-            addr,
-            hits,
-            blocked: gate,
-        }
+        Stub { addr, hits, blocked: gate }
     }
 
     fn allow(&self) -> String {
@@ -119,13 +106,7 @@ impl Stub {
     }
 
     fn hits(&self, path: &str) -> Vec<Hit> {
-        self.hits
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|h| h.path == path)
-            .cloned()
-            .collect()
+        self.hits.lock().unwrap().iter().filter(|h| h.path == path).cloned().collect()
     }
 
     fn count(&self, path: &str) -> usize {
@@ -135,11 +116,7 @@ impl Stub {
     /// Keys seen on `path` for one run (keys are derived from the run id).
     fn keys_for(&self, path: &str, run_id: &str) -> Vec<String> {
         let prefix = format!("{run_id}:");
-        self.hits(path)
-            .into_iter()
-            .filter_map(|h| h.key)
-            .filter(|k| k.starts_with(&prefix))
-            .collect()
+        self.hits(path).into_iter().filter_map(|h| h.key).filter(|k| k.starts_with(&prefix)).collect()
     }
 }
 
@@ -188,11 +165,7 @@ impl Harness {
     /// until `/health` answers.
     async fn start(&mut self, failpoints: Option<&str>) {
         assert!(self.child.is_none(), "a server is already running");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_aob"));
         cmd.arg("serve")
             .args(["--addr", &format!("127.0.0.1:{port}")])
@@ -208,37 +181,17 @@ impl Harness {
                 cmd.env_remove(&k);
             }
         }
-        cmd.env_remove("RUST_LOG")
-            .env("NO_COLOR", "1")
-            .current_dir(self.dir.path());
+        cmd.env_remove("RUST_LOG").env("NO_COLOR", "1").current_dir(self.dir.path());
         if let Some(fp) = failpoints {
             cmd.env("AOB_FAILPOINTS", fp);
         }
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
         let n = self.logs.len();
-        let what = format!(
-            "serve #{n}{}",
-            failpoints
-                .map(|f| format!(" AOB_FAILPOINTS={f}"))
-                .unwrap_or_default()
-        );
-        log.lock()
-            .unwrap()
-            .push_str(&format!("---- {what} on port {port}\n"));
-        let out = child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>);
-        let err = child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>);
+        let what = format!("serve #{n}{}", failpoints.map(|f| format!(" AOB_FAILPOINTS={f}")).unwrap_or_default());
+        log.lock().unwrap().push_str(&format!("---- {what} on port {port}\n"));
+        let out = child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>);
+        let err = child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>);
         for stream in [out, err].into_iter().flatten() {
             let log = log.clone();
             std::thread::spawn(move || {
@@ -258,22 +211,14 @@ impl Harness {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
                 panic!("aob serve exited during startup: {status}");
             }
-            let health = self
-                .http
-                .get(format!("{}/health", self.url))
-                .timeout(Duration::from_secs(1))
-                .send()
-                .await;
+            let health = self.http.get(format!("{}/health", self.url)).timeout(Duration::from_secs(1)).send().await;
             if health.is_ok_and(|r| r.status().is_success()) {
                 // The first start writes the bootstrap admin key; every request uses it.
                 let key = std::fs::read_to_string(self.dir.path().join("data/admin.key")).ok();
                 self.http = client(key.as_deref().map(str::trim));
                 return;
             }
-            assert!(
-                Instant::now() < until,
-                "aob serve not healthy within {DEADLINE:?}"
-            );
+            assert!(Instant::now() < until, "aob serve not healthy within {DEADLINE:?}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -295,31 +240,19 @@ impl Harness {
                 self.child = None;
                 return status;
             }
-            assert!(
-                Instant::now() < until,
-                "aob serve did not exit at its failure point within {DEADLINE:?}"
-            );
+            assert!(Instant::now() < until, "aob serve did not exit at its failure point within {DEADLINE:?}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     async fn get(&self, path: &str) -> Value {
-        let r = self
-            .http
-            .get(format!("{}{}", self.url, path))
-            .send()
-            .await
-            .unwrap();
+        let r = self.http.get(format!("{}{}", self.url, path)).send().await.unwrap();
         assert!(r.status().is_success(), "GET {path}: {}", r.status());
         r.json().await.unwrap()
     }
 
     /// `POST /api/v1/runs`; an `Err` means the server died before answering.
-    async fn try_start_run(
-        &self,
-        workflow: &Value,
-        key: Option<&str>,
-    ) -> Result<(u16, Value), reqwest::Error> {
+    async fn try_start_run(&self, workflow: &Value, key: Option<&str>) -> Result<(u16, Value), reqwest::Error> {
         let mut req = self
             .http
             .post(format!("{}/api/v1/runs", self.url))
@@ -343,11 +276,7 @@ impl Harness {
         let mut out = Vec::new();
         let mut after = 0;
         loop {
-            let page = self
-                .get(&format!(
-                    "/api/v1/runs/{run_id}/events/list?after={after}&limit=7"
-                ))
-                .await;
+            let page = self.get(&format!("/api/v1/runs/{run_id}/events/list?after={after}&limit=7")).await;
             out.extend(page["events"].as_array().unwrap().iter().cloned());
             match page["next_after"].as_u64() {
                 Some(n) => after = n,
@@ -360,18 +289,10 @@ impl Harness {
     async fn wait_event(&self, run_id: &str, kind: &str, node: &str) -> Value {
         let until = Instant::now() + DEADLINE;
         loop {
-            if let Some(e) = self
-                .events(run_id)
-                .await
-                .into_iter()
-                .find(|e| e["type"] == kind && e["node_id"] == node)
-            {
+            if let Some(e) = self.events(run_id).await.into_iter().find(|e| e["type"] == kind && e["node_id"] == node) {
                 return e;
             }
-            assert!(
-                Instant::now() < until,
-                "no {kind} for {node} in run {run_id} within {DEADLINE:?}"
-            );
+            assert!(Instant::now() < until, "no {kind} for {node} in run {run_id} within {DEADLINE:?}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -381,28 +302,18 @@ impl Harness {
         let until = Instant::now() + DEADLINE;
         loop {
             let run = self.get(&format!("/api/v1/runs/{run_id}")).await;
-            if matches!(
-                run["status"].as_str(),
-                Some("COMPLETED" | "FAILED" | "CANCELLED" | "TIMEOUT")
-            ) {
+            if matches!(run["status"].as_str(), Some("COMPLETED" | "FAILED" | "CANCELLED" | "TIMEOUT")) {
                 return run;
             }
-            assert!(
-                Instant::now() < until,
-                "run {run_id} not finished within {DEADLINE:?}: {run}"
-            );
+            assert!(Instant::now() < until, "run {run_id} not finished within {DEADLINE:?}: {run}");
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
 
     async fn run_ids(&self) -> Vec<String> {
         let list = self.get("/api/v1/runs?limit=100").await;
-        let runs = list["runs"]
-            .as_array()
-            .unwrap_or_else(|| panic!("unexpected run list: {list}"));
-        runs.iter()
-            .map(|r| r["run_id"].as_str().unwrap().to_string())
-            .collect()
+        let runs = list["runs"].as_array().unwrap_or_else(|| panic!("unexpected run list: {list}"));
+        runs.iter().map(|r| r["run_id"].as_str().unwrap().to_string()).collect()
     }
 
     /// The run completed with a clean log: seq 1..=n without gap or duplicate, one
@@ -414,14 +325,8 @@ impl Harness {
         let events = self.events(run_id).await;
         assert_gapless(&events);
         for n in nodes {
-            let done = events
-                .iter()
-                .filter(|e| e["type"] == "node_completed" && e["node_id"] == *n)
-                .count();
-            assert_eq!(
-                done, 1,
-                "node {n} of run {run_id} completed {done} times: {events:#?}"
-            );
+            let done = events.iter().filter(|e| e["type"] == "node_completed" && e["node_id"] == *n).count();
+            assert_eq!(done, 1, "node {n} of run {run_id} completed {done} times: {events:#?}");
             let mut started: Vec<u64> = events
                 .iter()
                 .filter(|e| e["type"] == "node_started" && e["node_id"] == *n)
@@ -429,19 +334,11 @@ impl Harness {
                 .collect();
             let count = started.len();
             started.dedup();
-            assert_eq!(
-                started.len(),
-                count,
-                "node {n} of run {run_id}: an attempt started twice: {events:#?}"
-            );
+            assert_eq!(started.len(), count, "node {n} of run {run_id}: an attempt started twice: {events:#?}");
         }
         let terminal: Vec<&Value> = events
             .iter()
-            .filter(|e| {
-                e["type"]
-                    .as_str()
-                    .is_some_and(|t| t.starts_with("workflow_c") || t == "workflow_failed")
-            })
+            .filter(|e| e["type"].as_str().is_some_and(|t| t.starts_with("workflow_c") || t == "workflow_failed"))
             .collect();
         assert_eq!(terminal.len(), 1, "run {run_id}: {events:#?}");
         assert_eq!(events.last().unwrap()["type"], "workflow_completed");
@@ -477,11 +374,7 @@ impl Drop for Harness {
 fn assert_gapless(events: &[Value]) {
     assert!(!events.is_empty());
     for (i, e) in events.iter().enumerate() {
-        assert_eq!(
-            e["seq"].as_u64(),
-            Some(i as u64 + 1),
-            "gap or duplicate at index {i}: {events:#?}"
-        );
+        assert_eq!(e["seq"].as_u64(), Some(i as u64 + 1), "gap or duplicate at index {i}: {events:#?}");
     }
 }
 
@@ -506,15 +399,8 @@ fn assert_keys(stub: &Stub, path: &str, runs: &[String], times: usize) {
         let keys = stub.keys_for(path, id);
         assert_eq!(keys.len(), times, "{path} for run {id}: {keys:?}");
         let distinct: BTreeSet<&String> = keys.iter().collect();
-        assert_eq!(
-            distinct.len(),
-            1,
-            "{path} for run {id} saw different keys: {keys:?}"
-        );
-        assert!(
-            keys[0].ends_with(":1"),
-            "{path} for run {id}: not attempt 1: {keys:?}"
-        );
+        assert_eq!(distinct.len(), 1, "{path} for run {id} saw different keys: {keys:?}");
+        assert!(keys[0].ends_with(":1"), "{path} for run {id}: not attempt 1: {keys:?}");
     }
 }
 
@@ -557,10 +443,7 @@ async fn kill_mid_chain(durability: &'static str, runs: usize) {
     assert_keys(&stub, "/b", &ids, 2);
     assert_keys(&stub, "/c", &ids, 2);
     // Nothing after the end: no stray request from a late or duplicate dispatch.
-    assert_eq!(
-        stub.count("/a") + stub.count("/b") + stub.count("/c"),
-        5 * runs
-    );
+    assert_eq!(stub.count("/a") + stub.count("/b") + stub.count("/c"), 5 * runs);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -591,25 +474,15 @@ async fn sigkill_mid_wait_keeps_the_timer() {
     let started = srv.wait_event(&id, "node_started", "pause").await;
     let due = ts_ms(&started) + 2000;
     srv.kill();
-    assert!(
-        now_ms() < due,
-        "the kill came after the wait was due; the test proves nothing"
-    );
+    assert!(now_ms() < due, "the kill came after the wait was due; the test proves nothing");
     assert_eq!(stub.count("/c"), 0);
     srv.start(None).await;
 
     let events = srv.assert_completed_once(&id, &["a", "pause", "c"]).await;
-    let done = events
-        .iter()
-        .find(|e| e["type"] == "node_completed" && e["node_id"] == "pause")
-        .unwrap();
+    let done = events.iter().find(|e| e["type"] == "node_completed" && e["node_id"] == "pause").unwrap();
     // The restarted process kept the persisted schedule (not restart + 2000 ms) and
     // did not fire it early.
-    assert_eq!(
-        done["data"]["output"]["waited_until_ms"].as_i64(),
-        Some(due),
-        "{done}"
-    );
+    assert_eq!(done["data"]["output"]["waited_until_ms"].as_i64(), Some(due), "{done}");
     assert!(ts_ms(done) >= due, "wait fired early: {done}");
     let c = stub.hits("/c");
     assert_eq!(c.len(), 1);
@@ -623,11 +496,7 @@ async fn sigkill_mid_wait_keeps_the_timer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_retry_backoff_resumes_the_schedule() {
     // First request to /flaky fails with 503, the rest succeed.
-    let stub = Stub::with_status(
-        &[],
-        Arc::new(|path, n| if path == "/flaky" && n == 0 { 503 } else { 200 }),
-    )
-    .await;
+    let stub = Stub::with_status(&[], Arc::new(|path, n| if path == "/flaky" && n == 0 { 503 } else { 200 })).await;
     let mut srv = Harness::new("process", &[stub.allow()]);
     srv.start(None).await;
     let wf = json!({
@@ -644,10 +513,7 @@ async fn sigkill_during_retry_backoff_resumes_the_schedule() {
     let next = retrying["data"]["next_attempt_at_ms"].as_i64().unwrap();
     let delay = retrying["data"]["delay_ms"].as_i64().unwrap();
     assert!((1500..=3000).contains(&delay), "{retrying}");
-    assert!(
-        now_ms() < next,
-        "killed after the retry was due; the test proves nothing"
-    );
+    assert!(now_ms() < next, "killed after the retry was due; the test proves nothing");
     assert_eq!(stub.count("/flaky"), 1);
     // Stay down until the retry is due: the restarted process must run it at once.
     tokio::time::sleep(Duration::from_millis((next - now_ms() + 50).max(0) as u64)).await;
@@ -657,31 +523,16 @@ async fn sigkill_during_retry_backoff_resumes_the_schedule() {
     let events = srv.assert_completed_once(&id, &["flaky", "after"]).await;
     let flaky = stub.hits("/flaky");
     assert_eq!(flaky.len(), 2, "{flaky:?}");
-    assert!(
-        flaky[0].key.as_deref().is_some_and(|k| k.ends_with(":1")),
-        "{flaky:?}"
-    );
-    assert!(
-        flaky[1].key.as_deref().is_some_and(|k| k.ends_with(":2")),
-        "{flaky:?}"
-    );
-    assert!(
-        flaky[1].at_ms >= next,
-        "retry ran before its persisted time: {flaky:?}"
-    );
+    assert!(flaky[0].key.as_deref().is_some_and(|k| k.ends_with(":1")), "{flaky:?}");
+    assert!(flaky[1].key.as_deref().is_some_and(|k| k.ends_with(":2")), "{flaky:?}");
+    assert!(flaky[1].at_ms >= next, "retry ran before its persisted time: {flaky:?}");
     assert!(
         flaky[1].at_ms < ready + 1000,
         "retry waited a fresh backoff after restart instead of the persisted one: {flaky:?}, ready at {ready}"
     );
-    let retries = events
-        .iter()
-        .filter(|e| e["type"] == "node_retrying")
-        .count();
+    let retries = events.iter().filter(|e| e["type"] == "node_retrying").count();
     assert_eq!(retries, 1, "{events:#?}");
-    let done = events
-        .iter()
-        .find(|e| e["type"] == "node_completed" && e["node_id"] == "flaky")
-        .unwrap();
+    let done = events.iter().find(|e| e["type"] == "node_completed" && e["node_id"] == "flaky").unwrap();
     assert_eq!(done["attempt"], 2);
     assert_eq!(stub.count("/after"), 1);
 }
@@ -708,18 +559,13 @@ async fn sigkill_longer_than_the_attempt_deadline_does_not_fail_the_attempt() {
     srv.kill();
     // The engine declares an attempt lost at start + timeout + 5 s: stay down past it.
     let lost_at = ts_ms(&started) + 2000 + 5000;
-    tokio::time::sleep(Duration::from_millis(
-        (lost_at - now_ms() + 100).max(0) as u64
-    ))
-    .await;
+    tokio::time::sleep(Duration::from_millis((lost_at - now_ms() + 100).max(0) as u64)).await;
     srv.start(None).await;
     wait_until("/a re-dispatched", || stub.count("/a") == 2).await;
     stub.open("/a");
     let events = srv.assert_completed_once(&id, &["a", "b"]).await;
     assert!(
-        !events
-            .iter()
-            .any(|e| e["type"] == "node_retrying" || e["type"] == "node_failed"),
+        !events.iter().any(|e| e["type"] == "node_retrying" || e["type"] == "node_failed"),
         "{events:#?}"
     );
     assert_keys(&stub, "/a", std::slice::from_ref(&id), 2);
@@ -748,26 +594,16 @@ async fn sigkill_mid_map_fan_out() {
     let id = srv.start_run(&wf).await;
     let in_flight = || items.iter().map(|p| stub.count(p)).sum::<usize>();
     wait_until("two items in flight", || in_flight() == 2).await;
-    let first: Vec<&str> = items
-        .iter()
-        .copied()
-        .filter(|p| stub.count(p) == 1)
-        .collect();
+    let first: Vec<&str> = items.iter().copied().filter(|p| stub.count(p) == 1).collect();
     srv.kill();
     srv.start(None).await;
     wait_until("both items re-dispatched", || in_flight() == 4).await;
-    assert!(
-        first.iter().all(|p| stub.count(p) == 2),
-        "re-dispatch went to other items than were in flight"
-    );
+    assert!(first.iter().all(|p| stub.count(p) == 2), "re-dispatch went to other items than were in flight");
     for p in items {
         stub.open(p);
     }
     let events = srv.assert_completed_once(&id, &["fan", "after"]).await;
-    let done = events
-        .iter()
-        .find(|e| e["type"] == "node_completed" && e["node_id"] == "fan")
-        .unwrap();
+    let done = events.iter().find(|e| e["type"] == "node_completed" && e["node_id"] == "fan").unwrap();
     let paths: Vec<&str> = done["data"]["output"]
         .as_array()
         .unwrap()
@@ -780,17 +616,10 @@ async fn sigkill_mid_map_fan_out() {
         let keys = stub.keys_for(p, &id);
         let times = if first.contains(&p) { 2 } else { 1 };
         assert_eq!(keys.len(), times, "{p}: {keys:?}");
-        assert!(
-            keys.iter().all(|k| *k == keys[0] && k.ends_with(":1")),
-            "{p}: {keys:?}"
-        );
+        assert!(keys.iter().all(|k| *k == keys[0] && k.ends_with(":1")), "{p}: {keys:?}");
         all_keys.insert(keys[0].clone());
     }
-    assert_eq!(
-        all_keys.len(),
-        items.len(),
-        "items share a key: {all_keys:?}"
-    );
+    assert_eq!(all_keys.len(), items.len(), "items share a key: {all_keys:?}");
     assert_eq!(stub.count("/after"), 1);
 }
 
@@ -816,14 +645,8 @@ async fn sigkill_mid_subworkflow_reuses_the_child_run() {
     wait_until("/x re-dispatched", || stub.count("/x") == 2).await;
     stub.open("/x");
     let events = srv.assert_completed_once(&id, &["a", "child", "c"]).await;
-    let done = events
-        .iter()
-        .find(|e| e["type"] == "node_completed" && e["node_id"] == "child")
-        .unwrap();
-    let child = done["data"]["output"]["run_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let done = events.iter().find(|e| e["type"] == "node_completed" && e["node_id"] == "child").unwrap();
+    let child = done["data"]["output"]["run_id"].as_str().unwrap().to_string();
     let mut runs = srv.run_ids().await;
     runs.sort();
     let mut expected = vec![id.clone(), child.clone()];
@@ -926,16 +749,9 @@ mod failpoints {
         srv.start(Some("after_commit")).await;
         let wf = chain(&stub, &["/a", "/b", "/c"]);
         let res = srv.try_start_run(&wf, Some("crash-start-1")).await;
-        assert!(
-            res.is_err(),
-            "the process must die before replying: {res:?}"
-        );
+        assert!(res.is_err(), "the process must die before replying: {res:?}");
         expect_abort(&mut srv).await;
-        assert_eq!(
-            stub.count("/a"),
-            0,
-            "nothing may be dispatched before the abort"
-        );
+        assert_eq!(stub.count("/a"), 0, "nothing may be dispatched before the abort");
         srv.start(None).await;
         let ids = srv.run_ids().await;
         assert_eq!(ids.len(), 1, "{ids:?}");
@@ -986,23 +802,11 @@ mod failpoints {
         for id in &ids {
             let a = stub.keys_for("/a", id);
             let distinct: BTreeSet<&String> = a.iter().collect();
-            assert!(
-                (1..=2).contains(&a.len()) && distinct.len() == 1,
-                "/a for {id}: {a:?}"
-            );
+            assert!((1..=2).contains(&a.len()) && distinct.len() == 1, "/a for {id}: {a:?}");
             let b = stub.keys_for("/b", id);
-            assert!(
-                (1..=2).contains(&b.len()) && b.iter().collect::<BTreeSet<_>>().len() == 1,
-                "/b for {id}: {b:?}"
-            );
+            assert!((1..=2).contains(&b.len()) && b.iter().collect::<BTreeSet<_>>().len() == 1, "/b for {id}: {b:?}");
         }
-        let per_run: BTreeMap<&String, usize> = ids
-            .iter()
-            .map(|id| (id, stub.keys_for("/a", id).len()))
-            .collect();
-        assert!(
-            per_run.values().any(|&n| n == 2),
-            "some /a effect must have been lost and redone: {per_run:?}"
-        );
+        let per_run: BTreeMap<&String, usize> = ids.iter().map(|id| (id, stub.keys_for("/a", id).len())).collect();
+        assert!(per_run.values().any(|&n| n == 2), "some /a effect must have been lost and redone: {per_run:?}");
     }
 }

@@ -29,7 +29,13 @@ fn approval_flow(timeout: Option<(u64, &str)>) -> Value {
 async fn pending(srv: &common::TestServer, run_id: &str) -> Value {
     let (s, v) = srv.get("/api/v1/approvals?status=pending").await;
     assert_eq!(s, 200);
-    v["approvals"].as_array().unwrap().iter().find(|a| a["run_id"] == run_id).cloned().expect("a pending approval")
+    v["approvals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["run_id"] == run_id)
+        .cloned()
+        .expect("a pending approval")
 }
 
 #[tokio::test]
@@ -70,7 +76,12 @@ async fn approve_path_then_second_decision_is_409() {
 async fn reject_path_via_seed_route() {
     let srv = common::start_server(&[]).await;
     let id = srv.start_run(&approval_flow(None), json!({"amount": 1})).await;
-    let (s, v) = srv.post("/api/approval", &json!({"run_id": id, "node_id": "approve", "approved": false, "comment": "too risky"})).await;
+    let (s, v) = srv
+        .post(
+            "/api/approval",
+            &json!({"run_id": id, "node_id": "approve", "approved": false, "comment": "too risky"}),
+        )
+        .await;
     assert_eq!(s, 200, "{v}");
     let run = srv.wait_run(&id).await;
     assert_eq!(run["status"], "COMPLETED");
@@ -122,7 +133,9 @@ async fn another_tenant_sees_nothing() {
     let srv = common::start_server(&[]).await;
     let id = srv.start_run(&approval_flow(None), json!({"amount": 1})).await;
     let a = pending(&srv, &id).await;
-    let (s, k) = srv.post("/api/v1/keys", &json!({"tenant": "acme", "user": "bob", "role": "member", "name": "bob"})).await;
+    let (s, k) = srv
+        .post("/api/v1/keys", &json!({"tenant": "acme", "user": "bob", "role": "member", "name": "bob"}))
+        .await;
     assert_eq!(s, 201, "{k}");
     let bob = common::client_with_key(k["key"].as_str().unwrap());
     let get = |p: String| {

@@ -22,7 +22,12 @@ fn held() -> Value {
 async fn approve_all(srv: &common::TestServer, run_id: &str) {
     let (_, v) = srv.get("/api/v1/approvals?status=pending").await;
     for a in v["approvals"].as_array().unwrap().iter().filter(|a| a["run_id"] == run_id) {
-        let (s, b) = srv.post(&format!("/api/v1/approvals/{}/decide", a["approval_id"].as_str().unwrap()), &json!({"decision": "approve"})).await;
+        let (s, b) = srv
+            .post(
+                &format!("/api/v1/approvals/{}/decide", a["approval_id"].as_str().unwrap()),
+                &json!({"decision": "approve"}),
+            )
+            .await;
         assert_eq!(s, 200, "{b}");
     }
 }
@@ -40,7 +45,12 @@ async fn a_patch_adds_a_step_that_runs_before_downstream_once() {
         {"op": "add_edge", "edge": {"from": "analyze", "to": "notify"}},
         {"op": "add_edge", "edge": {"from": "notify", "to": "store"}}
     ]);
-    let (s, p) = srv.post(&format!("/api/v1/runs/{id}/patches"), &json!({"operations": ops, "description": "add notify", "node_id": "analyze"})).await;
+    let (s, p) = srv
+        .post(
+            &format!("/api/v1/runs/{id}/patches"),
+            &json!({"operations": ops, "description": "add notify", "node_id": "analyze"}),
+        )
+        .await;
     assert_eq!(s, 201, "{p}");
     assert_eq!((p["seq"].as_u64(), p["status"].as_str()), (Some(1), Some("applied")));
     let (s, list) = srv.get(&format!("/api/v1/runs/{id}/patches")).await;
@@ -69,25 +79,40 @@ async fn a_patch_adds_a_step_that_runs_before_downstream_once() {
 async fn invalid_and_forbidden_patches_are_refused_with_every_reason() {
     let srv = common::start_server(&[]).await;
     let mut wf = held();
-    wf["nodes"].as_array_mut().unwrap().push(json!({"id": "a1", "type": "agent", "config": {"task": "t"}}));
+    wf["nodes"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"id": "a1", "type": "agent", "config": {"task": "t"}}));
     wf["edges"].as_array_mut().unwrap().push(json!({"from": "analyze", "to": "a1"}));
     let id = srv.start_run(&wf, json!({})).await;
     let url = format!("/api/v1/runs/{id}/patches");
 
-    let (s, v) = srv.post(&url, &json!({"operations": [
-        {"op": "add_edge", "edge": {"from": "analyze", "to": "ghost"}},
-        {"op": "add_node", "node": {"id": "t", "type": "task"}},
-        {"op": "add_edge", "edge": {"from": "analyze", "to": "t"}}
-    ]})).await;
+    let (s, v) = srv
+        .post(
+            &url,
+            &json!({"operations": [
+                {"op": "add_edge", "edge": {"from": "analyze", "to": "ghost"}},
+                {"op": "add_node", "node": {"id": "t", "type": "task"}},
+                {"op": "add_edge", "edge": {"from": "analyze", "to": "t"}}
+            ]}),
+        )
+        .await;
     assert_eq!(s, 400, "{v}");
     let errors = v["error"]["details"]["errors"].as_array().unwrap();
     assert!(errors.iter().any(|e| e["code"] == "dangling_edge"), "{v}");
     assert!(errors.iter().any(|e| e["code"] == "unknown_type"), "{v}");
 
-    let (s, v) = srv.post(&url, &json!({"operations": [{"op": "replace_node_config", "id": "prep", "config": {"output": 1}}]})).await;
+    let (s, v) = srv
+        .post(
+            &url,
+            &json!({"operations": [{"op": "replace_node_config", "id": "prep", "config": {"output": 1}}]}),
+        )
+        .await;
     assert_eq!(s, 422, "{v}");
     assert_eq!(v["error"]["code"], "patch_rejected");
-    let (s, v) = srv.post(&url, &json!({"operations": [{"op": "remove_edge", "from": "analyze", "to": "store"}]})).await;
+    let (s, v) = srv
+        .post(&url, &json!({"operations": [{"op": "remove_edge", "from": "analyze", "to": "store"}]}))
+        .await;
     assert_eq!(s, 422, "{v}");
 
     let agents = |from: usize, to: usize| -> Vec<Value> {
@@ -134,7 +159,14 @@ async fn review_mode_holds_patches_until_approved() {
 async fn replay_reruns_a_failed_node_and_completes() {
     let healthy = Arc::new(AtomicBool::new(false));
     let h = healthy.clone();
-    let stub = common::Stub::start(Arc::new(move |_, _| if h.load(Ordering::SeqCst) { (200, json!({"ok": true})) } else { (500, json!({"ok": false})) })).await;
+    let stub = common::Stub::start(Arc::new(move |_, _| {
+        if h.load(Ordering::SeqCst) {
+            (200, json!({"ok": true}))
+        } else {
+            (500, json!({"ok": false}))
+        }
+    }))
+    .await;
     let srv = common::start_server(&[stub.allow()]).await;
     let wf = json!({
         "nodes": [
@@ -153,7 +185,9 @@ async fn replay_reruns_a_failed_node_and_completes() {
     let id = srv.start_run(&wf, json!({})).await;
     assert_eq!(srv.wait_run(&id).await["status"], "FAILED");
     healthy.store(true, Ordering::SeqCst);
-    let (s, v) = srv.post(&format!("/api/v1/runs/{id}/nodes/call/replay"), &json!({"reason": "upstream fixed"})).await;
+    let (s, v) = srv
+        .post(&format!("/api/v1/runs/{id}/nodes/call/replay"), &json!({"reason": "upstream fixed"}))
+        .await;
     assert_eq!(s, 200, "{v}");
     let run = srv.wait_run(&id).await;
     assert_eq!(run["status"], "COMPLETED", "{run}");
@@ -165,7 +199,12 @@ async fn replay_reruns_a_failed_node_and_completes() {
     assert_eq!(replayed["data"]["by"], "admin");
 
     // A config override re-runs the node with the new config.
-    let (s, v) = srv.post(&format!("/api/v1/runs/{id}/nodes/after/replay"), &json!({"config": {"output": {"done": "again"}}, "reason": "new output"})).await;
+    let (s, v) = srv
+        .post(
+            &format!("/api/v1/runs/{id}/nodes/after/replay"),
+            &json!({"config": {"output": {"done": "again"}}, "reason": "new output"}),
+        )
+        .await;
     assert_eq!(s, 200, "{v}");
     let run = srv.wait_run(&id).await;
     assert_eq!(run["outputs"]["after"], json!({"done": "again"}));

@@ -133,26 +133,13 @@ impl RedisDispatch {
     /// Connects to `url`, with keys under `prefix` and this process's `consumer_name`
     /// (unique per process, e.g. host + pid + a random suffix). Fails when Redis cannot be
     /// reached.
-    pub async fn connect(
-        url: &str,
-        prefix: &str,
-        consumer_name: &str,
-        opts: Options,
-    ) -> Result<RedisDispatch> {
+    pub async fn connect(url: &str, prefix: &str, consumer_name: &str, opts: Options) -> Result<RedisDispatch> {
         Self::connect_with(url, prefix, consumer_name, opts, Limits::default()).await
     }
 
-    pub async fn connect_with(
-        url: &str,
-        prefix: &str,
-        consumer_name: &str,
-        opts: Options,
-        limits: Limits,
-    ) -> Result<RedisDispatch> {
+    pub async fn connect_with(url: &str, prefix: &str, consumer_name: &str, opts: Options, limits: Limits) -> Result<RedisDispatch> {
         if prefix.is_empty() || consumer_name.is_empty() {
-            return Err(DispatchError::Unavailable(
-                "redis: prefix and consumer name must not be empty".into(),
-            ));
+            return Err(DispatchError::Unavailable("redis: prefix and consumer name must not be empty".into()));
         }
         let client = Client::open(url).map_err(unavailable)?;
         let cfg = ConnectionManagerConfig::new()
@@ -162,9 +149,7 @@ impl RedisDispatch {
             .set_max_delay(Duration::from_secs(2));
         let conn = ConnectionManager::new_with_config(client.clone(), cfg)
             .await
-            .map_err(|e| {
-                DispatchError::Unavailable(format!("redis: cannot connect to {}: {e}", redact(url)))
-            })?;
+            .map_err(|e| DispatchError::Unavailable(format!("redis: cannot connect to {}: {e}", redact(url))))?;
         Ok(RedisDispatch {
             conn,
             client,
@@ -210,11 +195,7 @@ impl RedisDispatch {
 
     /// One pass: reclaim, read, maybe janitor. Returns the leases and, when there were
     /// none, what to block on (stream, last id).
-    async fn pull_once(
-        &self,
-        queues: &[String],
-        max: usize,
-    ) -> Result<(Vec<Lease>, Vec<(String, String)>)> {
+    async fn pull_once(&self, queues: &[String], max: usize) -> Result<(Vec<Lease>, Vec<(String, String)>)> {
         let mut inv = PULL_SCRIPT.prepare_invoke();
         inv.arg(&self.prefix)
             .arg(GROUP)
@@ -245,8 +226,7 @@ impl RedisDispatch {
             }
         }
         let mut conn = self.conn.clone();
-        let (states, out, wake): (Vec<String>, Vec<String>, Vec<String>) =
-            inv.invoke_async(&mut conn).await.map_err(unavailable)?;
+        let (states, out, wake): (Vec<String>, Vec<String>, Vec<String>) = inv.invoke_async(&mut conn).await.map_err(unavailable)?;
         {
             let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
             for pair in states.chunks_exact(2) {
@@ -255,8 +235,7 @@ impl RedisDispatch {
         }
         let mut leases = Vec::with_capacity(out.len() / 6);
         for l in out.chunks_exact(6) {
-            let payload = serde_json::from_str(&l[3])
-                .unwrap_or_else(|_| serde_json::Value::String(l[3].clone()));
+            let payload = serde_json::from_str(&l[3]).unwrap_or_else(|_| serde_json::Value::String(l[3].clone()));
             let delivery = l[4].parse::<u32>().map_err(unavailable)?;
             let token = u64::from_str_radix(&l[5], 16).map_err(unavailable)?;
             leases.push(Lease {
@@ -269,29 +248,18 @@ impl RedisDispatch {
                 token,
             });
         }
-        let wake = wake
-            .chunks_exact(2)
-            .map(|w| (w[0].clone(), w[1].clone()))
-            .collect();
+        let wake = wake.chunks_exact(2).map(|w| (w[0].clone(), w[1].clone())).collect();
         Ok((leases, wake))
     }
 
     async fn blocking_conn(&self) -> Result<MultiplexedConnection> {
-        if let Some(c) = self
-            .blocking
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop()
-        {
+        if let Some(c) = self.blocking.lock().unwrap_or_else(|p| p.into_inner()).pop() {
             return Ok(c);
         }
         let cfg = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(None);
-        self.client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await
-            .map_err(unavailable)
+        self.client.get_multiplexed_async_connection_with_config(&cfg).await.map_err(unavailable)
     }
 
     /// Waits up to `slice` for a new entry after the given ids. Claims nothing.
@@ -302,23 +270,14 @@ impl RedisDispatch {
         }
         let mut conn = self.blocking_conn().await?;
         let mut cmd = redis::cmd("XREAD");
-        cmd.arg("COUNT")
-            .arg(1)
-            .arg("BLOCK")
-            .arg(millis(slice).max(1))
-            .arg("STREAMS");
+        cmd.arg("COUNT").arg(1).arg("BLOCK").arg(millis(slice).max(1)).arg("STREAMS");
         for (s, _) in wake {
             cmd.arg(s);
         }
         for (_, id) in wake {
             cmd.arg(id);
         }
-        match tokio::time::timeout(
-            slice + Duration::from_secs(5),
-            cmd.query_async::<redis::Value>(&mut conn),
-        )
-        .await
-        {
+        match tokio::time::timeout(slice + Duration::from_secs(5), cmd.query_async::<redis::Value>(&mut conn)).await {
             Ok(Ok(_)) => {
                 let mut pool = self.blocking.lock().unwrap_or_else(|p| p.into_inner());
                 if pool.len() < BLOCKING_POOL {
@@ -327,9 +286,7 @@ impl RedisDispatch {
                 Ok(())
             }
             Ok(Err(e)) => Err(unavailable(e)),
-            Err(_) => Err(DispatchError::Unavailable(
-                "redis: blocking read timed out".into(),
-            )),
+            Err(_) => Err(DispatchError::Unavailable("redis: blocking read timed out".into())),
         }
     }
 
@@ -388,8 +345,7 @@ impl Dispatch for RedisDispatch {
         let deadline = Instant::now() + wait;
         // Expired leases are found by the pull script, not by the blocking read: wake up
         // often enough to see them within a fraction of the visibility.
-        let slice_cap =
-            (self.opts.visibility / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
+        let slice_cap = (self.opts.visibility / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
         loop {
             let (leases, wake) = self.pull_once(queues, max.max(1)).await?;
             if !leases.is_empty() {
@@ -399,8 +355,7 @@ impl Dispatch for RedisDispatch {
             if now >= deadline {
                 return Ok(Vec::new());
             }
-            self.wait_for_entries(&wake, (deadline - now).min(slice_cap))
-                .await?;
+            self.wait_for_entries(&wake, (deadline - now).min(slice_cap)).await?;
         }
     }
 
@@ -430,8 +385,7 @@ impl Dispatch for RedisDispatch {
             .map(|d| Envelope {
                 id: d[0].clone(),
                 queue: d[1].clone(),
-                payload: serde_json::from_str(&d[2])
-                    .unwrap_or_else(|_| serde_json::Value::String(d[2].clone())),
+                payload: serde_json::from_str(&d[2]).unwrap_or_else(|_| serde_json::Value::String(d[2].clone())),
             })
             .collect())
     }

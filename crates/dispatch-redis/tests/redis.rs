@@ -54,10 +54,7 @@ impl Keys {
     async fn connect_with(&self, consumer: &str, opts: Options, limits: Limits) -> RedisDispatch {
         match RedisDispatch::connect_with(&self.url, &self.prefix, consumer, opts, limits).await {
             Ok(d) => d,
-            Err(e) => panic!(
-                "these tests need a Redis at {} (set AOB_TEST_REDIS_URL): {e}",
-                self.url
-            ),
+            Err(e) => panic!("these tests need a Redis at {} (set AOB_TEST_REDIS_URL): {e}", self.url),
         }
     }
 
@@ -89,16 +86,8 @@ impl Keys {
                 .await
                 .unwrap();
             for k in keys {
-                let ty: String = redis::cmd("TYPE")
-                    .arg(&k)
-                    .query_async(&mut c)
-                    .await
-                    .unwrap();
-                let ttl: i64 = redis::cmd("PTTL")
-                    .arg(&k)
-                    .query_async(&mut c)
-                    .await
-                    .unwrap();
+                let ty: String = redis::cmd("TYPE").arg(&k).query_async(&mut c).await.unwrap();
+                let ttl: i64 = redis::cmd("PTTL").arg(&k).query_async(&mut c).await.unwrap();
                 out.insert(k, (ty, ttl));
             }
             if next == "0" {
@@ -162,8 +151,7 @@ aob_dispatch::dispatch_conformance!(fresh, tokio::time::sleep, real);
 #[tokio::test]
 async fn an_unreachable_redis_is_an_error_not_a_hang() {
     let started = Instant::now();
-    let r =
-        RedisDispatch::connect("redis://127.0.0.1:1", "aob-test-unreachable", "c", opts()).await;
+    let r = RedisDispatch::connect("redis://127.0.0.1:1", "aob-test-unreachable", "c", opts()).await;
     match r {
         Err(DispatchError::Unavailable(m)) => assert!(m.contains("cannot connect"), "{m}"),
         Err(e) => panic!("wrong error: {e}"),
@@ -184,10 +172,7 @@ async fn a_consumer_that_disappears_loses_its_entry_to_another() {
     let first = a.pull(&[], 1, NO_WAIT).await.unwrap();
     assert_eq!(first.len(), 1);
     drop(a);
-    assert!(
-        b.pull(&[], 1, NO_WAIT).await.unwrap().is_empty(),
-        "not before the visibility timeout"
-    );
+    assert!(b.pull(&[], 1, NO_WAIT).await.unwrap().is_empty(), "not before the visibility timeout");
 
     let started = Instant::now();
     let got = b.pull(&[], 1, opts().visibility * 4).await.unwrap();
@@ -198,25 +183,13 @@ async fn a_consumer_that_disappears_loses_its_entry_to_another() {
         started.elapsed()
     );
     assert_eq!((got[0].envelope.id.as_str(), got[0].delivery), ("x", 2));
-    assert!(
-        b.ack(&first[0]).await.is_err(),
-        "the dead worker's lease is stale everywhere"
-    );
+    assert!(b.ack(&first[0]).await.is_err(), "the dead worker's lease is stale everywhere");
     b.ack(&got[0]).await.unwrap();
 
     let mut c = keys.redis().await;
-    let len: i64 = redis::cmd("XLEN")
-        .arg(keys.key("q:http"))
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let len: i64 = redis::cmd("XLEN").arg(keys.key("q:http")).query_async(&mut c).await.unwrap();
     assert_eq!(len, 0, "acked entries are deleted from the stream");
-    let pending: (i64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
-        .arg(keys.key("q:http"))
-        .arg(GROUP)
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let pending: (i64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING").arg(keys.key("q:http")).arg(GROUP).query_async(&mut c).await.unwrap();
     assert_eq!(pending.0, 0);
 }
 
@@ -235,10 +208,7 @@ async fn a_stale_holder_cannot_ack_or_extend_after_another_process_reclaimed() {
     assert_eq!(lb.delivery, 2);
     assert!(a.extend(&la).await.is_err());
     assert!(a.ack(&la).await.is_err());
-    assert!(
-        b.ack(&la).await.is_err(),
-        "the token decides, not the instance"
-    );
+    assert!(b.ack(&la).await.is_err(), "the token decides, not the instance");
     b.extend(&lb).await.unwrap();
     a.ack(&lb).await.unwrap();
     assert!(b.ack(&lb).await.is_err(), "acked once");
@@ -251,9 +221,7 @@ async fn dead_letter_after_max_deliveries_across_processes() {
     let keys = Keys::new();
     let a = keys.connect("worker-a", opts()).await;
     let b = keys.connect("worker-b", opts()).await;
-    a.push(vec![env("poison", "http"), env("fine", "transform")])
-        .await
-        .unwrap();
+    a.push(vec![env("poison", "http"), env("fine", "transform")]).await.unwrap();
     for n in 1..=opts().max_deliveries {
         let d = if n % 2 == 1 { &a } else { &b };
         let l = d.pull(&["http".to_string()], 1, NO_WAIT).await.unwrap();
@@ -267,39 +235,21 @@ async fn dead_letter_after_max_deliveries_across_processes() {
     assert_eq!(a.dead_letters().await.unwrap(), dead, "once");
 
     let mut c = keys.redis().await;
-    let len: i64 = redis::cmd("XLEN")
-        .arg(keys.key("q:http"))
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let len: i64 = redis::cmd("XLEN").arg(keys.key("q:http")).query_async(&mut c).await.unwrap();
     assert_eq!(len, 0);
     let inv = keys.inventory().await;
-    assert!(
-        !inv.contains_key(&keys.key("id:poison")),
-        "its dedupe key is gone: {inv:?}"
-    );
-    assert!(
-        inv[&keys.key("dead")].1 > 0,
-        "the dead letters expire eventually"
-    );
+    assert!(!inv.contains_key(&keys.key("id:poison")), "its dedupe key is gone: {inv:?}");
+    assert!(inv[&keys.key("dead")].1 > 0, "the dead letters expire eventually");
 
     // The other queue was untouched.
     let fine = a.pull(&[], 10, NO_WAIT).await.unwrap();
-    assert_eq!(
-        fine.iter()
-            .map(|l| l.envelope.id.as_str())
-            .collect::<Vec<_>>(),
-        vec!["fine"]
-    );
+    assert_eq!(fine.iter().map(|l| l.envelope.id.as_str()).collect::<Vec<_>>(), vec!["fine"]);
     a.ack(&fine[0]).await.unwrap();
 
     // The same id may be pushed again: a fresh entry, delivery 1.
     a.push(vec![env("poison", "http")]).await.unwrap();
     let again = b.pull(&[], 1, NO_WAIT).await.unwrap();
-    assert_eq!(
-        (again[0].envelope.id.as_str(), again[0].delivery),
-        ("poison", 1)
-    );
+    assert_eq!((again[0].envelope.id.as_str(), again[0].delivery), ("poison", 1));
     b.ack(&again[0]).await.unwrap();
 }
 
@@ -320,10 +270,7 @@ async fn two_processes_never_hold_the_same_lease_at_once() {
         Arc::new(keys.connect("proc-b", o.clone()).await),
     ];
     const N: usize = 60;
-    instances[0]
-        .push((0..N).map(|i| env(&format!("e{i}"), "http")).collect())
-        .await
-        .unwrap();
+    instances[0].push((0..N).map(|i| env(&format!("e{i}"), "http")).collect()).await.unwrap();
 
     #[derive(Default)]
     struct Log {
@@ -344,10 +291,7 @@ async fn two_processes_never_hold_the_same_lease_at_once() {
                 futures::future::join_all(leases.into_iter().map(|l| {
                     let (d, log) = (d.clone(), log.clone());
                     async move {
-                        log.lock()
-                            .unwrap()
-                            .pulls
-                            .push((l.envelope.id.clone(), l.delivery, w));
+                        log.lock().unwrap().pulls.push((l.envelope.id.clone(), l.delivery, w));
                         let n: usize = l.envelope.id[1..].parse().unwrap();
                         if n.is_multiple_of(6) && l.delivery == 1 {
                             // A stalled holder: no heartbeat, past the visibility.
@@ -357,20 +301,14 @@ async fn two_processes_never_hold_the_same_lease_at_once() {
                             for _ in 0..8 {
                                 tokio::time::sleep(vis / 4).await;
                                 if d.extend(&l).await.is_err() {
-                                    log.lock()
-                                        .unwrap()
-                                        .extends_failed
-                                        .push((l.envelope.id.clone(), l.delivery));
+                                    log.lock().unwrap().extends_failed.push((l.envelope.id.clone(), l.delivery));
                                 }
                             }
                         } else {
                             tokio::time::sleep(Duration::from_millis((n % 4) as u64 * 5)).await;
                         }
                         let ok = d.ack(&l).await.is_ok();
-                        log.lock()
-                            .unwrap()
-                            .acks
-                            .push((l.envelope.id.clone(), l.delivery, ok));
+                        log.lock().unwrap().acks.push((l.envelope.id.clone(), l.delivery, ok));
                     }
                 }))
                 .await;
@@ -402,28 +340,10 @@ async fn two_processes_never_hold_the_same_lease_at_once() {
         ds.sort_unstable();
         let n = ds.len();
         ds.dedup();
-        assert_eq!(
-            ds.len(),
-            n,
-            "{id}: a delivery was handed out twice: {:?}",
-            deliveries[id.as_str()]
-        );
-        assert_eq!(
-            ds,
-            (1..=n as u32).collect::<Vec<_>>(),
-            "{id}: deliveries are 1..n"
-        );
-        let ok: Vec<u32> = log
-            .acks
-            .iter()
-            .filter(|a| a.0 == id && a.2)
-            .map(|a| a.1)
-            .collect();
-        assert_eq!(
-            ok,
-            vec![n as u32],
-            "{id}: exactly one ack succeeded, the last delivery's"
-        );
+        assert_eq!(ds.len(), n, "{id}: a delivery was handed out twice: {:?}", deliveries[id.as_str()]);
+        assert_eq!(ds, (1..=n as u32).collect::<Vec<_>>(), "{id}: deliveries are 1..n");
+        let ok: Vec<u32> = log.acks.iter().filter(|a| a.0 == id && a.2).map(|a| a.1).collect();
+        assert_eq!(ok, vec![n as u32], "{id}: exactly one ack succeeded, the last delivery's");
         if i % 6 == 1 {
             assert_eq!(n, 1, "{id}: an extended lease was reclaimed");
         }
@@ -431,15 +351,8 @@ async fn two_processes_never_hold_the_same_lease_at_once() {
             stalled_reclaimed += 1;
         }
     }
-    assert!(
-        log.extends_failed.is_empty(),
-        "heartbeats failed: {:?}",
-        log.extends_failed
-    );
-    assert!(
-        stalled_reclaimed > 0,
-        "no stalled lease was reclaimed; the check proved nothing"
-    );
+    assert!(log.extends_failed.is_empty(), "heartbeats failed: {:?}", log.extends_failed);
+    assert!(stalled_reclaimed > 0, "no stalled lease was reclaimed; the check proved nothing");
 }
 
 /// Every key but the queue streams has a TTL; acked and dead entries leave nothing behind.
@@ -451,21 +364,12 @@ async fn every_helper_key_expires() {
         max_deliveries: 1,
     };
     let d = keys.connect("c", o.clone()).await;
-    d.push(vec![
-        env("a", "http"),
-        env("b", "http"),
-        env("c", "transform"),
-    ])
-    .await
-    .unwrap();
+    d.push(vec![env("a", "http"), env("b", "http"), env("c", "transform")]).await.unwrap();
     let got = d.pull(&[], 10, NO_WAIT).await.unwrap();
     assert_eq!(got.len(), 3);
     d.ack(&got[0]).await.unwrap();
     tokio::time::sleep(o.visibility + Duration::from_millis(1)).await;
-    assert!(
-        d.pull(&[], 10, NO_WAIT).await.unwrap().is_empty(),
-        "both expired at max deliveries"
-    );
+    assert!(d.pull(&[], 10, NO_WAIT).await.unwrap().is_empty(), "both expired at max deliveries");
     assert_eq!(d.dead_letters().await.unwrap().len(), 2);
     // One more in flight.
     d.push(vec![env("d", "http")]).await.unwrap();
@@ -481,30 +385,14 @@ async fn every_helper_key_expires() {
         }
     }
     for expected in ["queues", "bell", "dead", "id:d", "q:http", "q:transform"] {
-        assert!(
-            inv.contains_key(&keys.key(expected)),
-            "{expected} missing: {inv:?}"
-        );
+        assert!(inv.contains_key(&keys.key(expected)), "{expected} missing: {inv:?}");
     }
-    let leases = inv
-        .keys()
-        .filter(|k| k.starts_with(&keys.key("lease:")))
-        .count();
-    let ids = inv
-        .keys()
-        .filter(|k| k.starts_with(&keys.key("id:")))
-        .count();
-    assert_eq!(
-        (leases, ids),
-        (3, 1),
-        "only the live lease and two stale tokens (which expire): {inv:?}"
-    );
+    let leases = inv.keys().filter(|k| k.starts_with(&keys.key("lease:"))).count();
+    let ids = inv.keys().filter(|k| k.starts_with(&keys.key("id:"))).count();
+    assert_eq!((leases, ids), (3, 1), "only the live lease and two stale tokens (which expire): {inv:?}");
     d.ack(&l).await.unwrap();
     let inv = keys.inventory().await;
-    assert!(
-        !inv.keys().any(|k| k.starts_with(&keys.key("id:"))),
-        "{inv:?}"
-    );
+    assert!(!inv.keys().any(|k| k.starts_with(&keys.key("id:"))), "{inv:?}");
 }
 
 /// The janitor deletes group consumers that own nothing (a restarted process gets a new
@@ -550,10 +438,7 @@ async fn consumers(keys: &Keys) -> Vec<String> {
         .query_async(&mut c)
         .await
         .unwrap();
-    let mut names: Vec<String> = rows
-        .iter()
-        .map(|r| redis::from_redis_value_ref(&r["name"]).unwrap())
-        .collect();
+    let mut names: Vec<String> = rows.iter().map(|r| redis::from_redis_value_ref(&r["name"]).unwrap()).collect();
     names.sort();
     names
 }
@@ -566,15 +451,8 @@ async fn a_repush_after_redis_lost_the_entry_is_queued_again() {
     let d = keys.connect("c", opts()).await;
     d.push(vec![env("x", "http")]).await.unwrap();
     let mut c = keys.redis().await;
-    let _: i64 = redis::cmd("DEL")
-        .arg(keys.key("q:http"))
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    assert!(
-        d.pull(&[], 1, NO_WAIT).await.unwrap().is_empty(),
-        "a pull on a lost stream is not an error"
-    );
+    let _: i64 = redis::cmd("DEL").arg(keys.key("q:http")).query_async(&mut c).await.unwrap();
+    assert!(d.pull(&[], 1, NO_WAIT).await.unwrap().is_empty(), "a pull on a lost stream is not an error");
     d.push(vec![env("x", "http")]).await.unwrap();
     let l = d.pull(&[], 1, NO_WAIT).await.unwrap();
     assert_eq!(l.len(), 1);
@@ -596,15 +474,9 @@ async fn stream_length_is_bounded() {
             },
         )
         .await;
-    d.push((0..1000).map(|i| env(&format!("e{i}"), "http")).collect())
-        .await
-        .unwrap();
+    d.push((0..1000).map(|i| env(&format!("e{i}"), "http")).collect()).await.unwrap();
     let mut c = keys.redis().await;
-    let len: i64 = redis::cmd("XLEN")
-        .arg(keys.key("q:http"))
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let len: i64 = redis::cmd("XLEN").arg(keys.key("q:http")).query_async(&mut c).await.unwrap();
     assert!((100..=300).contains(&len), "{len}");
     let got = d.pull(&[], 1, NO_WAIT).await.unwrap();
     assert_ne!(got[0].envelope.id, "e0", "the oldest were trimmed");
@@ -624,15 +496,6 @@ async fn a_pull_on_named_queues_wakes_on_their_push() {
         d.push(vec![env("t", "transform")]).await.unwrap();
     });
     let got = got.unwrap();
-    assert_eq!(
-        got.iter()
-            .map(|l| l.envelope.id.as_str())
-            .collect::<Vec<_>>(),
-        vec!["t"]
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
+    assert_eq!(got.iter().map(|l| l.envelope.id.as_str()).collect::<Vec<_>>(), vec!["t"]);
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
 }

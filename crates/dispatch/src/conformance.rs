@@ -56,42 +56,29 @@ where
     P: Fn(Duration) -> F,
     F: Future<Output = ()>,
 {
-    d.push(vec![env("a", "http"), env("b", "http"), env("a", "http")])
-        .await
-        .unwrap();
+    d.push(vec![env("a", "http"), env("b", "http"), env("a", "http")]).await.unwrap();
     let got = d.pull(&[], 10, NO_WAIT).await.unwrap();
     assert_eq!(
-        got.iter()
-            .map(|l| l.envelope.id.as_str())
-            .collect::<Vec<_>>(),
+        got.iter().map(|l| l.envelope.id.as_str()).collect::<Vec<_>>(),
         vec!["a", "b"],
         "duplicate push is a no-op"
     );
     assert!(got.iter().all(|l| l.delivery == 1));
     assert_eq!(got[0].envelope.payload, json!({"id": "a"}));
     d.push(vec![env("a", "http")]).await.unwrap();
-    assert!(
-        d.pull(&[], 10, NO_WAIT).await.unwrap().is_empty(),
-        "pushing a leased id is a no-op"
-    );
+    assert!(d.pull(&[], 10, NO_WAIT).await.unwrap().is_empty(), "pushing a leased id is a no-op");
     for l in &got {
         d.ack(l).await.unwrap();
     }
     assert!(d.pull(&[], 10, NO_WAIT).await.unwrap().is_empty());
-    assert!(
-        d.ack(&got[0]).await.is_err(),
-        "a second ack of the same lease fails"
-    );
+    assert!(d.ack(&got[0]).await.is_err(), "a second ack of the same lease fails");
     // After the ack the id may be pushed again.
     d.push(vec![env("a", "http")]).await.unwrap();
     let again = d.pull(&[], 10, NO_WAIT).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!((again[0].envelope.id.as_str(), again[0].delivery), ("a", 1));
     assert_ne!(again[0].token, got[0].token);
-    assert!(
-        d.ack(&got[0]).await.is_err(),
-        "the old lease does not ack the re-pushed entry"
-    );
+    assert!(d.ack(&got[0]).await.is_err(), "the old lease does not ack the re-pushed entry");
     d.ack(&again[0]).await.unwrap();
 }
 
@@ -100,24 +87,14 @@ where
     P: Fn(Duration) -> F,
     F: Future<Output = ()>,
 {
-    d.push(vec![env("h", "http"), env("t", "transform")])
-        .await
-        .unwrap();
-    let got = d
-        .pull(&["transform".to_string()], 10, NO_WAIT)
-        .await
-        .unwrap();
+    d.push(vec![env("h", "http"), env("t", "transform")]).await.unwrap();
+    let got = d.pull(&["transform".to_string()], 10, NO_WAIT).await.unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].envelope.queue, "transform");
     let got = d.pull(&["http".to_string()], 10, NO_WAIT).await.unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].envelope.id, "h");
-    assert!(
-        d.pull(&["nothing-here".to_string()], 10, NO_WAIT)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(d.pull(&["nothing-here".to_string()], 10, NO_WAIT).await.unwrap().is_empty());
 }
 
 /// An unacknowledged entry comes back after the visibility timeout; the old holder's
@@ -135,10 +112,7 @@ where
     assert_eq!(second.envelope.id, "x");
     assert_eq!(second.delivery, 2);
     assert_ne!(first.token, second.token);
-    assert!(
-        d.extend(&first).await.is_err(),
-        "a stale lease must not extend"
-    );
+    assert!(d.extend(&first).await.is_err(), "a stale lease must not extend");
     assert!(d.ack(&first).await.is_err(), "a stale lease must not ack");
     d.ack(&second).await.unwrap();
     assert!(d.pull(&[], 1, NO_WAIT).await.unwrap().is_empty());
@@ -174,10 +148,7 @@ where
     }
     assert!(d.pull(&[], 1, NO_WAIT).await.unwrap().is_empty());
     let dead = d.dead_letters().await.unwrap();
-    assert_eq!(
-        dead.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
-        vec!["poison"]
-    );
+    assert_eq!(dead.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), vec!["poison"]);
     assert_eq!(dead[0].queue, "http");
     assert_eq!(dead[0].payload, json!({"id": "poison"}));
 }

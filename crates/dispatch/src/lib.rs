@@ -55,7 +55,10 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { visibility: Duration::from_secs(60), max_deliveries: 5 }
+        Options {
+            visibility: Duration::from_secs(60),
+            max_deliveries: 5,
+        }
     }
 }
 

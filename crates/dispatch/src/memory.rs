@@ -33,7 +33,11 @@ pub struct MemoryDispatch {
 
 impl MemoryDispatch {
     pub fn new(opts: Options) -> MemoryDispatch {
-        MemoryDispatch { opts, inner: Mutex::default(), notify: Notify::new() }
+        MemoryDispatch {
+            opts,
+            inner: Mutex::default(),
+            notify: Notify::new(),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -71,7 +75,15 @@ impl MemoryDispatch {
             inner.next_token += 1;
             let token = inner.next_token;
             let delivery = prior + 1;
-            inner.leased.insert(envelope.id.clone(), Leased { envelope: envelope.clone(), delivery, token, until: now + self.opts.visibility });
+            inner.leased.insert(
+                envelope.id.clone(),
+                Leased {
+                    envelope: envelope.clone(),
+                    delivery,
+                    token,
+                    until: now + self.opts.visibility,
+                },
+            );
             out.push(Lease { envelope, delivery, token });
         }
         let next = inner.leased.values().map(|l| l.until).min().or(next_expiry);

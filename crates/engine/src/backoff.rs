@@ -8,10 +8,7 @@ const DEFAULT_CAP_MS: u64 = 5 * 60 * 1000;
 /// "equal jitter" (half fixed, half pseudo-random). The random half is derived from
 /// `seed` so that the engine stays deterministic and replayable.
 pub fn retry_delay_ms(policy: &RetryPolicy, attempt: u32, seed: &str) -> u64 {
-    let exp = policy
-        .backoff_multiplier
-        .max(1.0)
-        .powi(attempt.saturating_sub(1).min(60) as i32);
+    let exp = policy.backoff_multiplier.max(1.0).powi(attempt.saturating_sub(1).min(60) as i32);
     let cap = policy.max_backoff_ms.unwrap_or(DEFAULT_CAP_MS) as f64;
     let base = (policy.backoff_ms as f64 * exp).min(cap);
     let digest = Sha256::digest(format!("{seed}:{attempt}").as_bytes());

@@ -16,7 +16,4 @@ mod state;
 pub use backoff::retry_delay_ms;
 pub use plan::{EdgeKind, Plan, PlanEdge, PlanNode};
 pub use run::{Action, Decision, Input, Step, apply, approval_id, in_flight};
-pub use state::{
-    Event, ItemState, MapState, NodeState, NodeStatus, Outcome, RunSettings, RunState, RunStatus, Task,
-    TaskError, TaskId, Token,
-};
+pub use state::{Event, ItemState, MapState, NodeState, NodeStatus, Outcome, RunSettings, RunState, RunStatus, Task, TaskError, TaskId, Token};

@@ -77,17 +77,10 @@ impl Plan {
                 severity: aob_model::Severity::Error,
             }]
         };
-        let index: HashMap<String, usize> = workflow
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.id.clone(), i))
-            .collect();
+        let index: HashMap<String, usize> = workflow.nodes.iter().enumerate().map(|(i, n)| (n.id.clone(), i)).collect();
         let mut nodes = Vec::with_capacity(workflow.nodes.len());
         for n in &workflow.nodes {
-            let kind = n
-                .kind()
-                .ok_or_else(|| invalid(format!("unknown type {}", n.kind)))?;
+            let kind = n.kind().ok_or_else(|| invalid(format!("unknown type {}", n.kind)))?;
             let config = NodeConfig::parse(kind, &n.config).map_err(invalid)?;
             let (loop_back_to, loop_condition) = match &config {
                 NodeConfig::Loop(l) => (
@@ -122,10 +115,7 @@ impl Plan {
         for (i, n) in workflow.nodes.iter().enumerate() {
             if let Some(NodeConfig::Loop(l)) = nodes.get(i).map(|p| &p.config) {
                 let _ = n;
-                for (ids, kind) in [
-                    (&l.break_path, EdgeKind::Break),
-                    (&l.timeout_path, EdgeKind::Timeout),
-                ] {
+                for (ids, kind) in [(&l.break_path, EdgeKind::Break), (&l.timeout_path, EdgeKind::Timeout)] {
                     for id in ids {
                         if let Some(&t) = index.get(id)
                             && seen_exit.insert((i, t))
@@ -193,16 +183,12 @@ impl Plan {
             body.sort_unstable();
             let set: HashSet<usize> = body.iter().copied().collect();
             let body_edges = (0..edges.len())
-                .filter(|&k| {
-                    set.contains(&edges[k].from) && set.contains(&edges[k].to) && edges[k].from != l
-                })
+                .filter(|&k| set.contains(&edges[k].from) && set.contains(&edges[k].to) && edges[k].from != l)
                 .collect();
             nodes[l].loop_body = body;
             nodes[l].loop_body_edges = body_edges;
         }
-        let entries = (0..nodes.len())
-            .filter(|&i| nodes[i].incoming.is_empty())
-            .collect();
+        let entries = (0..nodes.len()).filter(|&i| nodes[i].incoming.is_empty()).collect();
         let hash = workflow.content_hash();
         Ok(Plan {
             workflow,

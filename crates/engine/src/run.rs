@@ -120,7 +120,13 @@ pub fn apply(plan: &Plan, st: &mut RunState, input: Input, now: i64) -> Step {
         Input::Pause => m.pause(),
         Input::Resume => m.resume(),
         Input::Decide { node, activation, decision } => m.decide(node as usize, activation, decision),
-        Input::Patched { seq, by, description, node_id, workflow } => {
+        Input::Patched {
+            seq,
+            by,
+            description,
+            node_id,
+            workflow,
+        } => {
             let data = json!({"seq": seq, "by": by, "description": description, "node_id": node_id, "workflow": workflow});
             m.emit("patch_applied", None, None, data);
             let pending = (0..m.st.nodes.len()).filter(|&i| m.st.nodes[i].status == NodeStatus::Pending).collect();
@@ -208,10 +214,7 @@ impl Machine<'_> {
     }
 
     fn pause(&mut self) {
-        if matches!(
-            self.st.status,
-            RunStatus::Running | RunStatus::WaitingForApproval | RunStatus::Queued
-        ) {
+        if matches!(self.st.status, RunStatus::Running | RunStatus::WaitingForApproval | RunStatus::Queued) {
             self.st.paused = true;
             self.st.status = RunStatus::Paused;
             self.emit("workflow_paused", None, None, json!({}));
@@ -233,9 +236,7 @@ impl Machine<'_> {
             // Map items are held back while paused (see `fill_map`); a running map is
             // not `Ready`, so `advance` would never look at it again: refill it here.
             for i in 0..self.st.nodes.len() {
-                if self.plan.nodes[i].kind == NodeKind::Map
-                    && self.st.nodes[i].status == NodeStatus::Running
-                {
+                if self.plan.nodes[i].kind == NodeKind::Map && self.st.nodes[i].status == NodeStatus::Running {
                     self.fill_map(i);
                 }
             }
@@ -263,9 +264,7 @@ impl Machine<'_> {
     /// run that ends in this step dispatches nothing.
     fn abort(&mut self, id: TaskId) {
         let before = self.step.actions.len();
-        self.step
-            .actions
-            .retain(|a| !matches!(a, Action::Dispatch(t) if t.id == id));
+        self.step.actions.retain(|a| !matches!(a, Action::Dispatch(t) if t.id == id));
         if self.step.actions.len() == before {
             self.step.actions.push(Action::Abort(id));
         }
@@ -328,9 +327,7 @@ impl Machine<'_> {
             None => {
                 // Map and wait nodes have no node-level task: only their items / the timer
                 // finish them, never a completion naming the node itself.
-                if n.attempt != task.attempt
-                    || matches!(self.plan.nodes[i].kind, NodeKind::Map | NodeKind::Wait)
-                {
+                if n.attempt != task.attempt || matches!(self.plan.nodes[i].kind, NodeKind::Map | NodeKind::Wait) {
                     return;
                 }
                 match outcome {
@@ -377,7 +374,10 @@ impl Machine<'_> {
         }
         for &v in &reset {
             let n = &mut self.st.nodes[v];
-            *n = NodeState { activation: n.activation + 1, ..NodeState::new() };
+            *n = NodeState {
+                activation: n.activation + 1,
+                ..NodeState::new()
+            };
             for &k in &self.plan.nodes[v].outgoing {
                 self.st.edges[k] = Token::Pending;
             }
@@ -434,9 +434,17 @@ impl Machine<'_> {
         if !matches!(self.st.status, RunStatus::Running | RunStatus::WaitingForApproval) {
             return;
         }
-        let busy = self.st.nodes.iter().any(|n| matches!(n.status, NodeStatus::Ready | NodeStatus::Running | NodeStatus::Retrying));
+        let busy = self
+            .st
+            .nodes
+            .iter()
+            .any(|n| matches!(n.status, NodeStatus::Ready | NodeStatus::Running | NodeStatus::Retrying));
         let waiting = self.st.nodes.iter().any(|n| n.status == NodeStatus::WaitingForApproval);
-        self.st.status = if !busy && waiting { RunStatus::WaitingForApproval } else { RunStatus::Running };
+        self.st.status = if !busy && waiting {
+            RunStatus::WaitingForApproval
+        } else {
+            RunStatus::Running
+        };
     }
 
     fn tick(&mut self) {
@@ -465,14 +473,7 @@ impl Machine<'_> {
                             attempt: n.attempt,
                         };
                         self.step.actions.push(Action::Abort(id));
-                        self.attempt_failed(
-                            i,
-                            TaskError::new(
-                                "timeout",
-                                "attempt timed out (lost or unresponsive worker)",
-                                true,
-                            ),
-                        );
+                        self.attempt_failed(i, TaskError::new("timeout", "attempt timed out (lost or unresponsive worker)", true));
                     }
                 }
                 _ => {}
@@ -489,9 +490,7 @@ impl Machine<'_> {
             return;
         }
         loop {
-            let ready: Vec<usize> = (0..self.st.nodes.len())
-                .filter(|&i| self.st.nodes[i].status == NodeStatus::Ready)
-                .collect();
+            let ready: Vec<usize> = (0..self.st.nodes.len()).filter(|&i| self.st.nodes[i].status == NodeStatus::Ready).collect();
             if ready.is_empty() {
                 return;
             }
@@ -526,27 +525,15 @@ impl Machine<'_> {
             many => {
                 let mut m = Map::new();
                 for &j in many {
-                    m.insert(
-                        self.plan.nodes[j].id.clone(),
-                        self.scope_value(j).cloned().unwrap_or(Value::Null),
-                    );
+                    m.insert(self.plan.nodes[j].id.clone(), self.scope_value(j).cloned().unwrap_or(Value::Null));
                 }
                 Value::Object(m)
             }
         }
     }
 
-    fn resolve(
-        &self,
-        value: &Value,
-        item: Option<(&Value, usize)>,
-    ) -> Result<Value, refs::RefError> {
-        let lookup = |id: &str| {
-            self.plan
-                .index
-                .get(id)
-                .and_then(|&j| self.st.nodes[j].output.as_ref())
-        };
+    fn resolve(&self, value: &Value, item: Option<(&Value, usize)>) -> Result<Value, refs::RefError> {
+        let lookup = |id: &str| self.plan.index.get(id).and_then(|&j| self.st.nodes[j].output.as_ref());
         let scope = Scope {
             inputs: &self.st.inputs,
             node: &lookup,
@@ -573,10 +560,7 @@ impl Machine<'_> {
                     Some(o) => match self.resolve(o, None) {
                         Ok(v) => v,
                         Err(e) => {
-                            return self.fail_early(
-                                i,
-                                TaskError::new("reference_error", e.to_string(), false),
-                            );
+                            return self.fail_early(i, TaskError::new("reference_error", e.to_string(), false));
                         }
                     },
                     None => self.node_input(i),
@@ -594,10 +578,7 @@ impl Machine<'_> {
                 for &k in &node.incoming {
                     if self.st.edges[k] == Token::Taken {
                         let j = self.plan.edges[k].from;
-                        m.insert(
-                            self.plan.nodes[j].id.clone(),
-                            self.scope_value(j).cloned().unwrap_or(Value::Null),
-                        );
+                        m.insert(self.plan.nodes[j].id.clone(), self.scope_value(j).cloned().unwrap_or(Value::Null));
                     }
                 }
                 self.start_inline(i);
@@ -612,14 +593,9 @@ impl Machine<'_> {
                 let due = match (w.duration_ms, &w.until) {
                     (Some(ms), _) => Ok(self.now.saturating_add(ms as i64)),
                     (None, Some(u)) => match self.resolve(&Value::String(u.clone()), None) {
-                        Ok(Value::String(s)) => aob_model::config::parse_instant_ms(&s)
-                            .ok_or_else(|| format!("until '{s}' is not an RFC 3339 instant")),
-                        Ok(Value::Number(n)) => n
-                            .as_i64()
-                            .ok_or_else(|| "until is not an integer".to_string()),
-                        Ok(other) => Err(format!(
-                            "until resolved to {other}, not an RFC 3339 instant"
-                        )),
+                        Ok(Value::String(s)) => aob_model::config::parse_instant_ms(&s).ok_or_else(|| format!("until '{s}' is not an RFC 3339 instant")),
+                        Ok(Value::Number(n)) => n.as_i64().ok_or_else(|| "until is not an integer".to_string()),
+                        Ok(other) => Err(format!("until resolved to {other}, not an RFC 3339 instant")),
                         Err(e) => Err(e.to_string()),
                     },
                     (None, None) => Err("wait needs duration_ms or until".to_string()),
@@ -631,12 +607,7 @@ impl Machine<'_> {
                         n.attempt = 1;
                         n.started_at = Some(self.now);
                         n.due_at = Some(t);
-                        self.emit(
-                            "node_started",
-                            Some(i),
-                            Some(1),
-                            json!({"type": "wait", "until_ms": t}),
-                        );
+                        self.emit("node_started", Some(i), Some(1), json!({"type": "wait", "until_ms": t}));
                     }
                     Err(msg) => self.fail_early(i, TaskError::new("invalid_config", msg, false)),
                 }
@@ -648,18 +619,11 @@ impl Machine<'_> {
                         let kind = json_kind(&other);
                         return self.fail_early(
                             i,
-                            TaskError::new(
-                                "invalid_items",
-                                format!("map items resolved to {kind}, expected an array"),
-                                false,
-                            ),
+                            TaskError::new("invalid_items", format!("map items resolved to {kind}, expected an array"), false),
                         );
                     }
                     Err(e) => {
-                        return self.fail_early(
-                            i,
-                            TaskError::new("reference_error", e.to_string(), false),
-                        );
+                        return self.fail_early(i, TaskError::new("reference_error", e.to_string(), false));
                     }
                 };
                 let count = items.len();
@@ -682,12 +646,7 @@ impl Machine<'_> {
                     concurrency: mc.concurrency.max(1),
                     step_config: mc.node.config.clone(),
                 });
-                self.emit(
-                    "node_started",
-                    Some(i),
-                    Some(1),
-                    json!({"type": "map", "items": count}),
-                );
+                self.emit("node_started", Some(i), Some(1), json!({"type": "map", "items": count}));
                 if count == 0 {
                     self.complete(i, json!([]), None);
                 } else {
@@ -695,12 +654,10 @@ impl Machine<'_> {
                 }
             }
             NodeConfig::Hitl(h) => {
-                let rendered = self
-                    .resolve(&Value::String(h.message.clone()), None)
-                    .and_then(|m| match &h.data {
-                        Some(d) => self.resolve(d, None).map(|d| (m, d)),
-                        None => Ok((m, Value::Null)),
-                    });
+                let rendered = self.resolve(&Value::String(h.message.clone()), None).and_then(|m| match &h.data {
+                    Some(d) => self.resolve(d, None).map(|d| (m, d)),
+                    None => Ok((m, Value::Null)),
+                });
                 let (message, data) = match rendered {
                     Ok(v) => v,
                     Err(e) => {
@@ -738,12 +695,7 @@ impl Machine<'_> {
         n.started_at = Some(self.now);
         let attempt = n.attempt;
         let kind = self.plan.nodes[i].kind;
-        self.emit(
-            "node_started",
-            Some(i),
-            Some(attempt),
-            json!({"type": kind}),
-        );
+        self.emit("node_started", Some(i), Some(attempt), json!({"type": kind}));
     }
 
     /// A failure found before any attempt ran (bad reference, bad items).
@@ -820,11 +772,9 @@ impl Machine<'_> {
     }
 
     fn deadline(&self, i: usize) -> Option<i64> {
-        self.plan.nodes[i].timeout_ms.map(|t| {
-            self.now
-                .saturating_add(t as i64)
-                .saturating_add(DEADLINE_GRACE_MS)
-        })
+        self.plan.nodes[i]
+            .timeout_ms
+            .map(|t| self.now.saturating_add(t as i64).saturating_add(DEADLINE_GRACE_MS))
     }
 
     fn dispatch_attempt(&mut self, i: usize) {
@@ -842,12 +792,7 @@ impl Machine<'_> {
                 n.started_at.get_or_insert(self.now);
                 n.deadline = deadline;
                 let kind = self.plan.nodes[i].kind;
-                self.emit(
-                    "node_started",
-                    Some(i),
-                    Some(attempt),
-                    json!({"type": kind}),
-                );
+                self.emit("node_started", Some(i), Some(attempt), json!({"type": kind}));
                 self.step.actions.push(Action::Dispatch(task));
             }
         }
@@ -863,11 +808,7 @@ impl Machine<'_> {
             let Some(ms) = self.st.nodes[i].map.as_ref() else {
                 return;
             };
-            let running = ms
-                .item_states
-                .iter()
-                .filter(|s| s.status == NodeStatus::Running)
-                .count() as u32;
+            let running = ms.item_states.iter().filter(|s| s.status == NodeStatus::Running).count() as u32;
             if running >= ms.concurrency {
                 return;
             }
@@ -886,18 +827,11 @@ impl Machine<'_> {
 
     /// Returns false when the item could not be dispatched (and the node failed).
     fn dispatch_item(&mut self, i: usize, it: usize) -> bool {
-        let attempt = self.st.nodes[i]
-            .map
-            .as_ref()
-            .map_or(0, |m| m.item_states[it].attempt)
-            + 1;
+        let attempt = self.st.nodes[i].map.as_ref().map_or(0, |m| m.item_states[it].attempt) + 1;
         match self.item_task(i, it, attempt) {
             Err(e) => {
                 self.abort_map_items(i);
-                self.fail_node(
-                    i,
-                    TaskError::new("reference_error", format!("item {it}: {e}"), false),
-                );
+                self.fail_node(i, TaskError::new("reference_error", format!("item {it}: {e}"), false));
                 false
             }
             Ok(task) => {
@@ -938,10 +872,7 @@ impl Machine<'_> {
 
     fn item_done(&mut self, i: usize, it: usize, attempt: u32, outcome: Outcome) {
         let max = self.plan.nodes[i].max_attempts();
-        let seed = format!(
-            "{}:{}:{}:{it}",
-            self.st.run_id, i, self.st.nodes[i].activation
-        );
+        let seed = format!("{}:{}:{}:{it}", self.st.run_id, i, self.st.nodes[i].activation);
         let policy = self.plan.nodes[i].retry.clone();
         let now = self.now;
         let Some(ms) = self.st.nodes[i].map.as_mut() else {
@@ -958,16 +889,8 @@ impl Machine<'_> {
                 s.status = NodeStatus::Completed;
                 s.deadline = None;
                 ms.results[it] = Some(v);
-                if ms
-                    .item_states
-                    .iter()
-                    .all(|s| s.status == NodeStatus::Completed)
-                {
-                    let results: Vec<Value> = ms
-                        .results
-                        .iter_mut()
-                        .map(|r| r.take().unwrap_or(Value::Null))
-                        .collect();
+                if ms.item_states.iter().all(|s| s.status == NodeStatus::Completed) {
+                    let results: Vec<Value> = ms.results.iter_mut().map(|r| r.take().unwrap_or(Value::Null)).collect();
                     self.complete(i, Value::Array(results), None);
                 } else {
                     self.fill_map(i);
@@ -975,9 +898,7 @@ impl Machine<'_> {
             }
             Outcome::Err(e) => {
                 if e.retryable && attempt < max {
-                    let delay = policy
-                        .as_ref()
-                        .map_or(0, |p| crate::retry_delay_ms(p, attempt, &seed));
+                    let delay = policy.as_ref().map_or(0, |p| crate::retry_delay_ms(p, attempt, &seed));
                     s.status = NodeStatus::Retrying;
                     s.deadline = None;
                     s.due_at = Some(now.saturating_add(delay as i64));
@@ -1020,11 +941,7 @@ impl Machine<'_> {
                 i,
                 it,
                 attempt,
-                Outcome::Err(TaskError::new(
-                    "timeout",
-                    "attempt timed out (lost or unresponsive worker)",
-                    true,
-                )),
+                Outcome::Err(TaskError::new("timeout", "attempt timed out (lost or unresponsive worker)", true)),
             );
         }
         if !due.is_empty() && self.st.nodes[i].status == NodeStatus::Running {
@@ -1037,10 +954,7 @@ impl Machine<'_> {
         let attempt = n.attempt;
         if e.retryable && attempt < self.plan.nodes[i].max_attempts() {
             let seed = format!("{}:{}:{}", self.st.run_id, i, n.activation);
-            let delay = self.plan.nodes[i]
-                .retry
-                .as_ref()
-                .map_or(0, |p| crate::retry_delay_ms(p, attempt, &seed));
+            let delay = self.plan.nodes[i].retry.as_ref().map_or(0, |p| crate::retry_delay_ms(p, attempt, &seed));
             let due = self.now.saturating_add(delay as i64);
             let n = &mut self.st.nodes[i];
             n.status = NodeStatus::Retrying;
@@ -1054,13 +968,7 @@ impl Machine<'_> {
     }
 
     /// Decides each out-edge of a finished node. `output` is what conditions see.
-    fn route(
-        &mut self,
-        i: usize,
-        output: &Value,
-        failed: bool,
-        exit: Option<EdgeKind>,
-    ) -> Result<Vec<(usize, Token)>, String> {
+    fn route(&mut self, i: usize, output: &Value, failed: bool, exit: Option<EdgeKind>) -> Result<Vec<(usize, Token)>, String> {
         let continue_on_error = self.plan.nodes[i].on_error == OnError::Continue;
         let mut nodes_cache: Option<Value> = None;
         let mut out = Vec::new();
@@ -1083,10 +991,7 @@ impl Machine<'_> {
                     Ok(true) => Token::Taken,
                     Ok(false) => Token::Skipped,
                     Err(msg) => {
-                        return Err(format!(
-                            "edge {} → {}: {msg}",
-                            self.plan.nodes[i].id, self.plan.nodes[e.to].id
-                        ));
+                        return Err(format!("edge {} → {}: {msg}", self.plan.nodes[i].id, self.plan.nodes[e.to].id));
                     }
                 }
             } else {
@@ -1115,11 +1020,7 @@ impl Machine<'_> {
         let duration = n.started_at.map(|s| self.now - s).unwrap_or(0);
         let mut data = json!({"output": output, "duration_ms": duration});
         if let Some(x) = exit {
-            data["exit"] = json!(if x == EdgeKind::Break {
-                "break"
-            } else {
-                "timeout"
-            });
+            data["exit"] = json!(if x == EdgeKind::Break { "break" } else { "timeout" });
         }
         n.output = Some(output);
         self.emit("node_completed", Some(i), Some(attempt), data);
@@ -1139,18 +1040,13 @@ impl Machine<'_> {
         // what successors and the loop condition see.
         n.output = None;
         let attempt = n.attempt;
-        self.emit(
-            "node_failed",
-            Some(i),
-            Some(attempt.max(1)),
-            json!({"error": error}),
-        );
+        self.emit("node_failed", Some(i), Some(attempt.max(1)), json!({"error": error}));
         let node = &self.plan.nodes[i];
         let handled = node.on_error == OnError::Continue
-            || node.outgoing.iter().any(|&k| {
-                matches!(self.plan.edges[k].on, EdgeOn::Failure | EdgeOn::Always)
-                    && self.plan.edges[k].kind == EdgeKind::Normal
-            });
+            || node
+                .outgoing
+                .iter()
+                .any(|&k| matches!(self.plan.edges[k].on, EdgeOn::Failure | EdgeOn::Always) && self.plan.edges[k].kind == EdgeKind::Normal);
         if !handled {
             return self.fail_run(i, &err);
         }
@@ -1175,8 +1071,7 @@ impl Machine<'_> {
                 n.deadline = None;
             }
         }
-        let error =
-            json!({"node_id": self.plan.nodes[i].id, "code": err.code, "message": err.message});
+        let error = json!({"node_id": self.plan.nodes[i].id, "code": err.code, "message": err.message});
         self.st.error = Some(error.clone());
         self.st.status = RunStatus::Failed;
         self.st.paused = false;
@@ -1202,14 +1097,8 @@ impl Machine<'_> {
                 continue;
             }
             let node = &self.plan.nodes[t];
-            let taken = node
-                .incoming
-                .iter()
-                .any(|&k| self.st.edges[k] == Token::Taken);
-            let resolved = node
-                .incoming
-                .iter()
-                .all(|&k| self.st.edges[k] != Token::Pending);
+            let taken = node.incoming.iter().any(|&k| self.st.edges[k] == Token::Taken);
+            let resolved = node.incoming.iter().all(|&k| self.st.edges[k] != Token::Pending);
             let fire = match node.join {
                 Join::Any => taken,
                 Join::All => taken && resolved,
@@ -1282,20 +1171,13 @@ impl Machine<'_> {
             }
         } else {
             self.st.nodes[i].iterations = 0;
-            let exit = if go_on {
-                EdgeKind::Timeout
-            } else {
-                EdgeKind::Break
-            };
+            let exit = if go_on { EdgeKind::Timeout } else { EdgeKind::Break };
             self.complete(i, body_output, Some(exit));
         }
     }
 
     fn check_done(&mut self) {
-        if !matches!(
-            self.st.status,
-            RunStatus::Running | RunStatus::Paused | RunStatus::WaitingForApproval
-        ) {
+        if !matches!(self.st.status, RunStatus::Running | RunStatus::Paused | RunStatus::WaitingForApproval) {
             return;
         }
         // A run paused before it started has no active node yet, but it is not done.
@@ -1321,12 +1203,8 @@ impl Machine<'_> {
             None => {
                 let mut m = Map::new();
                 for (j, node) in self.plan.nodes.iter().enumerate() {
-                    if node.outgoing.is_empty() && self.st.nodes[j].status == NodeStatus::Completed
-                    {
-                        m.insert(
-                            node.id.clone(),
-                            self.st.nodes[j].output.clone().unwrap_or(Value::Null),
-                        );
+                    if node.outgoing.is_empty() && self.st.nodes[j].status == NodeStatus::Completed {
+                        m.insert(node.id.clone(), self.st.nodes[j].output.clone().unwrap_or(Value::Null));
                     }
                 }
                 Value::Object(m)
@@ -1336,12 +1214,7 @@ impl Machine<'_> {
         self.st.status = RunStatus::Completed;
         self.st.paused = false;
         self.st.completed_at = Some(self.now);
-        self.emit(
-            "workflow_completed",
-            None,
-            None,
-            json!({"outputs": outputs}),
-        );
+        self.emit("workflow_completed", None, None, json!({"outputs": outputs}));
     }
 }
 

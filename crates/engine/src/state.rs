@@ -18,10 +18,7 @@ pub enum RunStatus {
 
 impl RunStatus {
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled | RunStatus::Timeout
-        )
+        matches!(self, RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled | RunStatus::Timeout)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -71,20 +68,11 @@ impl NodeStatus {
     pub fn is_active(self) -> bool {
         matches!(
             self,
-            NodeStatus::Ready
-                | NodeStatus::Running
-                | NodeStatus::Retrying
-                | NodeStatus::WaitingForApproval
+            NodeStatus::Ready | NodeStatus::Running | NodeStatus::Retrying | NodeStatus::WaitingForApproval
         )
     }
     pub fn is_done(self) -> bool {
-        matches!(
-            self,
-            NodeStatus::Completed
-                | NodeStatus::Failed
-                | NodeStatus::Skipped
-                | NodeStatus::Cancelled
-        )
+        matches!(self, NodeStatus::Completed | NodeStatus::Failed | NodeStatus::Skipped | NodeStatus::Cancelled)
     }
 }
 
@@ -268,11 +256,7 @@ impl RunState {
             n.status == NodeStatus::Running
                 && match plan.nodes[i].kind {
                     NodeKind::Wait => false,
-                    NodeKind::Map => n.map.as_ref().is_some_and(|m| {
-                        m.item_states
-                            .iter()
-                            .any(|s| s.status == NodeStatus::Running)
-                    }),
+                    NodeKind::Map => n.map.as_ref().is_some_and(|m| m.item_states.iter().any(|s| s.status == NodeStatus::Running)),
                     _ => true,
                 }
         })
@@ -293,14 +277,8 @@ impl TaskId {
     /// Stable text form used for idempotency keys and dispatch ids.
     pub fn key(&self, run_id: &str) -> String {
         match self.item {
-            Some(i) => format!(
-                "{run_id}:{}:{}:{i}:{}",
-                self.node, self.activation, self.attempt
-            ),
-            None => format!(
-                "{run_id}:{}:{}:{}",
-                self.node, self.activation, self.attempt
-            ),
+            Some(i) => format!("{run_id}:{}:{}:{i}:{}", self.node, self.activation, self.attempt),
+            None => format!("{run_id}:{}:{}:{}", self.node, self.activation, self.attempt),
         }
     }
 }

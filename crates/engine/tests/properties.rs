@@ -99,20 +99,16 @@ fn node_spec() -> impl Strategy<Value = NodeSpec> {
         0u8..3,
         prop::bool::weighted(0.05),
     )
-        .prop_map(
-            |(kind, join_any, continue_on_error, retry, timeout, outcomes, v, noop_fails)| {
-                NodeSpec {
-                    kind,
-                    join_any,
-                    continue_on_error,
-                    retry,
-                    timeout,
-                    outcomes,
-                    v,
-                    noop_fails,
-                }
-            },
-        )
+        .prop_map(|(kind, join_any, continue_on_error, retry, timeout, outcomes, v, noop_fails)| NodeSpec {
+            kind,
+            join_any,
+            continue_on_error,
+            retry,
+            timeout,
+            outcomes,
+            v,
+            noop_fails,
+        })
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -136,20 +132,11 @@ fn case() -> impl Strategy<Value = Case> {
                         let (present, condition, on) = pair_edges[k];
                         k += 1;
                         if present {
-                            edges.push(EdgeSpec {
-                                from,
-                                to,
-                                condition,
-                                on,
-                            });
+                            edges.push(EdgeSpec { from, to, condition, on });
                         }
                     }
                 }
-                Case {
-                    nodes,
-                    edges,
-                    driver,
-                }
+                Case { nodes, edges, driver }
             })
     })
 }
@@ -227,11 +214,7 @@ fn sorted_ids(tasks: &[aob_engine::Task]) -> Vec<TaskId> {
 /// Drives a started run to its end with the given choices (then a default schedule),
 /// checking after every step that duplicates are no-ops and that the state alone
 /// rebuilds exactly the tasks in flight. The harness checks seqs and liveness.
-fn drive(
-    h: &mut Harness,
-    choices: &[(u8, u16, u16)],
-    outcome_for: impl Fn(&TaskId) -> Outcome,
-) -> Result<(), TestCaseError> {
+fn drive(h: &mut Harness, choices: &[(u8, u16, u16)], outcome_for: impl Fn(&TaskId) -> Outcome) -> Result<(), TestCaseError> {
     // Completions already delivered (or aborted): any later delivery must be a no-op.
     let mut stale: Vec<(TaskId, Outcome)> = Vec::new();
     let mut driver = choices.iter().copied();
@@ -246,10 +229,7 @@ fn drive(
             let (id, outcome) = stale[a as usize % stale.len()].clone();
             let before = h.st.clone();
             let step = h.apply(Input::Done { task: id, outcome });
-            prop_assert!(
-                step.is_empty(),
-                "stale completion of {id:?} did something: {step:?}"
-            );
+            prop_assert!(step.is_empty(), "stale completion of {id:?} did something: {step:?}");
             prop_assert_eq!(&h.st, &before);
         } else if (80..90).contains(&what) || (h.in_flight.is_empty() && !h.st.paused) {
             // Time passes.
@@ -280,10 +260,7 @@ fn drive(
         let text = serde_json::to_string(&h.st).unwrap();
         let back: aob_engine::RunState = serde_json::from_str(&text).unwrap();
         prop_assert_eq!(&back, &h.st);
-        prop_assert_eq!(
-            sorted_ids(&aob_engine::in_flight(&h.plan, &back)),
-            sorted_ids(&h.in_flight)
-        );
+        prop_assert_eq!(sorted_ids(&aob_engine::in_flight(&h.plan, &back)), sorted_ids(&h.in_flight));
         prop_assert_eq!(back.has_tasks_in_flight(&h.plan), !h.in_flight.is_empty());
     }
     Ok(())
@@ -296,11 +273,7 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
     drive(&mut h, &c.driver, |id| outcome_for(c, id))?;
 
     // Terminal, with nothing left to do.
-    prop_assert!(
-        matches!(h.st.status, RunStatus::Completed | RunStatus::Failed),
-        "{:?}",
-        h.st.status
-    );
+    prop_assert!(matches!(h.st.status, RunStatus::Completed | RunStatus::Failed), "{:?}", h.st.status);
     prop_assert!(h.st.next_wake().is_none());
     prop_assert!(aob_engine::in_flight(&h.plan, &h.st).is_empty());
     prop_assert_eq!(h.st.error.is_some(), h.st.status == RunStatus::Failed);
@@ -309,9 +282,7 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
     prop_assert_eq!(
         h.events
             .iter()
-            .filter(|e| e.kind.starts_with("workflow_")
-                && e.kind != "workflow_paused"
-                && e.kind != "workflow_resumed")
+            .filter(|e| e.kind.starts_with("workflow_") && e.kind != "workflow_paused" && e.kind != "workflow_resumed")
             .count(),
         2
     );
@@ -332,9 +303,7 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
         };
         match e.kind.as_str() {
             "node_started" => {
-                *started
-                    .entry((node.clone(), e.attempt.unwrap()))
-                    .or_default() += 1;
+                *started.entry((node.clone(), e.attempt.unwrap())).or_default() += 1;
                 first_start.entry(node).or_insert(e.seq);
             }
             "node_completed" | "node_failed" | "node_skipped" => {
@@ -348,14 +317,7 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
         }
     }
     for ((node, attempt), count) in &started {
-        prop_assert_eq!(
-            *count,
-            1,
-            "{} attempt {} started {} times",
-            node,
-            attempt,
-            count
-        );
+        prop_assert_eq!(*count, 1, "{} attempt {} started {} times", node, attempt, count);
     }
     for (node, count) in &finished {
         prop_assert_eq!(*count, 1, "{} finished {} times", node, count);
@@ -381,29 +343,12 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
         }
         // A node starts only once its join condition holds.
         if let Some(&seq) = first_start.get(&id) {
-            let preds: Vec<String> = c
-                .edges
-                .iter()
-                .filter(|e| e.to == i)
-                .map(|e| format!("n{}", e.from))
-                .collect();
-            let resolved = preds
-                .iter()
-                .filter(|p| done_at.get(*p).is_some_and(|&d| d < seq))
-                .count();
+            let preds: Vec<String> = c.edges.iter().filter(|e| e.to == i).map(|e| format!("n{}", e.from)).collect();
+            let resolved = preds.iter().filter(|p| done_at.get(*p).is_some_and(|&d| d < seq)).count();
             if s.join_any {
-                prop_assert!(
-                    preds.is_empty() || resolved >= 1,
-                    "{} started before any predecessor finished",
-                    id
-                );
+                prop_assert!(preds.is_empty() || resolved >= 1, "{} started before any predecessor finished", id);
             } else {
-                prop_assert_eq!(
-                    resolved,
-                    preds.len(),
-                    "{} started before all predecessors finished",
-                    id
-                );
+                prop_assert_eq!(resolved, preds.len(), "{} started before all predecessors finished", id);
             }
         }
         if h.st.status == RunStatus::Completed {
@@ -451,12 +396,7 @@ struct LoopCase {
     driver: Vec<(u8, u16, u16)>,
 }
 
-const LOOP_CONDITIONS: [&str; 4] = [
-    "true",
-    "false",
-    "has(output.v) && output.v != 2",
-    "!has(output.v) || output.v == 0",
-];
+const LOOP_CONDITIONS: [&str; 4] = ["true", "false", "has(output.v) && output.v != 2", "!has(output.v) || output.v == 0"];
 
 fn loop_case() -> impl Strategy<Value = LoopCase> {
     (
@@ -471,7 +411,7 @@ fn loop_case() -> impl Strategy<Value = LoopCase> {
         prop::collection::vec((0u8..100, any::<u16>(), any::<u16>()), 0..120),
     )
         .prop_map(
-            |(
+            |(max_iterations, condition, call_retry, call_continue, call_timeout, mid_http, call_outcomes, mid_outcomes, driver)| LoopCase {
                 max_iterations,
                 condition,
                 call_retry,
@@ -481,18 +421,6 @@ fn loop_case() -> impl Strategy<Value = LoopCase> {
                 call_outcomes,
                 mid_outcomes,
                 driver,
-            )| {
-                LoopCase {
-                    max_iterations,
-                    condition,
-                    call_retry,
-                    call_continue,
-                    call_timeout,
-                    mid_http,
-                    call_outcomes,
-                    mid_outcomes,
-                    driver,
-                }
             },
         )
 }
@@ -558,28 +486,18 @@ fn check_loop(c: &LoopCase) -> Result<(), TestCaseError> {
             Outcome::Ok(json!({"v": 1}))
         }
     })?;
-    prop_assert!(
-        matches!(h.st.status, RunStatus::Completed | RunStatus::Failed),
-        "{:?}",
-        h.st.status
-    );
+    prop_assert!(matches!(h.st.status, RunStatus::Completed | RunStatus::Failed), "{:?}", h.st.status);
     let iterations = h.count("loop_iteration", "lp");
     prop_assert!(iterations < c.max_iterations as usize);
     // Each activation of the body starts `call` at most `call_retry` times, each attempt once.
-    let activations = h
-        .dispatches_of("call")
-        .iter()
-        .map(|t| t.id.activation)
-        .max()
-        .map_or(0, |a| a + 1);
+    let activations = h.dispatches_of("call").iter().map(|t| t.id.activation).max().map_or(0, |a| a + 1);
     prop_assert!(activations as usize <= iterations + 1);
     prop_assert!(h.dispatches_of("call").len() <= (iterations + 1) * per_try);
     prop_assert_eq!(h.count("node_started", "pre"), 1);
     if h.st.status == RunStatus::Completed {
         let exits = [h.status("ok"), h.status("give_up")];
         prop_assert!(
-            exits == [NodeStatus::Completed, NodeStatus::Skipped]
-                || exits == [NodeStatus::Skipped, NodeStatus::Completed],
+            exits == [NodeStatus::Completed, NodeStatus::Skipped] || exits == [NodeStatus::Skipped, NodeStatus::Completed],
             "{:?}",
             exits
         );

@@ -40,13 +40,7 @@ fn diamond_of_http_nodes_runs_the_join_once_after_both_branches() {
     assert_eq!(h.kinds(None), ["workflow_started", "node_started"]);
     assert_eq!(h.in_flight.len(), 1);
     h.finish("A", ok(json!({"a": 1})));
-    assert_eq!(
-        h.in_flight
-            .iter()
-            .map(|t| t.node_id.as_str())
-            .collect::<Vec<_>>(),
-        ["B", "C"]
-    );
+    assert_eq!(h.in_flight.iter().map(|t| t.node_id.as_str()).collect::<Vec<_>>(), ["B", "C"]);
     h.finish("C", ok(json!({"c": 1})));
     assert!(h.tasks_of("D").is_empty(), "D must wait for B");
     assert_eq!(h.status("D"), NodeStatus::Pending);
@@ -111,20 +105,12 @@ fn untaken_branch_feeding_a_join_is_skipped_and_the_join_still_fires_once() {
     let mut h = Harness::started(wf, json!({}));
     h.finish("fetch", ok(json!({"body": {"amount": 50}})));
     assert_eq!(h.status("big"), NodeStatus::Skipped);
-    assert_eq!(
-        h.status("after_big"),
-        NodeStatus::Skipped,
-        "skips propagate"
-    );
+    assert_eq!(h.status("after_big"), NodeStatus::Skipped, "skips propagate");
     assert_eq!(h.count("node_skipped", "after_big"), 1);
     assert!(h.tasks_of("join").is_empty());
     h.finish("small", ok(json!({"s": 1})));
     let join = h.task("join");
-    assert_eq!(
-        join.input,
-        json!({"s": 1}),
-        "only the taken edge feeds the join"
-    );
+    assert_eq!(join.input, json!({"s": 1}), "only the taken edge feeds the join");
     h.finish("join", ok(json!({})));
     assert_eq!(h.st.status, RunStatus::Completed);
     assert_eq!(h.count("node_started", "join"), 1);
@@ -246,15 +232,11 @@ fn seed_dollar_dot_conditions_mean_output() {
 
 #[test]
 fn a_condition_that_does_not_evaluate_to_a_bool_fails_the_node() {
-    let wf =
-        json!({"nodes": [http("a"), http("b")], "edges": [cond("a", "b", "output.missing == 1")]});
+    let wf = json!({"nodes": [http("a"), http("b")], "edges": [cond("a", "b", "output.missing == 1")]});
     let mut h = Harness::started(wf, json!({}));
     h.finish("a", ok(json!({"x": 1})));
     assert_eq!(h.status("a"), NodeStatus::Failed);
-    assert_eq!(
-        h.st.nodes[0].error.as_ref().unwrap()["code"],
-        "condition_error"
-    );
+    assert_eq!(h.st.nodes[0].error.as_ref().unwrap()["code"], "condition_error");
     assert_eq!(h.st.status, RunStatus::Failed);
 }
 
@@ -275,10 +257,7 @@ fn failure_edges_handle_a_failure_and_the_run_completes() {
     assert_eq!(h.status("a"), NodeStatus::Failed);
     assert_eq!(h.status("ok"), NodeStatus::Skipped);
     let handler = h.task("handler");
-    assert_eq!(
-        handler.input["code"], "boom",
-        "the handler's input is the error"
-    );
+    assert_eq!(handler.input["code"], "boom", "the handler's input is the error");
     assert_eq!(h.tasks_of("always").len(), 1);
     h.run_to_end();
     assert_eq!(h.st.status, RunStatus::Completed);
@@ -326,11 +305,7 @@ fn an_unhandled_failure_fails_the_run_and_aborts_other_attempts() {
     let c = h.task("C");
     let step = h.finish("B", err("boom", false));
     assert_eq!(h.st.status, RunStatus::Failed);
-    assert!(
-        step.actions.contains(&Action::Abort(c.id)),
-        "{:?}",
-        step.actions
-    );
+    assert!(step.actions.contains(&Action::Abort(c.id)), "{:?}", step.actions);
     assert_eq!(h.status("C"), NodeStatus::Cancelled);
     assert_eq!(h.status("D"), NodeStatus::Pending);
     assert_eq!(h.last_kind(), "workflow_failed");
@@ -356,29 +331,15 @@ fn retries_back_off_and_dispatch_only_when_due() {
     let mut h = Harness::started(wf, json!({}));
     h.now = 10;
     let step = h.finish("a", err("unavailable", true));
-    assert!(
-        step.actions.is_empty(),
-        "nothing dispatched before the retry is due"
-    );
+    assert!(step.actions.is_empty(), "nothing dispatched before the retry is due");
     assert_eq!(h.status("a"), NodeStatus::Retrying);
-    let ev = step
-        .events
-        .iter()
-        .find(|e| e.kind == "node_retrying")
-        .unwrap();
+    let ev = step.events.iter().find(|e| e.kind == "node_retrying").unwrap();
     assert_eq!(ev.attempt, Some(1));
     let due = ev.data["next_attempt_at_ms"].as_i64().unwrap();
     let delay = ev.data["delay_ms"].as_i64().unwrap();
     assert_eq!(due, 10 + delay);
-    assert!(
-        (500..=1000).contains(&delay),
-        "equal jitter around backoff_ms: {delay}"
-    );
-    assert_eq!(
-        h.st.nodes[0].due_at,
-        Some(due),
-        "the schedule is persisted in the state"
-    );
+    assert!((500..=1000).contains(&delay), "equal jitter around backoff_ms: {delay}");
+    assert_eq!(h.st.nodes[0].due_at, Some(due), "the schedule is persisted in the state");
     assert_eq!(h.st.next_wake(), Some(due));
 
     let step = h.tick_to(due - 1);
@@ -387,19 +348,11 @@ fn retries_back_off_and_dispatch_only_when_due() {
     let task = h.task("a");
     assert_eq!(task.id.attempt, 2);
     assert!(step.actions.contains(&Action::Dispatch(task.clone())));
-    assert!(
-        step.events
-            .iter()
-            .any(|e| e.kind == "node_started" && e.attempt == Some(2))
-    );
+    assert!(step.events.iter().any(|e| e.kind == "node_started" && e.attempt == Some(2)));
 
     h.now = due + 5;
     let step = h.finish("a", err("unavailable", true));
-    let ev = step
-        .events
-        .iter()
-        .find(|e| e.kind == "node_retrying")
-        .unwrap();
+    let ev = step.events.iter().find(|e| e.kind == "node_retrying").unwrap();
     let delay2 = ev.data["delay_ms"].as_i64().unwrap();
     assert!((1000..=2000).contains(&delay2), "exponential: {delay2}");
     let due2 = ev.data["next_attempt_at_ms"].as_i64().unwrap();
@@ -447,28 +400,13 @@ fn an_attempt_past_its_deadline_times_out_and_is_retried() {
     });
     let mut h = Harness::started(wf, json!({}));
     let first = h.task("a");
-    assert_eq!(
-        first.timeout_ms,
-        Some(1000),
-        "the executor gets the timeout"
-    );
+    assert_eq!(first.timeout_ms, Some(1000), "the executor gets the timeout");
     let deadline = h.st.next_wake().unwrap();
-    assert!(
-        deadline >= 1000,
-        "the deadline is at least timeout_ms away: {deadline}"
-    );
+    assert!(deadline >= 1000, "the deadline is at least timeout_ms away: {deadline}");
     assert!(h.tick_to(deadline - 1).is_empty());
     let step = h.tick_to(deadline);
-    assert!(
-        step.actions.contains(&Action::Abort(first.id)),
-        "{:?}",
-        step.actions
-    );
-    let ev = step
-        .events
-        .iter()
-        .find(|e| e.kind == "node_retrying")
-        .unwrap();
+    assert!(step.actions.contains(&Action::Abort(first.id)), "{:?}", step.actions);
+    let ev = step.events.iter().find(|e| e.kind == "node_retrying").unwrap();
     assert_eq!(ev.data["error"]["code"], "timeout");
     // backoff 0: due now, dispatched on the next tick.
     h.tick_to(deadline);
@@ -521,14 +459,8 @@ fn duplicate_and_stale_completions_are_ignored() {
     // A future attempt, another activation, an item id, an unknown node.
     for bogus in [
         TaskId { attempt: 3, ..a2 },
-        TaskId {
-            activation: 1,
-            ..a2
-        },
-        TaskId {
-            item: Some(0),
-            ..a2
-        },
+        TaskId { activation: 1, ..a2 },
+        TaskId { item: Some(0), ..a2 },
         TaskId { node: 99, ..a2 },
     ] {
         assert!(
@@ -600,10 +532,7 @@ fn loop_reruns_the_body_while_the_condition_holds_and_breaks_on_success() {
     let calls = h.dispatches_of("call");
     assert_eq!(calls.len(), 3);
     // Each iteration is a new activation of the body, with its own attempt ids.
-    let ids: Vec<(u32, u32)> = calls
-        .iter()
-        .map(|t| (t.id.activation, t.id.attempt))
-        .collect();
+    let ids: Vec<(u32, u32)> = calls.iter().map(|t| (t.id.activation, t.id.attempt)).collect();
     assert_eq!(ids, [(0, 1), (1, 1), (2, 1)]);
     assert_eq!(h.dispatches_of("ok").len(), 1);
     assert_eq!(h.dispatches_of("give_up").len(), 0);
@@ -611,29 +540,20 @@ fn loop_reruns_the_body_while_the_condition_holds_and_breaks_on_success() {
     assert_eq!(h.status("ok"), NodeStatus::Completed);
     assert_eq!(h.count("loop_iteration", "retry"), 2);
     // The loop exits with the body's latest output.
-    assert_eq!(
-        h.output("retry"),
-        Some(&json!({"body": {"status": "success", "n": 3}}))
-    );
+    assert_eq!(h.output("retry"), Some(&json!({"body": {"status": "success", "n": 3}})));
     let done = h
         .events
         .iter()
         .rfind(|e| e.kind == "node_completed" && e.node_id.as_deref() == Some("retry"))
         .unwrap();
     assert_eq!(done.data["exit"], "break");
-    assert_eq!(
-        h.dispatches_of("ok")[0].input,
-        json!({"body": {"status": "success", "n": 3}})
-    );
+    assert_eq!(h.dispatches_of("ok")[0].input, json!({"body": {"status": "success", "n": 3}}));
 }
 
 #[test]
 fn loop_takes_the_timeout_path_after_max_iterations() {
     let mut h = Harness::started(retry_loop(), json!({}));
-    h.script(
-        "call",
-        (0..10).map(|_| ok(json!({"body": {"status": "error"}}))),
-    );
+    h.script("call", (0..10).map(|_| ok(json!({"body": {"status": "error"}}))));
     h.run_to_end();
     assert_eq!(h.st.status, RunStatus::Completed);
     assert_eq!(h.dispatches_of("call").len(), 5);
@@ -780,10 +700,7 @@ fn map_over_an_empty_list_completes_with_an_empty_list() {
 fn map_over_a_non_list_fails_the_node() {
     let h = Harness::started(map_wf(2, None), json!({"items": {"a": 1}}));
     assert_eq!(h.status("fan"), NodeStatus::Failed);
-    assert_eq!(
-        h.st.nodes[0].error.as_ref().unwrap()["code"],
-        "invalid_items"
-    );
+    assert_eq!(h.st.nodes[0].error.as_ref().unwrap()["code"], "invalid_items");
     assert_eq!(h.st.status, RunStatus::Failed);
     assert!(h.dispatched.is_empty());
 }
@@ -796,22 +713,14 @@ fn map_items_are_retried_individually() {
     let tasks = h.tasks_of("fan");
     assert_eq!(tasks.len(), 3);
     h.done(tasks[1].id, err("flaky", true));
-    let ev = h
-        .events
-        .iter()
-        .rfind(|e| e.kind == "node_retrying")
-        .unwrap();
+    let ev = h.events.iter().rfind(|e| e.kind == "node_retrying").unwrap();
     assert_eq!(ev.data["item"], 1);
     let due = ev.data["next_attempt_at_ms"].as_i64().unwrap();
     assert_eq!(h.st.next_wake(), Some(due));
     h.done(tasks[0].id, ok(json!(0)));
     assert!(h.tick_to(due - 1).is_empty());
     h.tick_to(due);
-    let retried: Vec<_> = h
-        .tasks_of("fan")
-        .into_iter()
-        .filter(|t| t.id.item == Some(1))
-        .collect();
+    let retried: Vec<_> = h.tasks_of("fan").into_iter().filter(|t| t.id.item == Some(1)).collect();
     assert_eq!(retried.len(), 1);
     assert_eq!(retried[0].id.attempt, 2);
     // A late result of item 1's first attempt is ignored.
@@ -828,18 +737,11 @@ fn map_items_are_retried_individually() {
     h.done(tasks[2].id, ok(json!(2)));
     assert_eq!(h.output("fan"), Some(&json!([0, 1, 2])));
     // An item that exhausts its attempts fails the map and aborts the others.
-    let mut h = Harness::started(
-        map_wf(3, Some(json!({"max_attempts": 2, "backoff_ms": 0}))),
-        json!({"items": item_list(3)}),
-    );
+    let mut h = Harness::started(map_wf(3, Some(json!({"max_attempts": 2, "backoff_ms": 0}))), json!({"items": item_list(3)}));
     let tasks = h.tasks_of("fan");
     h.done(tasks[0].id, err("flaky", true));
     h.tick_to(0);
-    let again = h
-        .tasks_of("fan")
-        .into_iter()
-        .find(|t| t.id.item == Some(0))
-        .unwrap();
+    let again = h.tasks_of("fan").into_iter().find(|t| t.id.item == Some(0)).unwrap();
     let step = h.done(again.id, err("flaky", true));
     assert!(step.actions.contains(&Action::Abort(tasks[1].id)));
     assert!(step.actions.contains(&Action::Abort(tasks[2].id)));
@@ -899,10 +801,7 @@ fn wait_until_a_referenced_instant() {
         json!({"nodes": [{"id": "w", "type": "wait", "config": {"until": "$inputs.at"}}], "edges": []}),
         json!({"at": "tomorrow"}),
     );
-    assert_eq!(
-        h.st.nodes[0].error.as_ref().unwrap()["code"],
-        "invalid_config"
-    );
+    assert_eq!(h.st.nodes[0].error.as_ref().unwrap()["code"], "invalid_config");
     assert_eq!(h.st.status, RunStatus::Failed);
 }
 
@@ -927,10 +826,7 @@ fn dispatched_configs_have_references_resolved() {
     let b = h.task("b");
     assert_eq!(b.config["url"], "https://api.example.com/t/T-1/42");
     assert_eq!(b.config["headers"]["x-n"], 3);
-    assert_eq!(
-        b.config["body"],
-        json!({"y": 42, "list": [1, 2], "seed": "42", "lit": "cost ${not.a.ref}"})
-    );
+    assert_eq!(b.config["body"], json!({"y": 42, "list": [1, 2], "seed": "42", "lit": "cost ${not.a.ref}"}));
     assert_eq!(b.config["method"], "POST");
     assert_eq!(b.input, json!({"body": {"y": 42, "list": [1, 2]}}));
     assert_eq!(b.idempotency_key(), "run-1:1:0:1");
@@ -944,13 +840,7 @@ fn a_missing_reference_fails_the_node_without_dispatching() {
     });
     let mut h = Harness::started(wf, json!({}));
     let step = h.finish("a", ok(json!({"body": {}})));
-    assert!(
-        step.actions
-            .iter()
-            .all(|a| !matches!(a, Action::Dispatch(_))),
-        "{:?}",
-        step.actions
-    );
+    assert!(step.actions.iter().all(|a| !matches!(a, Action::Dispatch(_))), "{:?}", step.actions);
     assert!(h.dispatches_of("b").is_empty());
     assert_eq!(h.status("b"), NodeStatus::Failed);
     let e = h.st.nodes[1].error.clone().unwrap();
@@ -998,9 +888,7 @@ fn cancel_aborts_in_flight_attempts_and_ends_the_run() {
     let mut h = Harness::started(diamond(http), json!({}));
     h.finish("A", ok(json!({})));
     let (b, c) = (h.task("B").id, h.task("C").id);
-    let step = h.apply(Input::Cancel {
-        reason: "user".into(),
-    });
+    let step = h.apply(Input::Cancel { reason: "user".into() });
     assert!(step.actions.contains(&Action::Abort(b)));
     assert!(step.actions.contains(&Action::Abort(c)));
     assert_eq!(h.st.status, RunStatus::Cancelled);
@@ -1018,9 +906,7 @@ fn cancel_aborts_in_flight_attempts_and_ends_the_run() {
         Input::Pause,
         Input::Resume,
         Input::Start,
-        Input::Cancel {
-            reason: "again".into(),
-        },
+        Input::Cancel { reason: "again".into() },
     ] {
         assert!(h.apply(input).is_empty());
         assert_eq!(h.st, before);
@@ -1031,9 +917,7 @@ fn cancel_aborts_in_flight_attempts_and_ends_the_run() {
 #[test]
 fn cancel_a_queued_run() {
     let mut h = Harness::new(diamond(http), json!({}));
-    h.apply(Input::Cancel {
-        reason: "nope".into(),
-    });
+    h.apply(Input::Cancel { reason: "nope".into() });
     assert_eq!(h.st.status, RunStatus::Cancelled);
     assert!(h.apply(Input::Start).is_empty());
     assert!(h.dispatched.is_empty());
@@ -1054,10 +938,7 @@ fn pause_stops_new_dispatch_and_resume_continues() {
     assert!(step.actions.is_empty());
     assert_eq!(h.status("b"), NodeStatus::Ready);
     assert_eq!(h.st.status, RunStatus::Paused);
-    assert!(
-        h.apply(Input::Pause).is_empty(),
-        "pausing twice does nothing"
-    );
+    assert!(h.apply(Input::Pause).is_empty(), "pausing twice does nothing");
     let step = h.apply(Input::Resume);
     assert_eq!(h.st.status, RunStatus::Running);
     assert_eq!(step.events[0].kind, "workflow_resumed");
@@ -1070,28 +951,18 @@ fn pause_stops_new_dispatch_and_resume_continues() {
     assert!(step.actions.is_empty());
     assert!(h.apply(Input::Resume).actions.len() == 1);
     assert_eq!(h.task("b").id.attempt, 2);
-    assert!(
-        h.apply(Input::Resume).is_empty(),
-        "resuming a running run does nothing"
-    );
+    assert!(h.apply(Input::Resume).is_empty(), "resuming a running run does nothing");
     h.run_to_end();
     assert_eq!(h.st.status, RunStatus::Completed);
 }
 
 #[test]
 fn pause_stops_map_items_from_being_dispatched() {
-    let mut h = Harness::started(
-        map_wf(1, Some(json!({"max_attempts": 2, "backoff_ms": 10}))),
-        json!({"items": item_list(3)}),
-    );
+    let mut h = Harness::started(map_wf(1, Some(json!({"max_attempts": 2, "backoff_ms": 10}))), json!({"items": item_list(3)}));
     h.apply(Input::Pause);
     let first = h.task("fan");
     let step = h.done(first.id, ok(json!("r0")));
-    assert!(
-        step.actions.is_empty(),
-        "no item dispatched while paused: {:?}",
-        step.actions
-    );
+    assert!(step.actions.is_empty(), "no item dispatched while paused: {:?}", step.actions);
     assert!(h.tasks_of("fan").is_empty());
     h.apply(Input::Resume);
     let second = h.task("fan");
@@ -1114,20 +985,13 @@ fn pause_stops_map_items_from_being_dispatched() {
 fn pausing_a_queued_run_holds_it_until_resume() {
     let mut h = Harness::new(diamond(noop), json!({}));
     h.apply(Input::Pause);
-    assert_eq!(
-        h.st.status,
-        RunStatus::Paused,
-        "a paused run that never started is not complete"
-    );
+    assert_eq!(h.st.status, RunStatus::Paused, "a paused run that never started is not complete");
     h.apply(Input::Start);
     assert_eq!(h.st.status, RunStatus::Paused);
     assert_eq!(h.count("node_started", "A"), 0);
     h.apply(Input::Resume);
     assert_eq!(h.st.status, RunStatus::Completed);
-    assert_eq!(
-        h.kinds(None)[..3],
-        ["workflow_paused", "workflow_resumed", "workflow_started"]
-    );
+    assert_eq!(h.kinds(None)[..3], ["workflow_paused", "workflow_resumed", "workflow_started"]);
     assert_eq!(h.count("node_completed", "D"), 1);
 }
 
@@ -1202,10 +1066,7 @@ fn in_flight_rebuilds_exactly_the_in_flight_tasks_after_a_crash() {
         let mut got = rebuilt.clone();
         want.sort_by_key(|t| format!("{:?}", t.id));
         got.sort_by_key(|t| format!("{:?}", t.id));
-        assert_eq!(
-            got, want,
-            "rebuilt tasks must equal the ones in flight (same ids, same config)"
-        );
+        assert_eq!(got, want, "rebuilt tasks must equal the ones in flight (same ids, same config)");
         assert_eq!(st.has_tasks_in_flight(&h.plan), !want.is_empty());
     };
     check(&h);
@@ -1294,11 +1155,7 @@ fn a_loop_firing_early_aborts_the_body_attempts_it_discards() {
     let mut h = Harness::started(wf, json!({}));
     let b0 = h.task("B").id;
     let step = h.finish("A", ok(json!({})));
-    assert!(
-        step.actions.contains(&Action::Abort(b0)),
-        "{:?}",
-        step.actions
-    );
+    assert!(step.actions.contains(&Action::Abort(b0)), "{:?}", step.actions);
     assert_eq!(h.task("B").id.activation, 1);
     assert_eq!(h.rebuilt_in_flight().len(), h.in_flight.len());
     h.run_to_end();

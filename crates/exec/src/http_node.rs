@@ -24,8 +24,7 @@ pub fn guard_error(e: FetchError) -> TaskError {
 }
 
 pub async fn run(guard: &Guard, task: &Task) -> Result<Value, TaskError> {
-    let cfg: HttpConfig = serde_json::from_value(task.config.clone())
-        .map_err(|e| TaskError::new("invalid_config", format!("http config: {e}"), false))?;
+    let cfg: HttpConfig = serde_json::from_value(task.config.clone()).map_err(|e| TaskError::new("invalid_config", format!("http config: {e}"), false))?;
     let method = aob_model::validate::http_method(&cfg.method)
         .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok())
         .ok_or_else(|| TaskError::new("invalid_config", format!("unsupported method {}", cfg.method), false))?;
@@ -83,11 +82,16 @@ pub async fn run(guard: &Guard, task: &Task) -> Result<Value, TaskError> {
         Err(_) => Value::String(String::from_utf8_lossy(&resp.body).into_owned()),
     };
     if let Some(f) = &cfg.fail_on_status
-        && f.fails(resp.status) {
-            // Server errors and throttling may pass; client errors will not.
-            let retryable = resp.status >= 500 || resp.status == 429 || resp.status == 408;
-            return Err(TaskError::new("http_status", format!("{} {} answered {}", method, resp.url, resp.status), retryable));
-        }
+        && f.fails(resp.status)
+    {
+        // Server errors and throttling may pass; client errors will not.
+        let retryable = resp.status >= 500 || resp.status == 429 || resp.status == 408;
+        return Err(TaskError::new(
+            "http_status",
+            format!("{} {} answered {}", method, resp.url, resp.status),
+            retryable,
+        ));
+    }
     Ok(json!({
         "status_code": resp.status,
         "headers": hmap,

@@ -39,7 +39,11 @@ impl Fetcher for GuardedFetcher<'_> {
                 max_response_bytes: None,
                 follow_redirects: true,
             };
-            let resp = self.guard.send(r).await.map_err(|e| format!("{}: {e}", if e.is_security() { "security_error" } else { e.code() }))?;
+            let resp = self
+                .guard
+                .send(r)
+                .await
+                .map_err(|e| format!("{}: {e}", if e.is_security() { "security_error" } else { e.code() }))?;
             if resp.status >= 400 {
                 return Err(format!("{} answered {}", resp.url, resp.status));
             }
@@ -49,8 +53,8 @@ impl Fetcher for GuardedFetcher<'_> {
 }
 
 pub async fn run(guard: &Guard, task: &Task) -> Result<Value, TaskError> {
-    let cfg: TransformConfig = serde_json::from_value(task.config.clone())
-        .map_err(|e| TaskError::new("invalid_config", format!("transform config: {e}"), false))?;
+    let cfg: TransformConfig =
+        serde_json::from_value(task.config.clone()).map_err(|e| TaskError::new("invalid_config", format!("transform config: {e}"), false))?;
     let input = cfg.input.clone().unwrap_or_else(|| task.input.clone());
     // jq and regex work is CPU-bound and synchronous: run it on a blocking thread so
     // one heavy pipeline cannot stall the async workers; http_request steps still
@@ -65,7 +69,11 @@ pub async fn run(guard: &Guard, task: &Task) -> Result<Value, TaskError> {
     .map_err(|e| TaskError::new("transform_error", format!("pipeline worker stopped: {e}"), false))?;
     result.map_err(|e| {
         let msg = e.to_string();
-        let code = if msg.contains("security_error") { "security_error" } else { "transform_error" };
+        let code = if msg.contains("security_error") {
+            "security_error"
+        } else {
+            "transform_error"
+        };
         TaskError::new(code, msg, false)
     })
 }

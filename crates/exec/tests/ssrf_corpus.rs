@@ -56,7 +56,10 @@ async fn trap() -> (u16, Arc<AtomicUsize>) {
 
 /// A loopback server that answers 302 to `location`.
 async fn redirector(location: String) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.2:0").await.or(tokio::net::TcpListener::bind("127.0.0.1:0").await).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.2:0")
+        .await
+        .or(tokio::net::TcpListener::bind("127.0.0.1:0").await)
+        .unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
@@ -76,7 +79,12 @@ async fn redirector(location: String) -> u16 {
 fn task(kind: NodeKind, config: Value) -> Task {
     Task {
         run_id: "r".into(),
-        id: TaskId { node: 0, activation: 0, item: None, attempt: 1 },
+        id: TaskId {
+            node: 0,
+            activation: 0,
+            item: None,
+            attempt: 1,
+        },
         node_id: "n".into(),
         kind,
         config,
@@ -89,11 +97,18 @@ fn task(kind: NodeKind, config: Value) -> Task {
 async fn every_corpus_url_is_blocked_for_nodes_and_primitives_without_connecting() {
     let (port, hits) = trap().await;
     let redirect_port = redirector(format!("http://127.0.0.1:{port}/")).await;
-    let redirect_ip = if tokio::net::TcpStream::connect(("127.0.0.2", redirect_port)).await.is_ok() { "127.0.0.2" } else { "127.0.0.1" };
+    let redirect_ip = if tokio::net::TcpStream::connect(("127.0.0.2", redirect_port)).await.is_ok() {
+        "127.0.0.2"
+    } else {
+        "127.0.0.1"
+    };
     let mut policy = Policy::default();
     // Only the redirector is reachable: it stands in for a public server.
     policy.allow.push(format!("{redirect_ip}:{redirect_port}").parse().unwrap());
-    let resolver = Arc::new(TestResolver { allowed: redirect_ip.parse().unwrap(), calls: AtomicUsize::new(0) });
+    let resolver = Arc::new(TestResolver {
+        allowed: redirect_ip.parse().unwrap(),
+        calls: AtomicUsize::new(0),
+    });
     let exec = Executors::new(Guard::with_resolver(policy, resolver));
 
     let corpus = [

@@ -46,7 +46,10 @@ impl Condition {
     pub fn compile(source: &str) -> Result<Condition, String> {
         let normalized = normalize(source);
         let program = cel::Program::compile(&normalized).map_err(|e| e.to_string())?;
-        Ok(Condition { source: source.to_string(), program })
+        Ok(Condition {
+            source: source.to_string(),
+            program,
+        })
     }
 
     /// Evaluates to a bool; anything else is an error naming the condition.
@@ -58,10 +61,7 @@ impl Condition {
         }
         match self.program.execute(&ctx) {
             Ok(cel::Value::Bool(b)) => Ok(b),
-            Ok(other) => Err(format!(
-                "condition `{}` evaluated to {other:?}, not a bool",
-                self.source
-            )),
+            Ok(other) => Err(format!("condition `{}` evaluated to {other:?}, not a bool", self.source)),
             Err(e) => Err(format!("condition `{}`: {e}", self.source)),
         }
     }
@@ -81,9 +81,7 @@ mod tests {
     #[test]
     fn evaluates_over_output_inputs_nodes() {
         let c = Condition::compile("output.body.score >= 80 && inputs.mode == 'x' && nodes.a.n == 1").unwrap();
-        let ok = c
-            .eval(&json!({"body": {"score": 85}}), &json!({"mode": "x"}), &json!({"a": {"n": 1}}))
-            .unwrap();
+        let ok = c.eval(&json!({"body": {"score": 85}}), &json!({"mode": "x"}), &json!({"a": {"n": 1}})).unwrap();
         assert!(ok);
         let c = Condition::compile("!output.approved").unwrap();
         assert!(!c.eval(&json!({"approved": true}), &json!({}), &json!({})).unwrap());

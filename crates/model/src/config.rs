@@ -66,9 +66,7 @@ impl FailOnStatus {
             FailOnStatus::All(b) => *b && status >= 400,
             FailOnStatus::List(list) => list.iter().any(|m| match m {
                 StatusMatch::Code(c) => *c == status,
-                StatusMatch::Class(c) => c.len() == 3
-                    && c.ends_with("xx")
-                    && c.as_bytes()[0] == b'0' + (status / 100) as u8,
+                StatusMatch::Class(c) => c.len() == 3 && c.ends_with("xx") && c.as_bytes()[0] == b'0' + (status / 100) as u8,
             }),
         }
     }
@@ -225,7 +223,11 @@ impl NodeConfig {
     /// Parses `config` for `kind`. A missing config is an empty object.
     pub fn parse(kind: crate::NodeKind, config: &Value) -> Result<NodeConfig, String> {
         use crate::NodeKind as K;
-        let value = if config.is_null() { Value::Object(Default::default()) } else { config.clone() };
+        let value = if config.is_null() {
+            Value::Object(Default::default())
+        } else {
+            config.clone()
+        };
         fn de<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, String> {
             serde_json::from_value(v).map_err(|e| e.to_string())
         }

@@ -73,7 +73,10 @@ fn add_node(doc: &mut Value, op: &Value) -> Result<(), String> {
 
 fn add_edge(doc: &mut Value, op: &Value) -> Result<(), String> {
     let edge = op.get("edge").filter(|e| e.is_object()).ok_or("add_edge needs an `edge` object")?;
-    let (from, to) = (str_field(edge, "from").ok_or("the edge needs `from`")?, str_field(edge, "to").ok_or("the edge needs `to`")?);
+    let (from, to) = (
+        str_field(edge, "from").ok_or("the edge needs `from`")?,
+        str_field(edge, "to").ok_or("the edge needs `to`")?,
+    );
     let edges = arr(doc, "edges");
     if edges.iter().any(|e| str_field(e, "from") == Some(from) && str_field(e, "to") == Some(to)) {
         return Err(format!("edge {from} → {to} already exists"));
@@ -83,7 +86,10 @@ fn add_edge(doc: &mut Value, op: &Value) -> Result<(), String> {
 }
 
 fn remove_edge(doc: &mut Value, op: &Value) -> Result<(), String> {
-    let (from, to) = (str_field(op, "from").ok_or("remove_edge needs `from`")?, str_field(op, "to").ok_or("remove_edge needs `to`")?);
+    let (from, to) = (
+        str_field(op, "from").ok_or("remove_edge needs `from`")?,
+        str_field(op, "to").ok_or("remove_edge needs `to`")?,
+    );
     let edges = arr(doc, "edges");
     let before = edges.len();
     edges.retain(|e| !(str_field(e, "from") == Some(from) && str_field(e, "to") == Some(to)));
@@ -109,7 +115,10 @@ fn remove_node(doc: &mut Value, op: &Value) -> Result<(), String> {
 fn replace_node_config(doc: &mut Value, op: &Value) -> Result<(), String> {
     let id = str_field(op, "id").ok_or("replace_node_config needs `id`")?;
     let config = op.get("config").ok_or("replace_node_config needs `config`")?;
-    let node = arr(doc, "nodes").iter_mut().find(|n| str_field(n, "id") == Some(id)).ok_or_else(|| format!("no node '{id}'"))?;
+    let node = arr(doc, "nodes")
+        .iter_mut()
+        .find(|n| str_field(n, "id") == Some(id))
+        .ok_or_else(|| format!("no node '{id}'"))?;
     node["config"] = config.clone();
     Ok(())
 }
@@ -133,8 +142,19 @@ mod tests {
         assert_eq!(out["edges"], json!([{"from": "a", "to": "n"}, {"from": "n", "to": "b"}]));
         assert_eq!(out["nodes"][1]["config"], json!({"output": 1}));
         assert_eq!(out["name"], "x");
-        let bad = apply(&doc, &[json!({"op": "remove_edge", "from": "b", "to": "a"}), json!({"op": "remove", "path": "/nodes/9"}), json!({"op": "frob"})]).unwrap_err();
-        assert_eq!(bad.iter().map(|i| i.pointer.as_str()).collect::<Vec<_>>(), vec!["/operations/0", "/operations/1", "/operations/2"]);
+        let bad = apply(
+            &doc,
+            &[
+                json!({"op": "remove_edge", "from": "b", "to": "a"}),
+                json!({"op": "remove", "path": "/nodes/9"}),
+                json!({"op": "frob"}),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(
+            bad.iter().map(|i| i.pointer.as_str()).collect::<Vec<_>>(),
+            vec!["/operations/0", "/operations/1", "/operations/2"]
+        );
         let out = apply(&doc, &[json!({"op": "remove_node", "id": "b"})]).unwrap();
         assert_eq!(out["edges"], json!([]));
     }

@@ -85,7 +85,11 @@ pub fn parse(body: &str) -> Option<Ref> {
         "index" if rest.is_empty() => (Root::Index, Vec::new()),
         _ => return None,
     };
-    Some(Ref { root, path, text: format!("${stripped}") })
+    Some(Ref {
+        root,
+        path,
+        text: format!("${stripped}"),
+    })
 }
 
 /// A string that is exactly one reference (`$nodes.a.b`), if it is one.
@@ -162,7 +166,10 @@ pub fn lookup<'v>(value: &'v Value, path: &[String]) -> Option<&'v Value> {
 
 impl Ref {
     pub fn resolve(&self, scope: &Scope<'_>) -> Result<Value, RefError> {
-        let err = |message: String| RefError { reference: self.text.clone(), message };
+        let err = |message: String| RefError {
+            reference: self.text.clone(),
+            message,
+        };
         let (base, what): (&Value, String) = match &self.root {
             Root::Inputs => (scope.inputs, "the run inputs".to_string()),
             Root::Node(id) => match (scope.node)(id) {
@@ -248,7 +255,11 @@ mod tests {
     use serde_json::json;
 
     fn scope_with<'a>(inputs: &'a Value, nodes: &'a dyn Fn(&str) -> Option<&'a Value>) -> Scope<'a> {
-        Scope { inputs, node: nodes, item: None }
+        Scope {
+            inputs,
+            node: nodes,
+            item: None,
+        }
     }
 
     #[test]

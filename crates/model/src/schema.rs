@@ -3,8 +3,8 @@
 
 use serde_json::{Value, json};
 
-use crate::config::*;
 use crate::Workflow;
+use crate::config::*;
 
 fn schema_of<T: schemars::JsonSchema>() -> Value {
     serde_json::to_value(schemars::schema_for!(T)).unwrap_or(Value::Null)
@@ -48,12 +48,13 @@ pub fn workflow_schema() -> Value {
         }));
     }
     if let Some(node) = defs.get_mut("Node")
-        && let Some(obj) = node.as_object_mut() {
-            obj.insert("allOf".into(), Value::Array(all_of));
-            if let Some(Value::Object(props)) = obj.get_mut("properties") {
-                props.insert("type".into(), json!({"type": "string", "enum": crate::NodeKind::NAMES}));
-            }
+        && let Some(obj) = node.as_object_mut()
+    {
+        obj.insert("allOf".into(), Value::Array(all_of));
+        if let Some(Value::Object(props)) = obj.get_mut("properties") {
+            props.insert("type".into(), json!({"type": "string", "enum": crate::NodeKind::NAMES}));
         }
+    }
     if let Some(obj) = root.as_object_mut() {
         obj.insert("$defs".into(), Value::Object(defs));
         obj.insert("$id".into(), json!("https://aob.dev/schema/workflow.json"));

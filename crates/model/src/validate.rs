@@ -5,8 +5,8 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::config::{NodeConfig, parse_instant_ms};
 use crate::condition::Condition;
+use crate::config::{NodeConfig, parse_instant_ms};
 use crate::refs::{self, Root};
 use crate::{Edge, Node, NodeKind, Workflow};
 
@@ -27,10 +27,20 @@ pub struct Issue {
 
 impl Issue {
     pub fn error(pointer: impl Into<String>, code: &'static str, message: impl Into<String>) -> Issue {
-        Issue { pointer: pointer.into(), code, message: message.into(), severity: Severity::Error }
+        Issue {
+            pointer: pointer.into(),
+            code,
+            message: message.into(),
+            severity: Severity::Error,
+        }
     }
     pub fn warning(pointer: impl Into<String>, code: &'static str, message: impl Into<String>) -> Issue {
-        Issue { pointer: pointer.into(), code, message: message.into(), severity: Severity::Warning }
+        Issue {
+            pointer: pointer.into(),
+            code,
+            message: message.into(),
+            severity: Severity::Warning,
+        }
     }
 }
 
@@ -70,8 +80,7 @@ pub fn parse_and_validate(doc: &Value) -> Result<(Workflow, Vec<Issue>), Vec<Iss
     if !issues.is_empty() {
         return Err(issues);
     }
-    let wf = Workflow::from_value(doc.clone())
-        .map_err(|e| vec![Issue::error("", "invalid_document", e.to_string())])?;
+    let wf = Workflow::from_value(doc.clone()).map_err(|e| vec![Issue::error("", "invalid_document", e.to_string())])?;
     let issues = validate(&wf);
     if has_errors(&issues) {
         return Err(issues);
@@ -98,7 +107,11 @@ fn validate_at(wf: &Workflow, base: &str) -> Vec<Issue> {
     for (i, n) in wf.nodes.iter().enumerate() {
         let p = format!("{base}/nodes/{i}");
         if !valid_id(&n.id) {
-            issues.push(Issue::error(format!("{p}/id"), "invalid_id", format!("node id '{}' must match ^[A-Za-z0-9_-]{{1,128}}$", n.id)));
+            issues.push(Issue::error(
+                format!("{p}/id"),
+                "invalid_id",
+                format!("node id '{}' must match ^[A-Za-z0-9_-]{{1,128}}$", n.id),
+            ));
         }
         if index.insert(n.id.as_str(), i).is_some() {
             issues.push(Issue::error(format!("{p}/id"), "duplicate_id", format!("duplicate node id '{}'", n.id)));
@@ -125,10 +138,18 @@ fn validate_at(wf: &Workflow, base: &str) -> Vec<Issue> {
         };
         if let Some(r) = &node.retry {
             if r.max_attempts == 0 || r.max_attempts > 100 {
-                issues.push(Issue::error(format!("{p}/retry/max_attempts"), "invalid_config", "max_attempts must be between 1 and 100"));
+                issues.push(Issue::error(
+                    format!("{p}/retry/max_attempts"),
+                    "invalid_config",
+                    "max_attempts must be between 1 and 100",
+                ));
             }
             if !(r.backoff_multiplier >= 1.0 && r.backoff_multiplier <= 100.0) {
-                issues.push(Issue::error(format!("{p}/retry/backoff_multiplier"), "invalid_config", "backoff_multiplier must be between 1.0 and 100.0"));
+                issues.push(Issue::error(
+                    format!("{p}/retry/backoff_multiplier"),
+                    "invalid_config",
+                    "backoff_multiplier must be between 1.0 and 100.0",
+                ));
             }
         }
         match NodeConfig::parse(kind, &node.config) {
@@ -149,7 +170,11 @@ fn validate_at(wf: &Workflow, base: &str) -> Vec<Issue> {
             }
             Err(e) => {
                 configs.push(None);
-                issues.push(Issue::error(format!("{p}/config"), "invalid_config", format!("invalid {} config: {e}", node.kind)));
+                issues.push(Issue::error(
+                    format!("{p}/config"),
+                    "invalid_config",
+                    format!("invalid {} config: {e}", node.kind),
+                ));
             }
         }
     }
@@ -159,15 +184,24 @@ fn validate_at(wf: &Workflow, base: &str) -> Vec<Issue> {
         let from = index.get(e.from.as_str()).copied();
         let to = index.get(e.to.as_str()).copied();
         if from.is_none() {
-            issues.push(Issue::error(format!("{p}/from"), "dangling_edge", format!("edge from unknown node '{}'", e.from)));
+            issues.push(Issue::error(
+                format!("{p}/from"),
+                "dangling_edge",
+                format!("edge from unknown node '{}'", e.from),
+            ));
         }
         if to.is_none() {
             issues.push(Issue::error(format!("{p}/to"), "dangling_edge", format!("edge to unknown node '{}'", e.to)));
         }
         if let Some(c) = &e.condition
-            && let Err(msg) = Condition::compile(c) {
-                issues.push(Issue::error(format!("{p}/condition"), "invalid_condition", format!("condition does not compile: {msg}")));
-            }
+            && let Err(msg) = Condition::compile(c)
+        {
+            issues.push(Issue::error(
+                format!("{p}/condition"),
+                "invalid_condition",
+                format!("condition does not compile: {msg}"),
+            ));
+        }
         if let (Some(f), Some(t)) = (from, to) {
             // An explicit edge from a loop node back to its body start is the loop itself.
             if loop_back.contains(&(f, t)) {
@@ -188,7 +222,11 @@ fn validate_at(wf: &Workflow, base: &str) -> Vec<Issue> {
 
     let entries: Vec<usize> = (0..n).filter(|&i| !has_incoming[i]).collect();
     if entries.is_empty() {
-        issues.push(Issue::error(format!("{base}/nodes"), "no_entry", "no entry node: every node has an incoming edge"));
+        issues.push(Issue::error(
+            format!("{base}/nodes"),
+            "no_entry",
+            "no entry node: every node has an incoming edge",
+        ));
     }
 
     // Reachability (warning) and ancestry (for references).
@@ -202,7 +240,11 @@ fn validate_at(wf: &Workflow, base: &str) -> Vec<Issue> {
     }
     for (i, r) in reach.iter().enumerate() {
         if !r && !entries.is_empty() {
-            issues.push(Issue::warning(format!("{base}/nodes/{i}"), "unreachable", format!("node '{}' is unreachable", wf.nodes[i].id)));
+            issues.push(Issue::warning(
+                format!("{base}/nodes/{i}"),
+                "unreachable",
+                format!("node '{}' is unreachable", wf.nodes[i].id),
+            ));
         }
     }
     let mut pred: Vec<Vec<usize>> = vec![Vec::new(); n];
@@ -238,10 +280,13 @@ fn validate_at(wf: &Workflow, base: &str) -> Vec<Issue> {
                     }
                 },
                 Root::Item | Root::Index => {
-                    let inside_map_step = node.kind() == Some(NodeKind::Map)
-                        && pointer.starts_with(&format!("{base}/nodes/{i}/config/node/"));
+                    let inside_map_step = node.kind() == Some(NodeKind::Map) && pointer.starts_with(&format!("{base}/nodes/{i}/config/node/"));
                     if !inside_map_step {
-                        issues.push(Issue::error(pointer, "invalid_reference", format!("{} is only defined inside a map node's step", r.text)));
+                        issues.push(Issue::error(
+                            pointer,
+                            "invalid_reference",
+                            format!("{} is only defined inside a map node's step", r.text),
+                        ));
                     }
                 }
                 Root::Inputs => {}
@@ -263,15 +308,7 @@ fn ancestors_of(i: usize, pred: &[Vec<usize>]) -> HashSet<usize> {
     seen
 }
 
-fn find_cycles(
-    v: usize,
-    succ: &[Vec<usize>],
-    color: &mut [u8],
-    path: &mut Vec<usize>,
-    wf: &Workflow,
-    base: &str,
-    issues: &mut Vec<Issue>,
-) {
+fn find_cycles(v: usize, succ: &[Vec<usize>], color: &mut [u8], path: &mut Vec<usize>, wf: &Workflow, base: &str, issues: &mut Vec<Issue>) {
     color[v] = 1;
     path.push(v);
     for &w in &succ[v] {
@@ -287,7 +324,11 @@ fn find_cycles(
             issues.push(Issue::error(
                 edge,
                 "cycle",
-                format!("cycle {} → {} is not declared as a loop (use a loop node with loop_back_to)", names.join(" → "), wf.nodes[w].id),
+                format!(
+                    "cycle {} → {} is not declared as a loop (use a loop node with loop_back_to)",
+                    names.join(" → "),
+                    wf.nodes[w].id
+                ),
             ));
         } else if color[w] == 0 {
             find_cycles(w, succ, color, path, wf, base, issues);
@@ -306,7 +347,11 @@ fn check_config(p: &str, cfg: &NodeConfig, index: &HashMap<&str, usize>, issues:
                 issues.push(Issue::error(format!("{p}/url"), "invalid_config", "url is required"));
             }
             if http_method(&h.method).is_none() {
-                issues.push(Issue::error(format!("{p}/method"), "invalid_config", format!("unsupported HTTP method '{}'", h.method)));
+                issues.push(Issue::error(
+                    format!("{p}/method"),
+                    "invalid_config",
+                    format!("unsupported HTTP method '{}'", h.method),
+                ));
             }
         }
         NodeConfig::Transform(t) => {
@@ -316,22 +361,39 @@ fn check_config(p: &str, cfg: &NodeConfig, index: &HashMap<&str, usize>, issues:
         }
         NodeConfig::Loop(l) => {
             if l.max_iterations == 0 {
-                issues.push(Issue::error(format!("{p}/max_iterations"), "invalid_config", "max_iterations must be at least 1"));
+                issues.push(Issue::error(
+                    format!("{p}/max_iterations"),
+                    "invalid_config",
+                    "max_iterations must be at least 1",
+                ));
             }
             if !index.contains_key(l.loop_back_to.as_str()) {
-                issues.push(Issue::error(format!("{p}/loop_back_to"), "invalid_config", format!("loop_back_to names unknown node '{}'", l.loop_back_to)));
+                issues.push(Issue::error(
+                    format!("{p}/loop_back_to"),
+                    "invalid_config",
+                    format!("loop_back_to names unknown node '{}'", l.loop_back_to),
+                ));
             }
             for (field, ids) in [("break_path", &l.break_path), ("timeout_path", &l.timeout_path)] {
                 for (k, id) in ids.iter().enumerate() {
                     if !index.contains_key(id.as_str()) {
-                        issues.push(Issue::error(format!("{p}/{field}/{k}"), "invalid_config", format!("{field} names unknown node '{id}'")));
+                        issues.push(Issue::error(
+                            format!("{p}/{field}/{k}"),
+                            "invalid_config",
+                            format!("{field} names unknown node '{id}'"),
+                        ));
                     }
                 }
             }
             if let Some(c) = &l.condition
-                && let Err(msg) = Condition::compile(c) {
-                    issues.push(Issue::error(format!("{p}/condition"), "invalid_condition", format!("condition does not compile: {msg}")));
-                }
+                && let Err(msg) = Condition::compile(c)
+            {
+                issues.push(Issue::error(
+                    format!("{p}/condition"),
+                    "invalid_condition",
+                    format!("condition does not compile: {msg}"),
+                ));
+            }
         }
         NodeConfig::Map(m) => {
             if m.concurrency == 0 {
@@ -341,7 +403,11 @@ fn check_config(p: &str, cfg: &NodeConfig, index: &HashMap<&str, usize>, issues:
                 Some(k @ (NodeKind::Http | NodeKind::Transform | NodeKind::Noop | NodeKind::Subworkflow | NodeKind::Agent)) => {
                     match NodeConfig::parse(k, &m.node.config) {
                         Ok(inner) => check_config(&format!("{p}/node/config"), &inner, index, issues),
-                        Err(e) => issues.push(Issue::error(format!("{p}/node/config"), "invalid_config", format!("invalid {} config: {e}", m.node.kind))),
+                        Err(e) => issues.push(Issue::error(
+                            format!("{p}/node/config"),
+                            "invalid_config",
+                            format!("invalid {} config: {e}", m.node.kind),
+                        )),
                     }
                 }
                 _ => issues.push(Issue::error(
@@ -363,7 +429,11 @@ fn check_config(p: &str, cfg: &NodeConfig, index: &HashMap<&str, usize>, issues:
             (Some(_), None) => {}
             (None, Some(u)) => {
                 if !u.starts_with('$') && !u.contains("${") && parse_instant_ms(u).is_none() {
-                    issues.push(Issue::error(format!("{p}/until"), "invalid_config", format!("until '{u}' is not an RFC 3339 instant")));
+                    issues.push(Issue::error(
+                        format!("{p}/until"),
+                        "invalid_config",
+                        format!("until '{u}' is not an RFC 3339 instant"),
+                    ));
                 }
             }
             _ => issues.push(Issue::error(p.clone(), "invalid_config", "wait needs exactly one of duration_ms or until")),

@@ -174,10 +174,7 @@ impl NodeKind {
     /// Control nodes are evaluated by the engine itself inside a transition: they have no
     /// effect, so they need no dispatch and no commit of their own.
     pub fn is_inline(self) -> bool {
-        matches!(
-            self,
-            NodeKind::Noop | NodeKind::Conditional | NodeKind::Loop | NodeKind::Aggregate
-        )
+        matches!(self, NodeKind::Noop | NodeKind::Conditional | NodeKind::Loop | NodeKind::Aggregate)
     }
 }
 
@@ -205,12 +202,9 @@ impl Workflow {
     }
 
     pub fn display_name(&self) -> Option<&str> {
-        self.name.as_deref().or_else(|| {
-            self.metadata
-                .as_ref()
-                .and_then(|m| m.get("name"))
-                .and_then(Value::as_str)
-        })
+        self.name
+            .as_deref()
+            .or_else(|| self.metadata.as_ref().and_then(|m| m.get("name")).and_then(Value::as_str))
     }
 
     pub fn node(&self, id: &str) -> Option<&Node> {

@@ -19,8 +19,8 @@ pub struct ChildRunner {
 impl ChildRuns for ChildRunner {
     async fn run_child(&self, parent: &Task) -> Result<Value, TaskError> {
         let h = &self.handle;
-        let cfg: SubworkflowConfig = serde_json::from_value(parent.config.clone())
-            .map_err(|e| TaskError::new("invalid_config", format!("subworkflow config: {e}"), false))?;
+        let cfg: SubworkflowConfig =
+            serde_json::from_value(parent.config.clone()).map_err(|e| TaskError::new("invalid_config", format!("subworkflow config: {e}"), false))?;
         let child_id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, parent.idempotency_key().as_bytes()).to_string();
         let store_err = |e: aob_store::StoreError| TaskError::new("store_error", e.to_string(), true);
         if h.store.get_run(&child_id).await.map_err(store_err)?.is_none() {
@@ -51,7 +51,10 @@ impl ChildRuns for ChildRunner {
                 (None, None) => return Err(TaskError::new("invalid_config", "subworkflow needs tag or workflow", false)),
             };
             let wf = Workflow::from_value(workflow).map_err(|e| TaskError::new("invalid_workflow", e.to_string(), false))?;
-            let plan = h.register(wf, &owner).await.map_err(|e| TaskError::new("invalid_workflow", e.to_string(), false))?;
+            let plan = h
+                .register(wf, &owner)
+                .await
+                .map_err(|e| TaskError::new("invalid_workflow", e.to_string(), false))?;
             let inputs = if cfg.inputs.is_null() { json!({}) } else { cfg.inputs.clone() };
             let start = StartRun {
                 run_id: child_id.clone(),
@@ -68,7 +71,10 @@ impl ChildRuns for ChildRunner {
                 Err(e) => return Err(TaskError::new("child_start_failed", e.to_string(), true)),
             }
         }
-        let rec = h.wait_terminal(&child_id).await.map_err(|e| TaskError::new("child_failed", e.to_string(), true))?;
+        let rec = h
+            .wait_terminal(&child_id)
+            .await
+            .map_err(|e| TaskError::new("child_failed", e.to_string(), true))?;
         match rec.status {
             RunStatus::Completed => Ok(json!({"run_id": child_id, "outputs": rec.outputs.unwrap_or(Value::Null)})),
             other => Err(TaskError::new(

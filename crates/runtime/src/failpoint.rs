@@ -25,10 +25,7 @@ fn parse(spec: &str) -> Vec<Armed> {
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|s| match s.split_once('@') {
-            None => Armed {
-                name: s.to_string(),
-                nth: 1,
-            },
+            None => Armed { name: s.to_string(), nth: 1 },
             Some((name, n)) => match n.trim().parse::<u64>() {
                 Ok(nth) if nth >= 1 => Armed {
                     name: name.trim().to_string(),
@@ -47,10 +44,7 @@ pub fn hit(name: &str) {
     static ARMED: OnceLock<Vec<(Armed, AtomicU64)>> = OnceLock::new();
     let armed = ARMED.get_or_init(|| {
         let spec = std::env::var("AOB_FAILPOINTS").unwrap_or_default();
-        parse(&spec)
-            .into_iter()
-            .map(|a| (a, AtomicU64::new(0)))
-            .collect()
+        parse(&spec).into_iter().map(|a| (a, AtomicU64::new(0))).collect()
     });
     for (a, seen) in armed.iter().filter(|(a, _)| a.name == name) {
         let n = seen.fetch_add(1, Ordering::SeqCst) + 1;

@@ -25,13 +25,19 @@ pub struct EventHub {
 impl EventHub {
     pub fn new(capacity: usize) -> EventHub {
         let (all, _) = broadcast::channel(capacity.max(16));
-        EventHub { runs: Arc::default(), all, capacity: capacity.max(16) }
+        EventHub {
+            runs: Arc::default(),
+            all,
+            capacity: capacity.max(16),
+        }
     }
 
     /// Subscribe before reading history, so that nothing falls between the two.
     pub fn subscribe_run(&self, run_id: &str) -> broadcast::Receiver<Arc<HubEvent>> {
         let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
-        runs.entry(run_id.to_string()).or_insert_with(|| broadcast::channel(self.capacity).0).subscribe()
+        runs.entry(run_id.to_string())
+            .or_insert_with(|| broadcast::channel(self.capacity).0)
+            .subscribe()
     }
 
     pub fn subscribe_all(&self) -> broadcast::Receiver<Arc<HubEvent>> {

@@ -11,9 +11,9 @@
 //! - a run with nothing in flight is not kept in memory (only its next timer is).
 
 mod children;
+mod clock;
 #[doc(hidden)]
 pub mod failpoint;
-mod clock;
 mod hub;
 mod plans;
 mod reads;

@@ -10,9 +10,9 @@ use tokio_util::sync::CancellationToken;
 
 use aob_dispatch::{Dispatch, Envelope, Lease};
 
-use aob_engine::{Action, Decision, Input, RunSettings, NodeStatus, Outcome, Plan, RunState, RunStatus, Task, TaskId, apply, in_flight};
-use aob_model::NodeKind;
+use aob_engine::{Action, Decision, Input, NodeStatus, Outcome, Plan, RunSettings, RunState, RunStatus, Task, TaskId, apply, in_flight};
 use aob_exec::Executors;
+use aob_model::NodeKind;
 
 use crate::workers::{Pool, Running};
 use aob_model::Workflow;
@@ -33,7 +33,11 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { max_tasks: 512, max_batch: 1024, visibility: Duration::from_secs(30) }
+        Options {
+            max_tasks: 512,
+            max_batch: 1024,
+            visibility: Duration::from_secs(30),
+        }
     }
 }
 
@@ -104,11 +108,17 @@ pub struct Handle {
 impl Handle {
     /// Validates, stores (content-addressed) and compiles a workflow, and lets `owner` read it.
     pub async fn register(&self, wf: Workflow, owner: &str) -> Result<Arc<Plan>, RuntimeError> {
-        let plan = self.plans.compile(wf).map_err(|issues| {
-            RuntimeError::Invalid(issues.iter().map(|i| format!("{}: {}", i.pointer, i.message)).collect::<Vec<_>>().join("; "))
-        })?;
+        let plan = self
+            .plans
+            .compile(wf)
+            .map_err(|issues| RuntimeError::Invalid(issues.iter().map(|i| format!("{}: {}", i.pointer, i.message)).collect::<Vec<_>>().join("; ")))?;
         self.store
-            .put_blob(Blob { hash: plan.hash.clone(), kind: "workflow".into(), content: plan.workflow.to_canonical_json(), created_at: self.clock.now_ms() })
+            .put_blob(Blob {
+                hash: plan.hash.clone(),
+                kind: "workflow".into(),
+                content: plan.workflow.to_canonical_json(),
+                created_at: self.clock.now_ms(),
+            })
             .await?;
         self.store.grant_blob(&plan.hash, owner).await?;
         Ok(plan)
@@ -124,7 +134,10 @@ impl Handle {
     /// Cancel, pause or resume; returns the committed state.
     pub async fn control(&self, run_id: &str, input: Input) -> Result<RunState, RuntimeError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::Control(run_id.to_string(), input, tx)).await.map_err(|_| RuntimeError::Stopped)?;
+        self.tx
+            .send(Command::Control(run_id.to_string(), input, tx))
+            .await
+            .map_err(|_| RuntimeError::Stopped)?;
         rx.await.map_err(|_| RuntimeError::Stopped)?
     }
 
@@ -142,7 +155,10 @@ impl Handle {
     /// Validates and applies (or, under review, records) a run patch.
     pub async fn patch(&self, run_id: &str, req: PatchRequest) -> Result<PatchRecord, RuntimeError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::Patch(run_id.to_string(), req, tx)).await.map_err(|_| RuntimeError::Stopped)?;
+        self.tx
+            .send(Command::Patch(run_id.to_string(), req, tx))
+            .await
+            .map_err(|_| RuntimeError::Stopped)?;
         rx.await.map_err(|_| RuntimeError::Stopped)?
     }
 
@@ -161,7 +177,14 @@ impl Handle {
     pub async fn replay(&self, run_id: &str, node_id: &str, config: Option<Value>, by: &str, reason: &str) -> Result<RunState, RuntimeError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Command::Replay(run_id.to_string(), node_id.to_string(), config, by.to_string(), reason.to_string(), tx))
+            .send(Command::Replay(
+                run_id.to_string(),
+                node_id.to_string(),
+                config,
+                by.to_string(),
+                reason.to_string(),
+                tx,
+            ))
             .await
             .map_err(|_| RuntimeError::Stopped)?;
         rx.await.map_err(|_| RuntimeError::Stopped)?
@@ -206,11 +229,25 @@ impl Runtime {
     /// Starts the engine loop; recovery of unfinished runs happens before the first command.
     pub fn start(opts: Options, store: Arc<dyn Store>, dispatch: Arc<dyn Dispatch>, guard: aob_ssrf::Guard, clock: Arc<dyn Clock>) -> Runtime {
         let (tx, rx) = mpsc::channel(65_536);
-        let handle = Handle { tx: tx.clone(), store: store.clone(), hub: EventHub::new(4096), plans: Plans::default(), clock, reads: RunReads::default() };
+        let handle = Handle {
+            tx: tx.clone(),
+            store: store.clone(),
+            hub: EventHub::new(4096),
+            plans: Plans::default(),
+            clock,
+            reads: RunReads::default(),
+        };
         let executors = Executors::new(guard).with_children(Arc::new(ChildRunner { handle: handle.clone() }));
         let shutdown = CancellationToken::new();
         let running = Running::default();
-        let pool = Pool { dispatch: dispatch.clone(), executors, tx, running: running.clone(), max_tasks: opts.max_tasks, visibility: opts.visibility };
+        let pool = Pool {
+            dispatch: dispatch.clone(),
+            executors,
+            tx,
+            running: running.clone(),
+            max_tasks: opts.max_tasks,
+            visibility: opts.visibility,
+        };
         let workers = pool.spawn(shutdown.clone());
         let service = Service {
             rx,
@@ -225,7 +262,12 @@ impl Runtime {
         };
         let token = shutdown.clone();
         let join = tokio::spawn(service.run(token));
-        Runtime { handle, shutdown, join, workers }
+        Runtime {
+            handle,
+            shutdown,
+            join,
+            workers,
+        }
     }
 
     /// Stops taking commands and waits for the loop to finish its current batch.
@@ -358,9 +400,21 @@ impl Service {
         if self.runs.contains_key(run_id) {
             return Ok(());
         }
-        let rec = self.handle.store.get_run(run_id).await?.ok_or_else(|| RuntimeError::NotFound(run_id.to_string()))?;
+        let rec = self
+            .handle
+            .store
+            .get_run(run_id)
+            .await?
+            .ok_or_else(|| RuntimeError::NotFound(run_id.to_string()))?;
         let plan = self.handle.plans.get(&*self.handle.store, rec.plan_hash()).await?;
-        self.runs.insert(run_id.to_string(), Live { plan, state: rec.state, owner: rec.owner.into() });
+        self.runs.insert(
+            run_id.to_string(),
+            Live {
+                plan,
+                state: rec.state,
+                owner: rec.owner.into(),
+            },
+        );
         Ok(())
     }
 
@@ -376,7 +430,11 @@ impl Service {
             let Some(live) = self.runs.get_mut(&id) else { continue };
             refresh_deadlines(&live.plan, &mut live.state, now);
             tasks.extend(in_flight(&live.plan, &live.state));
-            let wake = if live.state.status == RunStatus::Queued { Some(0) } else { live.state.next_wake() };
+            let wake = if live.state.status == RunStatus::Queued {
+                Some(0)
+            } else {
+                live.state.next_wake()
+            };
             let idle = !live.state.has_tasks_in_flight(&live.plan);
             self.set_timer(&id, wake);
             if idle {
@@ -457,7 +515,14 @@ impl Service {
                         p.events.extend(step.events);
                         p.actions.extend(step.actions);
                     }
-                    self.runs.insert(req.run_id.clone(), Live { plan: req.plan.clone(), state, owner: req.owner.as_str().into() });
+                    self.runs.insert(
+                        req.run_id.clone(),
+                        Live {
+                            plan: req.plan.clone(),
+                            state,
+                            owner: req.owner.as_str().into(),
+                        },
+                    );
                     replies.push(Reply::State(req.run_id.clone(), reply));
                 }
                 Command::Control(run_id, input, reply) => {
@@ -477,7 +542,11 @@ impl Service {
                         let _ = reply.send(Err(RuntimeError::NotFound(format!("node {node_id} of run {run_id}"))));
                         continue;
                     };
-                    let input = Input::Decide { node: node as u32, activation, decision };
+                    let input = Input::Decide {
+                        node: node as u32,
+                        activation,
+                        decision,
+                    };
                     let applied = self.step(&run_id, input, now, &mut order, &mut pending) > 0;
                     replies.push(Reply::Applied(applied, reply));
                 }
@@ -555,7 +624,9 @@ impl Service {
         // Rendered once: the same bodies are stored and then published.
         let mut rendered: HashMap<String, Vec<aob_store::StoredEvent>> = HashMap::with_capacity(order.len());
         for id in &order {
-            let (Some(live), Some(p)) = (self.runs.get(id), pending.get_mut(id)) else { continue };
+            let (Some(live), Some(p)) = (self.runs.get(id), pending.get_mut(id)) else {
+                continue;
+            };
             if p.create.is_none() && p.events.is_empty() && p.patches.is_empty() {
                 continue; // nothing changed (a duplicate or stale input)
             }
@@ -594,7 +665,11 @@ impl Service {
             let owner = live.owner.clone();
             for e in rendered.remove(id).unwrap_or_default() {
                 let terminal = matches!(e.kind.as_str(), "workflow_completed" | "workflow_failed" | "workflow_cancelled");
-                published.push(Arc::new(HubEvent { owner: owner.clone(), event: e, terminal }));
+                published.push(Arc::new(HubEvent {
+                    owner: owner.clone(),
+                    event: e,
+                    terminal,
+                }));
             }
             for a in p.actions {
                 match a {
@@ -642,19 +717,41 @@ impl Service {
         let live = self.runs.get(run_id).ok_or_else(|| RuntimeError::NotFound(run_id.to_string()))?;
         let doc = serde_json::to_value(&live.plan.workflow).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
         let doc = aob_model::patch::apply(&doc, ops).map_err(|issues| RuntimeError::Rejected { code: "invalid_patch", issues })?;
-        let (wf, _) = aob_model::validate::parse_and_validate(&doc).map_err(|issues| RuntimeError::Rejected { code: "validation_failed", issues })?;
-        let plan = self.handle.plans.compile(wf.clone()).map_err(|issues| RuntimeError::Rejected { code: "validation_failed", issues })?;
+        let (wf, _) = aob_model::validate::parse_and_validate(&doc).map_err(|issues| RuntimeError::Rejected {
+            code: "validation_failed",
+            issues,
+        })?;
+        let plan = self.handle.plans.compile(wf.clone()).map_err(|issues| RuntimeError::Rejected {
+            code: "validation_failed",
+            issues,
+        })?;
         Ok((plan, wf))
     }
 
     /// Moves the run onto `plan` and records the patch as applied.
     #[allow(clippy::too_many_arguments)]
-    async fn apply_patch(&mut self, run_id: &str, wf: Workflow, mut rec: PatchRecord, now: i64, order: &mut Vec<String>, pending: &mut HashMap<String, Pending>) -> Result<PatchRecord, RuntimeError> {
+    async fn apply_patch(
+        &mut self,
+        run_id: &str,
+        wf: Workflow,
+        mut rec: PatchRecord,
+        now: i64,
+        order: &mut Vec<String>,
+        pending: &mut HashMap<String, Pending>,
+    ) -> Result<PatchRecord, RuntimeError> {
         let owner = self.runs.get(run_id).map(|l| l.owner.to_string()).unwrap_or_default();
         let plan = self.handle.register(wf, &owner).await?;
-        let Some(live) = self.runs.get_mut(run_id) else { return Err(RuntimeError::NotFound(run_id.to_string())) };
+        let Some(live) = self.runs.get_mut(run_id) else {
+            return Err(RuntimeError::NotFound(run_id.to_string()));
+        };
         let mut state = aob_engine::patch::rebase(&live.plan, &live.state, &plan);
-        let input = Input::Patched { seq: rec.seq, by: rec.author.clone(), description: rec.description.clone(), node_id: rec.node_id.clone(), workflow: plan.hash.clone() };
+        let input = Input::Patched {
+            seq: rec.seq,
+            by: rec.author.clone(),
+            description: rec.description.clone(),
+            node_id: rec.node_id.clone(),
+            workflow: plan.hash.clone(),
+        };
         let step = apply(&plan, &mut state, input, now);
         live.plan = plan.clone();
         live.state = state;
@@ -670,13 +767,24 @@ impl Service {
         Ok(rec)
     }
 
-    async fn patch(&mut self, run_id: &str, req: PatchRequest, now: i64, order: &mut Vec<String>, pending: &mut HashMap<String, Pending>) -> Result<PatchRecord, RuntimeError> {
+    async fn patch(
+        &mut self,
+        run_id: &str,
+        req: PatchRequest,
+        now: i64,
+        order: &mut Vec<String>,
+        pending: &mut HashMap<String, Pending>,
+    ) -> Result<PatchRecord, RuntimeError> {
         let (plan, wf) = self.patched_plan(run_id, &req.operations)?;
         let live = self.runs.get_mut(run_id).ok_or_else(|| RuntimeError::NotFound(run_id.to_string()))?;
         let limit = live.state.settings.agent_limit.map_or(aob_engine::patch::DEFAULT_AGENT_LIMIT, |l| l as usize);
         let issues = aob_engine::patch::check(&live.plan, &live.state, &plan, limit);
         if !issues.is_empty() {
-            let code = if issues.iter().any(|i| i.code == "agent_limit_exceeded") { "agent_limit_exceeded" } else { "patch_rejected" };
+            let code = if issues.iter().any(|i| i.code == "agent_limit_exceeded") {
+                "agent_limit_exceeded"
+            } else {
+                "patch_rejected"
+            };
             return Err(RuntimeError::Rejected { code, issues });
         }
         live.state.patch_seq += 1;
@@ -706,8 +814,23 @@ impl Service {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn decide_patch(&mut self, run_id: &str, seq: u64, approve: bool, by: String, reason: Option<String>, now: i64, order: &mut Vec<String>, pending: &mut HashMap<String, Pending>) -> Result<PatchRecord, RuntimeError> {
-        let mut rec = self.handle.store.get_patch(run_id, seq).await?.ok_or_else(|| RuntimeError::NotFound(format!("patch {seq} of run {run_id}")))?;
+    async fn decide_patch(
+        &mut self,
+        run_id: &str,
+        seq: u64,
+        approve: bool,
+        by: String,
+        reason: Option<String>,
+        now: i64,
+        order: &mut Vec<String>,
+        pending: &mut HashMap<String, Pending>,
+    ) -> Result<PatchRecord, RuntimeError> {
+        let mut rec = self
+            .handle
+            .store
+            .get_patch(run_id, seq)
+            .await?
+            .ok_or_else(|| RuntimeError::NotFound(format!("patch {seq} of run {run_id}")))?;
         if rec.status != "pending" {
             return Err(RuntimeError::Conflict(format!("patch {seq} is already {}", rec.status)));
         }
@@ -721,7 +844,14 @@ impl Service {
                 let live = self.runs.get(run_id).ok_or_else(|| RuntimeError::NotFound(run_id.to_string()))?;
                 let limit = live.state.settings.agent_limit.map_or(aob_engine::patch::DEFAULT_AGENT_LIMIT, |l| l as usize);
                 let issues = aob_engine::patch::check(&live.plan, &live.state, &plan, limit);
-                if issues.is_empty() { Ok(wf) } else { Err(RuntimeError::Rejected { code: "patch_rejected", issues }) }
+                if issues.is_empty() {
+                    Ok(wf)
+                } else {
+                    Err(RuntimeError::Rejected {
+                        code: "patch_rejected",
+                        issues,
+                    })
+                }
             })
         } else {
             Err(RuntimeError::Conflict("rejected by reviewer".into()))
@@ -743,10 +873,23 @@ impl Service {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn replay(&mut self, run_id: &str, node_id: &str, config: Option<Value>, by: &str, reason: &str, now: i64, order: &mut Vec<String>, pending: &mut HashMap<String, Pending>) -> Result<(), RuntimeError> {
+    async fn replay(
+        &mut self,
+        run_id: &str,
+        node_id: &str,
+        config: Option<Value>,
+        by: &str,
+        reason: &str,
+        now: i64,
+        order: &mut Vec<String>,
+        pending: &mut HashMap<String, Pending>,
+    ) -> Result<(), RuntimeError> {
         let live = self.runs.get(run_id).ok_or_else(|| RuntimeError::NotFound(run_id.to_string()))?;
         if !live.state.status.is_terminal() {
-            return Err(RuntimeError::Conflict(format!("run {run_id} is {}; only a finished run can be replayed", live.state.status.as_str())));
+            return Err(RuntimeError::Conflict(format!(
+                "run {run_id} is {}; only a finished run can be replayed",
+                live.state.status.as_str()
+            )));
         }
         if !live.plan.index.contains_key(node_id) {
             return Err(RuntimeError::NotFound(format!("node {node_id} of run {run_id}")));
@@ -758,7 +901,9 @@ impl Service {
             let owner = live.owner.to_string();
             let _ = plan;
             let plan = self.handle.register(wf, &owner).await?;
-            let Some(live) = self.runs.get_mut(run_id) else { return Err(RuntimeError::NotFound(run_id.to_string())) };
+            let Some(live) = self.runs.get_mut(run_id) else {
+                return Err(RuntimeError::NotFound(run_id.to_string()));
+            };
             live.state = aob_engine::patch::rebase(&live.plan, &live.state, &plan);
             live.plan = plan.clone();
             note(order, pending, run_id);
@@ -766,9 +911,21 @@ impl Service {
                 p.current_hash = Some(plan.hash.clone());
             }
         }
-        let Some(live) = self.runs.get(run_id) else { return Err(RuntimeError::NotFound(run_id.to_string())) };
+        let Some(live) = self.runs.get(run_id) else {
+            return Err(RuntimeError::NotFound(run_id.to_string()));
+        };
         let node = live.plan.index[node_id] as u32;
-        self.step(run_id, Input::Replay { node, by: by.to_string(), reason: reason.to_string() }, now, order, pending);
+        self.step(
+            run_id,
+            Input::Replay {
+                node,
+                by: by.to_string(),
+                reason: reason.to_string(),
+            },
+            now,
+            order,
+            pending,
+        );
         Ok(())
     }
 

@@ -84,28 +84,16 @@ impl FromStr for AllowRule {
 
     fn from_str(input: &str) -> Result<Self, Self::Err> {
         let s = input.trim();
-        let bad = |why: &str| {
-            format!(
-                "invalid allow rule '{input}': {why} (expected IP, CIDR, IP:port or [IPv6]:port)"
-            )
-        };
+        let bad = |why: &str| format!("invalid allow rule '{input}': {why} (expected IP, CIDR, IP:port or [IPv6]:port)");
         if s.is_empty() {
             return Err(bad("empty"));
         }
         if let Some(rest) = s.strip_prefix('[') {
-            let (addr, tail) = rest
-                .split_once(']')
-                .ok_or_else(|| bad("missing closing ']'"))?;
-            let ip: Ipv6Addr = addr
-                .parse()
-                .map_err(|_| bad("not an IPv6 address inside brackets"))?;
+            let (addr, tail) = rest.split_once(']').ok_or_else(|| bad("missing closing ']'"))?;
+            let ip: Ipv6Addr = addr.parse().map_err(|_| bad("not an IPv6 address inside brackets"))?;
             let port = match tail {
                 "" => None,
-                t => Some(parse_port(
-                    t.strip_prefix(':')
-                        .ok_or_else(|| bad("expected ':port' after ']'"))?,
-                    &bad,
-                )?),
+                t => Some(parse_port(t.strip_prefix(':').ok_or_else(|| bad("expected ':port' after ']'"))?, &bad)?),
             };
             return Ok(Self::addr(IpAddr::V6(ip), port));
         }
@@ -227,14 +215,7 @@ mod tests {
 
     #[test]
     fn display_round_trips() {
-        for s in [
-            "127.0.0.1",
-            "127.0.0.1:8080",
-            "10.0.0.0/8",
-            "[::1]:9000",
-            "::1",
-            "fd00::/8",
-        ] {
+        for s in ["127.0.0.1", "127.0.0.1:8080", "10.0.0.0/8", "[::1]:9000", "::1", "fd00::/8"] {
             assert_eq!(rule(s).to_string(), s);
             assert_eq!(rule(&rule(s).to_string()), rule(s));
         }

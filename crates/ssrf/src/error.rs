@@ -16,11 +16,7 @@ pub enum GuardError {
     #[error("URL has no host")]
     EmptyHost,
     #[error("destination {host} resolves to blocked address {addr}: {reason}")]
-    Blocked {
-        host: String,
-        addr: IpAddr,
-        reason: &'static str,
-    },
+    Blocked { host: String, addr: IpAddr, reason: &'static str },
     #[error("DNS resolution of {host} failed, refusing to connect: {message}")]
     Dns { host: String, message: String },
     #[error("too many redirects (limit {limit})")]

@@ -60,10 +60,7 @@ impl Default for Policy {
 /// Pluggable name resolution, so tests can simulate private answers,
 /// rebinding and DNS failures.
 pub trait Resolver: Send + Sync + 'static {
-    fn resolve(
-        &self,
-        host: &str,
-    ) -> Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send + '_>>;
+    fn resolve(&self, host: &str) -> Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send + '_>>;
 }
 
 /// The operating system resolver (`getaddrinfo` via tokio).
@@ -71,10 +68,7 @@ pub trait Resolver: Send + Sync + 'static {
 pub struct SystemResolver;
 
 impl Resolver for SystemResolver {
-    fn resolve(
-        &self,
-        host: &str,
-    ) -> Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send + '_>> {
+    fn resolve(&self, host: &str) -> Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send + '_>> {
         let host = host.to_owned();
         Box::pin(async move {
             let addrs = tokio::net::lookup_host((host.as_str(), 0)).await?;
@@ -145,9 +139,7 @@ struct Inner {
 
 impl std::fmt::Debug for Guard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Guard")
-            .field("policy", &self.inner.policy)
-            .finish_non_exhaustive()
+        f.debug_struct("Guard").field("policy", &self.inner.policy).finish_non_exhaustive()
     }
 }
 
@@ -175,9 +167,7 @@ fn port_code(port: Option<u16>) -> u32 {
 }
 
 fn current_port() -> Option<u16> {
-    HOP.try_with(|h| h.port.load(Ordering::SeqCst))
-        .ok()
-        .and_then(|p| u16::try_from(p).ok())
+    HOP.try_with(|h| h.port.load(Ordering::SeqCst)).ok().and_then(|p| u16::try_from(p).ok())
 }
 
 impl Inner {
@@ -219,11 +209,7 @@ impl Inner {
     /// Resolves `host` and validates every answer; any failure fails the whole
     /// lookup rather than dropping the bad address, because a name that
     /// answers with internal addresses is not trustworthy at all.
-    async fn resolve_checked(
-        &self,
-        host: &str,
-        port: Option<u16>,
-    ) -> Result<Vec<IpAddr>, GuardError> {
+    async fn resolve_checked(&self, host: &str, port: Option<u16>) -> Result<Vec<IpAddr>, GuardError> {
         let dns = |message: String| GuardError::Dns {
             host: host.to_owned(),
             message,
@@ -260,8 +246,7 @@ impl reqwest::dns::Resolve for GuardResolver {
         Box::pin(async move {
             match inner.resolve_checked(&host, port).await {
                 // Port 0 is replaced by the URL's port by the connector.
-                Ok(ips) => Ok(Box::new(ips.into_iter().map(|ip| SocketAddr::new(ip, 0)))
-                    as reqwest::dns::Addrs),
+                Ok(ips) => Ok(Box::new(ips.into_iter().map(|ip| SocketAddr::new(ip, 0))) as reqwest::dns::Addrs),
                 Err(e) => Err(Box::new(e) as Box<dyn std::error::Error + Send + Sync>),
             }
         })
@@ -295,9 +280,7 @@ fn redirect_policy(inner: Arc<Inner>) -> reqwest::redirect::Policy {
 fn build_client(inner: &Arc<Inner>) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .no_proxy()
-        .dns_resolver(Arc::new(GuardResolver {
-            inner: Arc::clone(inner),
-        }))
+        .dns_resolver(Arc::new(GuardResolver { inner: Arc::clone(inner) }))
         .redirect(redirect_policy(Arc::clone(inner)))
         .connect_timeout(inner.policy.connect_timeout)
         // Don't leak the previous URL (which may carry tokens) to redirect targets.
@@ -349,14 +332,9 @@ impl Guard {
         let url = Url::parse(&req.url).map_err(|e| GuardError::InvalidUrl(e.to_string()))?;
         // reqwest never calls the resolver for IP-literal hosts.
         self.inner.check_url(&url)?;
-        let client = self
-            .client
-            .as_ref()
-            .map_err(|e| FetchError::Transport(e.clone()))?;
+        let client = self.client.as_ref().map_err(|e| FetchError::Transport(e.clone()))?;
         let headers = build_headers(&req.headers)?;
-        let limit = req
-            .max_response_bytes
-            .unwrap_or(self.inner.policy.max_response_bytes);
+        let limit = req.max_response_bytes.unwrap_or(self.inner.policy.max_response_bytes);
         let total = req.timeout.unwrap_or(self.inner.policy.request_timeout);
         let hop = Arc::new(HopState {
             port: AtomicU32::new(port_code(url.port_or_known_default())),
@@ -368,27 +346,19 @@ impl Guard {
             builder = builder.body(body);
         }
         let exchange = HOP.scope(hop, async move {
-            let resp = builder
-                .send()
-                .await
-                .map_err(|e| FetchError::from_reqwest(&e))?;
+            let resp = builder.send().await.map_err(|e| FetchError::from_reqwest(&e))?;
             read_response(resp, limit).await
         });
         // One deadline over connect, redirects and the body.
-        tokio::time::timeout(total, exchange)
-            .await
-            .unwrap_or(Err(FetchError::Timeout))
+        tokio::time::timeout(total, exchange).await.unwrap_or(Err(FetchError::Timeout))
     }
 }
 
 fn build_headers(pairs: &[(String, String)]) -> Result<HeaderMap, FetchError> {
     let mut map = HeaderMap::with_capacity(pairs.len());
     for (name, value) in pairs {
-        let n = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| FetchError::InvalidRequest(format!("invalid header name '{name}'")))?;
-        let v = HeaderValue::from_str(value).map_err(|_| {
-            FetchError::InvalidRequest(format!("invalid value for header '{name}'"))
-        })?;
+        let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| FetchError::InvalidRequest(format!("invalid header name '{name}'")))?;
+        let v = HeaderValue::from_str(value).map_err(|_| FetchError::InvalidRequest(format!("invalid value for header '{name}'")))?;
         map.append(n, v);
     }
     Ok(map)
@@ -400,27 +370,15 @@ async fn read_response(mut resp: reqwest::Response, limit: usize) -> Result<Resp
     let headers = resp
         .headers()
         .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_owned(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
+        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
         .collect();
     // Fail early on an honest Content-Length; the streaming check below
     // catches dishonest or absent ones.
-    if resp
-        .content_length()
-        .is_some_and(|len| len > u64::try_from(limit).unwrap_or(u64::MAX))
-    {
+    if resp.content_length().is_some_and(|len| len > u64::try_from(limit).unwrap_or(u64::MAX)) {
         return Err(FetchError::TooLarge { limit });
     }
     let mut body = BytesMut::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| FetchError::from_reqwest(&e))?
-    {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| FetchError::from_reqwest(&e))? {
         if body.len().saturating_add(chunk.len()) > limit {
             // Dropping `resp` aborts the transfer and closes the connection.
             return Err(FetchError::TooLarge { limit });
@@ -519,10 +477,7 @@ mod tests {
     #[test]
     fn allow_rules_skip_block_rules_per_port() {
         let g = Guard::new(Policy {
-            allow: vec![
-                "127.0.0.1:8080".parse().unwrap(),
-                "10.0.0.0/8".parse().unwrap(),
-            ],
+            allow: vec!["127.0.0.1:8080".parse().unwrap(), "10.0.0.0/8".parse().unwrap()],
             ..Policy::default()
         });
         let lo = IpAddr::from([127, 0, 0, 1]);
@@ -530,27 +485,15 @@ mod tests {
         assert!(g.check_addr(lo, 8081).is_err());
         assert_eq!(g.check_addr(IpAddr::from([10, 9, 8, 7]), 22), Ok(()));
         assert!(g.check_addr(IpAddr::from([192, 168, 0, 1]), 80).is_err());
-        assert_eq!(
-            g.check_url(&Url::parse("http://127.0.0.1:8080/").unwrap()),
-            Ok(())
-        );
-        assert!(
-            g.check_url(&Url::parse("http://127.0.0.1/").unwrap())
-                .is_err()
-        );
+        assert_eq!(g.check_url(&Url::parse("http://127.0.0.1:8080/").unwrap()), Ok(()));
+        assert!(g.check_url(&Url::parse("http://127.0.0.1/").unwrap()).is_err());
         // The default port counts for port-specific rules.
         let g = Guard::new(Policy {
             allow: vec!["127.0.0.1:80".parse().unwrap()],
             ..Policy::default()
         });
-        assert_eq!(
-            g.check_url(&Url::parse("http://127.0.0.1/").unwrap()),
-            Ok(())
-        );
-        assert!(
-            g.check_url(&Url::parse("https://127.0.0.1/").unwrap())
-                .is_err()
-        );
+        assert_eq!(g.check_url(&Url::parse("http://127.0.0.1/").unwrap()), Ok(()));
+        assert!(g.check_url(&Url::parse("https://127.0.0.1/").unwrap()).is_err());
     }
 
     #[test]
@@ -568,10 +511,7 @@ mod tests {
         assert!(sec.is_security());
         assert_eq!(sec.code(), "ssrf_blocked");
         assert_eq!(FetchError::Timeout.code(), "timeout");
-        assert_eq!(
-            FetchError::TooLarge { limit: 1 }.code(),
-            "response_too_large"
-        );
+        assert_eq!(FetchError::TooLarge { limit: 1 }.code(), "response_too_large");
         assert_eq!(FetchError::Transport("x".into()).code(), "transport");
         assert!(!FetchError::Timeout.is_security());
     }

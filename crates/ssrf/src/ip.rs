@@ -25,25 +25,13 @@ pub fn is_blocked_ip(ip: IpAddr) -> Option<&'static str> {
 const V4_RULES: &[([u8; 4], u32, &str)] = &[
     ([0, 0, 0, 0], 8, "\"this network\" (0.0.0.0/8)"),
     ([10, 0, 0, 0], 8, "private network (10.0.0.0/8)"),
-    (
-        [100, 64, 0, 0],
-        10,
-        "carrier-grade NAT shared space (100.64.0.0/10)",
-    ),
+    ([100, 64, 0, 0], 10, "carrier-grade NAT shared space (100.64.0.0/10)"),
     ([127, 0, 0, 0], 8, "loopback (127.0.0.0/8)"),
     ([169, 254, 0, 0], 16, "link-local (169.254.0.0/16)"),
     ([172, 16, 0, 0], 12, "private network (172.16.0.0/12)"),
-    (
-        [192, 0, 0, 0],
-        24,
-        "IETF protocol assignments (192.0.0.0/24)",
-    ),
+    ([192, 0, 0, 0], 24, "IETF protocol assignments (192.0.0.0/24)"),
     ([192, 0, 2, 0], 24, "documentation (192.0.2.0/24)"),
-    (
-        [192, 88, 99, 0],
-        24,
-        "deprecated 6to4 relay anycast (192.88.99.0/24)",
-    ),
+    ([192, 88, 99, 0], 24, "deprecated 6to4 relay anycast (192.88.99.0/24)"),
     ([192, 168, 0, 0], 16, "private network (192.168.0.0/16)"),
     ([198, 18, 0, 0], 15, "benchmarking (198.18.0.0/15)"),
     ([198, 51, 100, 0], 24, "documentation (198.51.100.0/24)"),
@@ -69,10 +57,7 @@ fn blocked_v4(ip: Ipv4Addr) -> Option<&'static str> {
     if ip == Ipv4Addr::new(169, 254, 169, 254) {
         return Some("cloud metadata endpoint (169.254.169.254)");
     }
-    V4_RULES
-        .iter()
-        .find(|(net, prefix, _)| in_v4(ip, *net, *prefix))
-        .map(|(_, _, reason)| *reason)
+    V4_RULES.iter().find(|(net, prefix, _)| in_v4(ip, *net, *prefix)).map(|(_, _, reason)| *reason)
 }
 
 fn in_v6(ip: Ipv6Addr, net: Ipv6Addr, prefix: u32) -> bool {
@@ -86,52 +71,16 @@ const fn v6(s: [u16; 8]) -> Ipv6Addr {
 
 /// IPv6 ranges blocked outright, checked after the transition encodings.
 const V6_RULES: &[(Ipv6Addr, u32, &str)] = &[
-    (
-        v6([0, 0, 0, 0, 0, 0, 0, 0]),
-        96,
-        "deprecated IPv4-compatible IPv6 (::/96)",
-    ),
-    (
-        v6([0x64, 0xff9b, 1, 0, 0, 0, 0, 0]),
-        48,
-        "local-use NAT64 (64:ff9b:1::/48)",
-    ),
-    (
-        v6([0x100, 0, 0, 0, 0, 0, 0, 0]),
-        64,
-        "discard-only (100::/64)",
-    ),
+    (v6([0, 0, 0, 0, 0, 0, 0, 0]), 96, "deprecated IPv4-compatible IPv6 (::/96)"),
+    (v6([0x64, 0xff9b, 1, 0, 0, 0, 0, 0]), 48, "local-use NAT64 (64:ff9b:1::/48)"),
+    (v6([0x100, 0, 0, 0, 0, 0, 0, 0]), 64, "discard-only (100::/64)"),
     (v6([0x2001, 0, 0, 0, 0, 0, 0, 0]), 32, "Teredo (2001::/32)"),
-    (
-        v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0]),
-        32,
-        "documentation (2001:db8::/32)",
-    ),
-    (
-        v6([0x2001, 0, 0, 0, 0, 0, 0, 0]),
-        23,
-        "IETF protocol assignments (2001::/23)",
-    ),
-    (
-        v6([0x3fff, 0, 0, 0, 0, 0, 0, 0]),
-        20,
-        "documentation (3fff::/20)",
-    ),
-    (
-        v6([0xfc00, 0, 0, 0, 0, 0, 0, 0]),
-        7,
-        "unique local address (fc00::/7)",
-    ),
-    (
-        v6([0xfe80, 0, 0, 0, 0, 0, 0, 0]),
-        10,
-        "link-local (fe80::/10)",
-    ),
-    (
-        v6([0xfec0, 0, 0, 0, 0, 0, 0, 0]),
-        10,
-        "deprecated site-local (fec0::/10)",
-    ),
+    (v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0]), 32, "documentation (2001:db8::/32)"),
+    (v6([0x2001, 0, 0, 0, 0, 0, 0, 0]), 23, "IETF protocol assignments (2001::/23)"),
+    (v6([0x3fff, 0, 0, 0, 0, 0, 0, 0]), 20, "documentation (3fff::/20)"),
+    (v6([0xfc00, 0, 0, 0, 0, 0, 0, 0]), 7, "unique local address (fc00::/7)"),
+    (v6([0xfe80, 0, 0, 0, 0, 0, 0, 0]), 10, "link-local (fe80::/10)"),
+    (v6([0xfec0, 0, 0, 0, 0, 0, 0, 0]), 10, "deprecated site-local (fec0::/10)"),
     (v6([0xff00, 0, 0, 0, 0, 0, 0, 0]), 8, "multicast (ff00::/8)"),
 ];
 
@@ -157,10 +106,7 @@ fn blocked_v6(ip: Ipv6Addr) -> Option<&'static str> {
         // 6to4: the relay's IPv4 address is in bits 16..48.
         return blocked_v4(Ipv4Addr::new(o[2], o[3], o[4], o[5]));
     }
-    if let Some((_, _, reason)) = V6_RULES
-        .iter()
-        .find(|(net, prefix, _)| in_v6(ip, *net, *prefix))
-    {
+    if let Some((_, _, reason)) = V6_RULES.iter().find(|(net, prefix, _)| in_v6(ip, *net, *prefix)) {
         return Some(reason);
     }
     if !in_v6(ip, v6([0x2000, 0, 0, 0, 0, 0, 0, 0]), 3) {
@@ -297,11 +243,7 @@ mod tests {
 
     #[test]
     fn v6_global_unicast_is_allowed() {
-        for s in [
-            "2606:4700:4700::1111",
-            "2a00:1450:4001:81b::200e",
-            "2400::1",
-        ] {
+        for s in ["2606:4700:4700::1111", "2a00:1450:4001:81b::200e", "2400::1"] {
             assert!(!blocked(s), "{s} should be allowed");
         }
     }

@@ -39,8 +39,7 @@ impl Trap {
     }
 
     async fn assert_untouched(self) {
-        let accepted =
-            tokio::time::timeout(Duration::from_millis(300), self.listener.accept()).await;
+        let accepted = tokio::time::timeout(Duration::from_millis(300), self.listener.accept()).await;
         assert!(accepted.is_err(), "a connection reached the trap listener");
     }
 }
@@ -65,10 +64,7 @@ impl Server {
         Self::start_on(TcpListener::bind((LO, 0)).await.unwrap(), handler)
     }
 
-    fn start_on(
-        listener: TcpListener,
-        handler: impl Fn(&str) -> Reply + Send + Sync + 'static,
-    ) -> Self {
+    fn start_on(listener: TcpListener, handler: impl Fn(&str) -> Reply + Send + Sync + 'static) -> Self {
         let port = listener.local_addr().unwrap().port();
         let accepted = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -81,11 +77,7 @@ impl Server {
                 tokio::spawn(async move { serve_one(stream, &*handler, &reqs).await });
             }
         });
-        Self {
-            port,
-            accepted,
-            requests,
-        }
+        Self { port, accepted, requests }
     }
 
     fn accepted(&self) -> usize {
@@ -101,11 +93,7 @@ impl Server {
     }
 }
 
-async fn serve_one(
-    mut stream: TcpStream,
-    handler: &(dyn Fn(&str) -> Reply + Send + Sync),
-    requests: &Mutex<Vec<String>>,
-) {
+async fn serve_one(mut stream: TcpStream, handler: &(dyn Fn(&str) -> Reply + Send + Sync), requests: &Mutex<Vec<String>>) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let head_end = loop {
@@ -122,8 +110,7 @@ async fn serve_one(
         .lines()
         .find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse::<usize>().ok())?
+            k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok())?
         })
         .unwrap_or(0);
     while buf.len() < head_end + content_length {
@@ -151,10 +138,7 @@ fn path_of(request: &str) -> &str {
 }
 
 fn http(status: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
-    let mut out = format!(
-        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
+    let mut out = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
     for (k, v) in headers {
         out.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -178,20 +162,14 @@ struct MapResolver {
 impl MapResolver {
     fn with(entries: &[(&str, &[IpAddr])]) -> Arc<Self> {
         Arc::new(Self {
-            answers: entries
-                .iter()
-                .map(|(h, ips)| (h.to_string(), ips.to_vec()))
-                .collect(),
+            answers: entries.iter().map(|(h, ips)| (h.to_string(), ips.to_vec())).collect(),
             calls: AtomicUsize::new(0),
         })
     }
 }
 
 impl Resolver for MapResolver {
-    fn resolve(
-        &self,
-        host: &str,
-    ) -> Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send + '_>> {
+    fn resolve(&self, host: &str) -> Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send + '_>> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let answer = self
             .answers
@@ -218,17 +196,9 @@ impl SeqResolver {
 }
 
 impl Resolver for SeqResolver {
-    fn resolve(
-        &self,
-        _host: &str,
-    ) -> Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send + '_>> {
+    fn resolve(&self, _host: &str) -> Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send + '_>> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        let next = self
-            .script
-            .lock()
-            .unwrap()
-            .pop_front()
-            .unwrap_or_else(|| Err("script exhausted".into()));
+        let next = self.script.lock().unwrap().pop_front().unwrap_or_else(|| Err("script exhausted".into()));
         Box::pin(async move { next.map_err(io::Error::other) })
     }
 }
@@ -277,14 +247,8 @@ fn assert_blocked_addr(res: Result<aob_ssrf::Response, FetchError>, want: IpAddr
 async fn literal_loopback_is_blocked_without_connecting() {
     let trap = Trap::bind(LO).await;
     let g = guard(&[]);
-    assert_blocked_addr(
-        get(&g, &format!("http://127.0.0.1:{}/", trap.port)).await,
-        LO,
-    );
-    assert_blocked_addr(
-        get(&g, &format!("https://127.0.0.1:{}/", trap.port)).await,
-        LO,
-    );
+    assert_blocked_addr(get(&g, &format!("http://127.0.0.1:{}/", trap.port)).await, LO);
+    assert_blocked_addr(get(&g, &format!("https://127.0.0.1:{}/", trap.port)).await, LO);
     trap.assert_untouched().await;
 }
 
@@ -296,8 +260,7 @@ async fn localhost_name_is_blocked_without_connecting() {
     // With a normal /etc/hosts this is a loopback answer; without one the
     // lookup fails, which must also refuse (fail closed).
     assert!(
-        matches!(&err, GuardError::Blocked { host, addr, .. } if host == "localhost" && addr.is_loopback())
-            || matches!(err, GuardError::Dns { .. }),
+        matches!(&err, GuardError::Blocked { host, addr, .. } if host == "localhost" && addr.is_loopback()) || matches!(err, GuardError::Dns { .. }),
         "{err:?}"
     );
     trap.assert_untouched().await;
@@ -327,15 +290,7 @@ async fn ipv6_loopback_is_blocked_without_connecting() {
 async fn numeric_ip_tricks_are_blocked_without_connecting() {
     let trap = Trap::bind(LO).await;
     let g = guard(&[]);
-    for host in [
-        "2130706433",
-        "0x7f000001",
-        "0x7f.1",
-        "127.1",
-        "017700000001",
-        "0177.0.0.1",
-        "127.0.0.1.",
-    ] {
+    for host in ["2130706433", "0x7f000001", "0x7f.1", "127.1", "017700000001", "0177.0.0.1", "127.0.0.1."] {
         let url = format!("http://{host}:{}/", trap.port);
         assert_blocked_addr(get(&g, &url).await, LO);
     }
@@ -360,16 +315,8 @@ async fn metadata_and_private_literals_are_refused_before_connecting() {
 #[tokio::test]
 async fn non_http_schemes_are_refused() {
     let g = guard(&[]);
-    for url in [
-        "file:///etc/passwd",
-        "gopher://x",
-        "ftp://127.0.0.1/",
-        "dict://x:11211/",
-    ] {
-        assert!(
-            matches!(assert_blocked(get(&g, url).await), GuardError::Scheme(_)),
-            "{url}"
-        );
+    for url in ["file:///etc/passwd", "gopher://x", "ftp://127.0.0.1/", "dict://x:11211/"] {
+        assert!(matches!(assert_blocked(get(&g, url).await), GuardError::Scheme(_)), "{url}");
     }
 }
 
@@ -389,10 +336,7 @@ async fn name_with_private_answer_is_blocked_without_connecting() {
         }
         other => panic!("{other:?}"),
     }
-    assert_blocked_addr(
-        get(&g, &format!("http://mixed.test:{}/", trap.port)).await,
-        LO,
-    );
+    assert_blocked_addr(get(&g, &format!("http://mixed.test:{}/", trap.port)).await, LO);
     assert_eq!(dns.calls.load(Ordering::SeqCst), 2);
     trap.assert_untouched().await;
 }
@@ -410,10 +354,7 @@ async fn unresolvable_names_fail_closed() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(matches!(
-        assert_blocked(get(&g, &url).await),
-        GuardError::Dns { .. }
-    ));
+    assert!(matches!(assert_blocked(get(&g, &url).await), GuardError::Dns { .. }));
     trap.assert_untouched().await;
 
     // And through the real system resolver.
@@ -438,14 +379,8 @@ async fn port_specific_allow_rule_only_opens_that_port() {
     assert_eq!(server.accepted(), 2);
 
     // …but not any other port on the same address.
-    assert_blocked_addr(
-        get(&g, &format!("http://127.0.0.1:{}/", trap.port)).await,
-        LO,
-    );
-    assert_blocked_addr(
-        get(&g, &format!("http://svc.test:{}/", trap.port)).await,
-        LO,
-    );
+    assert_blocked_addr(get(&g, &format!("http://127.0.0.1:{}/", trap.port)).await, LO);
+    assert_blocked_addr(get(&g, &format!("http://svc.test:{}/", trap.port)).await, LO);
     trap.assert_untouched().await;
 }
 
@@ -486,16 +421,11 @@ async fn rebinding_answers_are_each_validated_and_only_validated_addresses_are_u
 async fn rebinding_within_a_redirect_chain_is_caught() {
     let listener = TcpListener::bind((LO, 0)).await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let server = Server::start_on(listener, move |_| {
-        redirect(&format!("http://rebind.test:{port}/again"))
-    });
+    let server = Server::start_on(listener, move |_| redirect(&format!("http://rebind.test:{port}/again")));
     let metadata = IpAddr::from([169, 254, 169, 254]);
     let dns = SeqResolver::new(vec![Ok(vec![LO]), Ok(vec![metadata])]);
     let g = Guard::with_resolver(policy(&[format!("127.0.0.1:{port}")]), dns.clone());
-    assert_blocked_addr(
-        get(&g, &format!("http://rebind.test:{port}/")).await,
-        metadata,
-    );
+    assert_blocked_addr(get(&g, &format!("http://rebind.test:{port}/")).await, metadata);
     assert_eq!(server.accepted(), 1);
     assert_eq!(dns.calls.load(Ordering::SeqCst), 2);
 }
@@ -530,26 +460,14 @@ async fn redirects_to_internal_targets_are_blocked_without_connecting() {
     for path in ["/to-literal", "/to-decimal", "/to-hex", "/to-name"] {
         assert_blocked_addr(get(&g, &server.url(path)).await, LO);
     }
-    assert_blocked_addr(
-        get(&g, &server.url("/to-v6")).await,
-        "::ffff:127.0.0.1".parse().unwrap(),
-    );
-    assert_blocked_addr(
-        get(&g, &server.url("/to-metadata")).await,
-        IpAddr::from([169, 254, 169, 254]),
-    );
-    assert!(matches!(
-        assert_blocked(get(&g, &server.url("/to-gopher")).await),
-        GuardError::Scheme(_)
-    ));
+    assert_blocked_addr(get(&g, &server.url("/to-v6")).await, "::ffff:127.0.0.1".parse().unwrap());
+    assert_blocked_addr(get(&g, &server.url("/to-metadata")).await, IpAddr::from([169, 254, 169, 254]));
+    assert!(matches!(assert_blocked(get(&g, &server.url("/to-gopher")).await), GuardError::Scheme(_)));
     // `file:///…` is not even a valid HTTP URI, so reqwest's redirect layer
     // can't follow it and hands back the 3xx untouched; either outcome is safe.
     match get(&g, &server.url("/to-file")).await {
         Ok(resp) => assert_eq!(resp.status, 302),
-        Err(e) => assert!(
-            matches!(e, FetchError::Security(GuardError::Scheme(_))),
-            "{e:?}"
-        ),
+        Err(e) => assert!(matches!(e, FetchError::Security(GuardError::Scheme(_))), "{e:?}"),
     }
     trap.assert_untouched().await;
 }
@@ -568,10 +486,7 @@ async fn redirect_limits_and_opt_out() {
 
     // A loop stops after max_redirects hops.
     let before = server.accepted();
-    assert_eq!(
-        assert_blocked(get(&g, &server.url("/loop")).await),
-        GuardError::TooManyRedirects { limit: 5 }
-    );
+    assert_eq!(assert_blocked(get(&g, &server.url("/loop")).await), GuardError::TooManyRedirects { limit: 5 });
     assert_eq!(server.accepted() - before, 6, "initial request + 5 hops");
 
     // Opting out returns the 3xx itself, even one pointing inside.
@@ -579,11 +494,7 @@ async fn redirect_limits_and_opt_out() {
     req.follow_redirects = false;
     let resp = g.send(req).await.unwrap();
     assert_eq!(resp.status, 302);
-    assert!(
-        resp.headers
-            .iter()
-            .any(|(k, v)| k == "location" && v.contains(&trap.port.to_string()))
-    );
+    assert!(resp.headers.iter().any(|(k, v)| k == "location" && v.contains(&trap.port.to_string())));
     trap.assert_untouched().await;
 
     // max_redirects = 0 refuses the first hop.
@@ -591,39 +502,24 @@ async fn redirect_limits_and_opt_out() {
         max_redirects: 0,
         ..policy(&[server.allow()])
     });
-    assert_eq!(
-        assert_blocked(get(&g0, &server.url("/hop")).await),
-        GuardError::TooManyRedirects { limit: 0 }
-    );
+    assert_eq!(assert_blocked(get(&g0, &server.url("/hop")).await), GuardError::TooManyRedirects { limit: 0 });
 }
 
 // ----------------------------------------------------------- positive path
 
 #[tokio::test]
 async fn allow_listed_server_returns_json_and_receives_the_request() {
-    let server = Server::start(|_| {
-        Reply::Full(http(
-            "200 OK",
-            &[("Content-Type", "application/json")],
-            br#"{"ok":true,"items":[1,2,3]}"#,
-        ))
-    })
-    .await;
+    let server = Server::start(|_| Reply::Full(http("200 OK", &[("Content-Type", "application/json")], br#"{"ok":true,"items":[1,2,3]}"#))).await;
     let g = guard(&[server.allow()]);
     let mut req = Request::new(http::Method::POST, server.url("/api?q=1"));
     req.headers.push(("X-Test".into(), "yes".into()));
-    req.headers
-        .push(("Content-Type".into(), "application/json".into()));
+    req.headers.push(("Content-Type".into(), "application/json".into()));
     req.body = Some(bytes::Bytes::from_static(br#"{"in":1}"#));
     let resp = g.send(req).await.unwrap();
 
     assert_eq!(resp.status, 200);
     assert_eq!(resp.url, server.url("/api?q=1"));
-    assert!(
-        resp.headers
-            .iter()
-            .any(|(k, v)| k == "content-type" && v == "application/json")
-    );
+    assert!(resp.headers.iter().any(|(k, v)| k == "content-type" && v == "application/json"));
     let json: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
     assert_eq!(json, serde_json::json!({"ok": true, "items": [1, 2, 3]}));
 
@@ -635,17 +531,10 @@ async fn allow_listed_server_returns_json_and_receives_the_request() {
 
 #[tokio::test]
 async fn allowed_address_with_nothing_listening_is_a_transport_error() {
-    let port = TcpListener::bind((LO, 0))
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = TcpListener::bind((LO, 0)).await.unwrap().local_addr().unwrap().port();
     // The listener is dropped: the port is (almost certainly) closed now.
     let g = guard(&[format!("127.0.0.1:{port}")]);
-    let err = get(&g, &format!("http://127.0.0.1:{port}/"))
-        .await
-        .unwrap_err();
+    let err = get(&g, &format!("http://127.0.0.1:{port}/")).await.unwrap_err();
     assert!(matches!(err, FetchError::Transport(_)), "{err:?}");
     assert_eq!(err.code(), "transport");
     assert!(!err.is_security());
@@ -688,10 +577,7 @@ async fn response_size_cap_aborts_large_bodies() {
         max_response_bytes: 1000,
         ..policy(&[server.allow()])
     });
-    assert_eq!(
-        get(&small, &server.url("/undeclared")).await.unwrap_err(),
-        FetchError::TooLarge { limit: 1000 }
-    );
+    assert_eq!(get(&small, &server.url("/undeclared")).await.unwrap_err(), FetchError::TooLarge { limit: 1000 });
 }
 
 #[tokio::test]
@@ -718,8 +604,5 @@ async fn slow_servers_trip_the_request_timeout() {
         request_timeout: Duration::from_millis(300),
         ..policy(&[server.allow()])
     });
-    assert_eq!(
-        get(&g, &server.url("/silent")).await.unwrap_err(),
-        FetchError::Timeout
-    );
+    assert_eq!(get(&g, &server.url("/silent")).await.unwrap_err(), FetchError::Timeout);
 }

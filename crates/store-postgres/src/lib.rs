@@ -85,20 +85,14 @@ fn db_err(e: sqlx_core::Error) -> StoreError {
                 StoreError::Backend(e.to_string())
             }
         }
-        E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => {
-            StoreError::Unavailable(format!("postgres: {e}"))
-        }
+        E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => StoreError::Unavailable(format!("postgres: {e}")),
         _ => StoreError::Backend(e.to_string()),
     }
 }
 
 fn valid_schema(s: &str) -> bool {
     let mut chars = s.chars();
-    s.len() <= 63
-        && chars
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    s.len() <= 63 && chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// FNV-1a: a stable lock key per schema (advisory locks are database-wide).
@@ -112,28 +106,19 @@ fn lock_key(schema: Option<&str>) -> i64 {
 }
 
 fn connect_options(url: &str) -> Result<PgConnectOptions> {
-    PgConnectOptions::from_str(url)
-        .map_err(|e| StoreError::Backend(format!("invalid database url: {e}")))
+    PgConnectOptions::from_str(url).map_err(|e| StoreError::Backend(format!("invalid database url: {e}")))
 }
 
 /// Where a URL points, without its password, for error messages.
 fn describe(o: &PgConnectOptions) -> String {
-    format!(
-        "{}:{}/{}",
-        o.get_host(),
-        o.get_port(),
-        o.get_database().unwrap_or("postgres")
-    )
+    format!("{}:{}/{}", o.get_host(), o.get_port(), o.get_database().unwrap_or("postgres"))
 }
 
 async fn direct(opts: &PgConnectOptions) -> Result<PgConnection> {
     use sqlx_core::connection::ConnectOptions;
     match tokio::time::timeout(ACQUIRE_TIMEOUT, opts.connect()).await {
         Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(StoreError::Unavailable(format!(
-            "cannot connect to PostgreSQL at {}: {e}",
-            describe(opts)
-        ))),
+        Ok(Err(e)) => Err(StoreError::Unavailable(format!("cannot connect to PostgreSQL at {}: {e}", describe(opts)))),
         Err(_) => Err(StoreError::Unavailable(format!(
             "cannot connect to PostgreSQL at {}: timed out",
             describe(opts)
@@ -141,10 +126,7 @@ async fn direct(opts: &PgConnectOptions) -> Result<PgConnection> {
     }
 }
 
-async fn set_search_path(
-    c: &mut PgConnection,
-    schema: &str,
-) -> std::result::Result<(), sqlx_core::Error> {
+async fn set_search_path(c: &mut PgConnection, schema: &str) -> std::result::Result<(), sqlx_core::Error> {
     query("SELECT set_config('search_path', quote_ident($1), false)")
         .bind(schema)
         .execute(c)
@@ -161,9 +143,7 @@ impl PgStore {
         if let Some(s) = &opts.schema
             && !valid_schema(s)
         {
-            return Err(StoreError::Backend(format!(
-                "invalid schema name {s:?}: use letters, digits and _"
-            )));
+            return Err(StoreError::Backend(format!("invalid schema name {s:?}: use letters, digits and _")));
         }
         let co = connect_options(&opts.url)?;
         // One plain connection first: it reports why the server cannot be reached (the
@@ -171,11 +151,9 @@ impl PgStore {
         // migrations, so their advisory lock ends with it whatever happens.
         let mut conn = direct(&co).await?;
         if let Some(s) = &opts.schema {
-            conn.execute(AssertSqlSafe(format!(
-                "CREATE SCHEMA IF NOT EXISTS \"{s}\""
-            )))
-            .await
-            .map_err(db_err)?;
+            conn.execute(AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS \"{s}\"")))
+                .await
+                .map_err(db_err)?;
             set_search_path(&mut conn, s).await.map_err(db_err)?;
         }
         schema::migrate(&mut conn)
@@ -226,16 +204,12 @@ impl PgStore {
     pub async fn drop_schema(url: &str, schema: &str) -> Result<()> {
         use sqlx_core::connection::Connection;
         if !valid_schema(schema) {
-            return Err(StoreError::Backend(format!(
-                "invalid schema name {schema:?}"
-            )));
+            return Err(StoreError::Backend(format!("invalid schema name {schema:?}")));
         }
         let mut conn = direct(&connect_options(url)?).await?;
-        conn.execute(AssertSqlSafe(format!(
-            "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
-        )))
-        .await
-        .map_err(db_err)?;
+        conn.execute(AssertSqlSafe(format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")))
+            .await
+            .map_err(db_err)?;
         let _ = conn.close().await;
         Ok(())
     }
@@ -258,9 +232,7 @@ async fn write_batch(tx: &mut PgConnection, writes: &[RunWrite], events_lock: i6
         match runs.get_mut(id) {
             Some(agg) => {
                 if w.create.is_some() {
-                    return Err(StoreError::Conflict(format!(
-                        "run {id} created twice in one batch"
-                    )));
+                    return Err(StoreError::Conflict(format!("run {id} created twice in one batch")));
                 }
                 agg.state = &w.state;
                 agg.state_json = &w.state_json;
@@ -288,14 +260,9 @@ async fn write_batch(tx: &mut PgConnection, writes: &[RunWrite], events_lock: i6
     insert_events(tx, writes, events_lock).await
 }
 
-async fn insert_runs<'a>(
-    tx: &mut PgConnection,
-    runs: impl Iterator<Item = (&'a &'a str, &'a RunAgg<'a>)>,
-) -> Result<()> {
-    let (mut id, mut owner, mut wf, mut cur, mut tag, mut parent, mut idem) =
-        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-    let (mut status, mut active, mut created, mut started, mut completed, mut state) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
+async fn insert_runs<'a>(tx: &mut PgConnection, runs: impl Iterator<Item = (&'a &'a str, &'a RunAgg<'a>)>) -> Result<()> {
+    let (mut id, mut owner, mut wf, mut cur, mut tag, mut parent, mut idem) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut status, mut active, mut created, mut started, mut completed, mut state) = (vec![], vec![], vec![], vec![], vec![], vec![]);
     for (run_id, a) in runs {
         let Some(c) = a.create else { continue };
         id.push(run_id.to_string());
@@ -343,12 +310,8 @@ async fn insert_runs<'a>(
     Ok(())
 }
 
-async fn update_runs<'a>(
-    tx: &mut PgConnection,
-    runs: impl Iterator<Item = (&'a &'a str, &'a RunAgg<'a>)>,
-) -> Result<()> {
-    let (mut id, mut status, mut active, mut started, mut completed, mut state, mut cur) =
-        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+async fn update_runs<'a>(tx: &mut PgConnection, runs: impl Iterator<Item = (&'a &'a str, &'a RunAgg<'a>)>) -> Result<()> {
+    let (mut id, mut status, mut active, mut started, mut completed, mut state, mut cur) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
     for (run_id, a) in runs {
         id.push(run_id.to_string());
         status.push(a.state.status.as_str().to_string());
@@ -381,11 +344,7 @@ async fn update_runs<'a>(
     .await
     .map_err(db_err)?;
     if updated.len() != id.len() {
-        let missing = id
-            .iter()
-            .find(|i| !updated.contains(i))
-            .cloned()
-            .unwrap_or_default();
+        let missing = id.iter().find(|i| !updated.contains(i)).cloned().unwrap_or_default();
         return Err(StoreError::NotFound(format!("run {missing}")));
     }
     Ok(())
@@ -393,18 +352,12 @@ async fn update_runs<'a>(
 
 async fn upsert_patches(tx: &mut PgConnection, writes: &[RunWrite]) -> Result<()> {
     // Last write of each (run, seq) wins, as it would applied one by one.
-    let patches: BTreeMap<(&str, u64), &PatchRecord> = writes
-        .iter()
-        .flat_map(|w| &w.patches)
-        .map(|p| ((p.run_id.as_str(), p.seq), p))
-        .collect();
+    let patches: BTreeMap<(&str, u64), &PatchRecord> = writes.iter().flat_map(|w| &w.patches).map(|p| ((p.run_id.as_str(), p.seq), p)).collect();
     if patches.is_empty() {
         return Ok(());
     }
-    let (mut run, mut seq, mut status, mut author, mut desc, mut node, mut ops) =
-        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-    let (mut base, mut result, mut created, mut decided_at, mut decided_by, mut reason) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut run, mut seq, mut status, mut author, mut desc, mut node, mut ops) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut base, mut result, mut created, mut decided_at, mut decided_by, mut reason) = (vec![], vec![], vec![], vec![], vec![], vec![]);
     for p in patches.values() {
         run.push(p.run_id.clone());
         seq.push(p.seq as i64);
@@ -459,12 +412,7 @@ async fn insert_events(tx: &mut PgConnection, writes: &[RunWrite], events_lock: 
     if n == 0 {
         return Ok(());
     }
-    let (mut run, mut seq, mut kind, mut body) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
+    let (mut run, mut seq, mut kind, mut body) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     for e in writes.iter().flat_map(|w| &w.events) {
         run.push(e.run_id.as_str());
         seq.push(e.seq as i64);
@@ -500,11 +448,7 @@ async fn insert_events(tx: &mut PgConnection, writes: &[RunWrite], events_lock: 
 
 /// Keeps the approvals table in step with the run's approval events, in the same
 /// transaction, so an approval is pending exactly while the run waits for it.
-async fn project_approvals(
-    tx: &mut PgConnection,
-    run_id: &str,
-    events: &[StoredEvent],
-) -> Result<()> {
+async fn project_approvals(tx: &mut PgConnection, run_id: &str, events: &[StoredEvent]) -> Result<()> {
     for e in events {
         match e.kind.as_str() {
             "approval_required" => {
@@ -574,21 +518,10 @@ fn chrono_ms(v: &serde_json::Value) -> i64 {
 }
 
 fn json(text: &str, what: &str) -> Result<serde_json::Value> {
-    serde_json::from_str(text)
-        .map_err(|e| StoreError::Backend(format!("stored {what} is not valid JSON: {e}")))
+    serde_json::from_str(text).map_err(|e| StoreError::Backend(format!("stored {what} is not valid JSON: {e}")))
 }
 
-type SummaryRow = (
-    String,
-    String,
-    String,
-    Option<String>,
-    String,
-    i64,
-    Option<i64>,
-    Option<i64>,
-    Option<String>,
-);
+type SummaryRow = (String, String, String, Option<String>, String, i64, Option<i64>, Option<i64>, Option<String>);
 
 fn summary(r: SummaryRow) -> RunSummary {
     RunSummary {
@@ -695,20 +628,10 @@ fn patch(r: PatchRow) -> Result<PatchRecord> {
     })
 }
 
-const PATCH_SELECT: &str =
-    "SELECT run_id, seq, status, author, description, node_id, operations::text, base_hash,
+const PATCH_SELECT: &str = "SELECT run_id, seq, status, author, description, node_id, operations::text, base_hash,
         result_hash, created_at, decided_at, decided_by, reason FROM run_patches";
 
-type KeyRow = (
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    i64,
-    Option<i64>,
-);
+type KeyRow = (String, String, String, String, String, String, i64, Option<i64>);
 
 fn key(r: KeyRow) -> ApiKey {
     ApiKey {
@@ -723,18 +646,9 @@ fn key(r: KeyRow) -> ApiKey {
     }
 }
 
-const KEY_SELECT: &str =
-    "SELECT id, tenant, \"user\", role, name, hash, created_at, revoked_at FROM api_keys";
+const KEY_SELECT: &str = "SELECT id, tenant, \"user\", role, name, hash, created_at, revoked_at FROM api_keys";
 
-type IdemRow = (
-    String,
-    String,
-    String,
-    String,
-    Option<i32>,
-    Option<Vec<u8>>,
-    i64,
-);
+type IdemRow = (String, String, String, String, Option<i32>, Option<Vec<u8>>, i64);
 
 fn idem(r: IdemRow) -> IdempotencyRecord {
     IdempotencyRecord {
@@ -755,21 +669,17 @@ const RACE_RETRIES: usize = 3;
 impl PgStore {
     async fn try_set_tag(&self, u: &TagUpdate) -> Result<Option<Tag>> {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
-        let current: Option<i64> =
-            query_scalar("SELECT version FROM tags WHERE owner = $1 AND name = $2 FOR UPDATE")
-                .bind(&u.owner)
-                .bind(&u.name)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db_err)?;
+        let current: Option<i64> = query_scalar("SELECT version FROM tags WHERE owner = $1 AND name = $2 FOR UPDATE")
+            .bind(&u.owner)
+            .bind(&u.name)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?;
         let have = current.unwrap_or(0) as u64;
         if let Some(expected) = u.expected_version
             && expected != have
         {
-            return Err(StoreError::Conflict(format!(
-                "tag {} is at version {have}, expected {expected}",
-                u.name
-            )));
+            return Err(StoreError::Conflict(format!("tag {} is at version {have}, expected {expected}", u.name)));
         }
         let next = (have + 1) as i64;
         let row: Option<TagRow> = if current.is_some() {
@@ -823,12 +733,7 @@ impl PgStore {
         Ok(Some(tag(row)))
     }
 
-    async fn try_claim(
-        &self,
-        rec: &IdempotencyRecord,
-        completed_since: i64,
-        pending_since: i64,
-    ) -> Result<Option<Option<IdempotencyRecord>>> {
+    async fn try_claim(&self, rec: &IdempotencyRecord, completed_since: i64, pending_since: i64) -> Result<Option<Option<IdempotencyRecord>>> {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
         // Inserts, or takes over an expired record; either way the row ends up locked by
         // this transaction, so the read below sees the record that holds the key.
@@ -885,12 +790,11 @@ impl Store for PgStore {
     }
 
     async fn get_blob(&self, hash: &str) -> Result<Option<Blob>> {
-        let row: Option<(String, String, String, i64)> =
-            query_as("SELECT hash, kind, content::text, created_at FROM blobs WHERE hash = $1")
-                .bind(hash)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db_err)?;
+        let row: Option<(String, String, String, i64)> = query_as("SELECT hash, kind, content::text, created_at FROM blobs WHERE hash = $1")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
         row.map(|(hash, kind, content, created_at)| {
             Ok(Blob {
                 hash,
@@ -908,44 +812,36 @@ impl Store for PgStore {
                 return Ok(t);
             }
         }
-        Err(StoreError::Conflict(format!(
-            "tag {} is being created concurrently",
-            u.name
-        )))
+        Err(StoreError::Conflict(format!("tag {} is being created concurrently", u.name)))
     }
 
     async fn get_tag(&self, owner: &str, name: &str) -> Result<Option<Tag>> {
-        let row: Option<TagRow> = query_as(AssertSqlSafe(format!(
-            "SELECT {TAG_COLS} FROM tags WHERE owner = $1 AND name = $2"
-        )))
-        .bind(owner)
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_err)?;
+        let row: Option<TagRow> = query_as(AssertSqlSafe(format!("SELECT {TAG_COLS} FROM tags WHERE owner = $1 AND name = $2")))
+            .bind(owner)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
         Ok(row.map(tag))
     }
 
     async fn list_tags(&self, owner: &str) -> Result<Vec<Tag>> {
-        let rows: Vec<TagRow> = query_as(AssertSqlSafe(format!(
-            "SELECT {TAG_COLS} FROM tags WHERE owner = $1 ORDER BY name"
-        )))
-        .bind(owner)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
+        let rows: Vec<TagRow> = query_as(AssertSqlSafe(format!("SELECT {TAG_COLS} FROM tags WHERE owner = $1 ORDER BY name")))
+            .bind(owner)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
         Ok(rows.into_iter().map(tag).collect())
     }
 
     async fn tag_history(&self, owner: &str, name: &str) -> Result<Vec<TagVersion>> {
-        let rows: Vec<(i64, String, String, String, i64, Option<String>)> = query_as(
-            "SELECT seq, hash, op, by, at, description FROM tag_history WHERE owner = $1 AND name = $2 ORDER BY seq",
-        )
-        .bind(owner)
-        .bind(name)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
+        let rows: Vec<(i64, String, String, String, i64, Option<String>)> =
+            query_as("SELECT seq, hash, op, by, at, description FROM tag_history WHERE owner = $1 AND name = $2 ORDER BY seq")
+                .bind(owner)
+                .bind(name)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
         Ok(rows
             .into_iter()
             .map(|(seq, hash, op, by, at, description)| TagVersion {
@@ -989,19 +885,16 @@ impl Store for PgStore {
 
     async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>> {
         #[allow(clippy::type_complexity)]
-        let row: Option<(String, String, String, Option<String>, Option<String>, String, Option<String>)> = query_as(
-            "SELECT run_id, owner, workflow_hash, tag, parent_run_id, state, current_hash FROM runs WHERE run_id = $1",
-        )
-        .bind(run_id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_err)?;
-        let Some((run_id, owner, workflow_hash, tag, parent_run_id, state, current_hash)) = row
-        else {
+        let row: Option<(String, String, String, Option<String>, Option<String>, String, Option<String>)> =
+            query_as("SELECT run_id, owner, workflow_hash, tag, parent_run_id, state, current_hash FROM runs WHERE run_id = $1")
+                .bind(run_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err)?;
+        let Some((run_id, owner, workflow_hash, tag, parent_run_id, state, current_hash)) = row else {
             return Ok(None);
         };
-        let state = serde_json::from_str(&state)
-            .map_err(|e| StoreError::Backend(format!("run {run_id}: stored state: {e}")))?;
+        let state = serde_json::from_str(&state).map_err(|e| StoreError::Backend(format!("run {run_id}: stored state: {e}")))?;
         Ok(Some(RunRecord {
             run_id,
             owner,
@@ -1028,27 +921,15 @@ impl Store for PgStore {
             q.push(" AND tag = ").push_bind(t);
         }
         if let Some((at, id)) = f.before {
-            q.push(" AND (created_at, run_id) < (")
-                .push_bind(at)
-                .push(", ")
-                .push_bind(id)
-                .push(")");
+            q.push(" AND (created_at, run_id) < (").push_bind(at).push(", ").push_bind(id).push(")");
         }
-        q.push(" ORDER BY created_at DESC, run_id DESC LIMIT ")
-            .push_bind(f.limit.clamp(1, 1000) as i64);
-        let rows: Vec<SummaryRow> = q
-            .build_query_as()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?;
+        q.push(" ORDER BY created_at DESC, run_id DESC LIMIT ").push_bind(f.limit.clamp(1, 1000) as i64);
+        let rows: Vec<SummaryRow> = q.build_query_as().fetch_all(&self.pool).await.map_err(db_err)?;
         Ok(rows.into_iter().map(summary).collect())
     }
 
     async fn active_runs(&self) -> Result<Vec<String>> {
-        query_scalar("SELECT run_id FROM runs WHERE active")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)
+        query_scalar("SELECT run_id FROM runs WHERE active").fetch_all(&self.pool).await.map_err(db_err)
     }
 
     async fn events(&self, run_id: &str, after: u64, limit: usize) -> Result<Vec<StoredEvent>> {
@@ -1071,12 +952,7 @@ impl Store for PgStore {
             .collect())
     }
 
-    async fn owner_events(
-        &self,
-        owner: &str,
-        after: i64,
-        limit: usize,
-    ) -> Result<Vec<(i64, StoredEvent)>> {
+    async fn owner_events(&self, owner: &str, after: i64, limit: usize) -> Result<Vec<(i64, StoredEvent)>> {
         let rows: Vec<(i64, String, i64, String, String)> =
             query_as("SELECT id, run_id, seq, kind, body FROM events WHERE owner = $1 AND id > $2 ORDER BY id LIMIT $3")
                 .bind(owner)
@@ -1129,12 +1005,7 @@ impl Store for PgStore {
             .map_err(db_err)
     }
 
-    async fn list_approvals(
-        &self,
-        owner: &str,
-        status: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<Approval>> {
+    async fn list_approvals(&self, owner: &str, status: Option<&str>, limit: usize) -> Result<Vec<Approval>> {
         let rows: Vec<ApprovalRow> = query_as(AssertSqlSafe(format!(
             "{APPROVAL_SELECT} WHERE owner = $1 AND ($2::text IS NULL OR status = $2) ORDER BY created_at DESC, id LIMIT $3"
         )))
@@ -1148,35 +1019,30 @@ impl Store for PgStore {
     }
 
     async fn get_approval(&self, id: &str) -> Result<Option<Approval>> {
-        let row: Option<ApprovalRow> =
-            query_as(AssertSqlSafe(format!("{APPROVAL_SELECT} WHERE id = $1")))
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db_err)?;
+        let row: Option<ApprovalRow> = query_as(AssertSqlSafe(format!("{APPROVAL_SELECT} WHERE id = $1")))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
         row.map(approval).transpose()
     }
 
     async fn list_patches(&self, run_id: &str) -> Result<Vec<PatchRecord>> {
-        let rows: Vec<PatchRow> = query_as(AssertSqlSafe(format!(
-            "{PATCH_SELECT} WHERE run_id = $1 ORDER BY seq"
-        )))
-        .bind(run_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err)?;
+        let rows: Vec<PatchRow> = query_as(AssertSqlSafe(format!("{PATCH_SELECT} WHERE run_id = $1 ORDER BY seq")))
+            .bind(run_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
         rows.into_iter().map(patch).collect()
     }
 
     async fn get_patch(&self, run_id: &str, seq: u64) -> Result<Option<PatchRecord>> {
-        let row: Option<PatchRow> = query_as(AssertSqlSafe(format!(
-            "{PATCH_SELECT} WHERE run_id = $1 AND seq = $2"
-        )))
-        .bind(run_id)
-        .bind(seq as i64)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_err)?;
+        let row: Option<PatchRow> = query_as(AssertSqlSafe(format!("{PATCH_SELECT} WHERE run_id = $1 AND seq = $2")))
+            .bind(run_id)
+            .bind(seq as i64)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
         row.map(patch).transpose()
     }
 
@@ -1230,12 +1096,7 @@ impl Store for PgStore {
         Ok(n == 1)
     }
 
-    async fn claim_idempotency(
-        &self,
-        rec: IdempotencyRecord,
-        completed_since: i64,
-        pending_since: i64,
-    ) -> Result<Option<IdempotencyRecord>> {
+    async fn claim_idempotency(&self, rec: IdempotencyRecord, completed_since: i64, pending_since: i64) -> Result<Option<IdempotencyRecord>> {
         // A record deleted between the upsert and the read (released by its request)
         // leaves nothing to report: claim again.
         for _ in 0..RACE_RETRIES {
@@ -1243,18 +1104,10 @@ impl Store for PgStore {
                 return Ok(out);
             }
         }
-        Err(StoreError::Conflict(format!(
-            "idempotency key {} is contended",
-            rec.key
-        )))
+        Err(StoreError::Conflict(format!("idempotency key {} is contended", rec.key)))
     }
 
-    async fn complete_idempotency(
-        &self,
-        claim: &IdempotencyRecord,
-        status: u16,
-        response: Vec<u8>,
-    ) -> Result<()> {
+    async fn complete_idempotency(&self, claim: &IdempotencyRecord, status: u16, response: Vec<u8>) -> Result<()> {
         query(
             "UPDATE idempotency SET status = $4, response = $5
              WHERE tenant = $1 AND key = $2 AND created_at = $3 AND status IS NULL",
@@ -1321,11 +1174,7 @@ mod tests {
             .filter(|n| n.ends_with(".sql"))
             .collect();
         files.sort();
-        assert_eq!(
-            files.len(),
-            MIGRATIONS.len(),
-            "list every file of migrations/ in schema::MIGRATIONS"
-        );
+        assert_eq!(files.len(), MIGRATIONS.len(), "list every file of migrations/ in schema::MIGRATIONS");
         for (i, (f, (v, d, _))) in files.iter().zip(MIGRATIONS).enumerate() {
             assert_eq!(*v, i as i64 + 1);
             assert_eq!(f, &format!("{v:04}_{d}.sql"));

@@ -17,8 +17,7 @@ use aob_store::*;
 use aob_store_postgres::{Options, PgStore};
 
 fn url() -> String {
-    std::env::var("AOB_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    std::env::var("AOB_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 /// A store in a schema of its own; the schema is dropped with it (also when the test
@@ -42,10 +41,7 @@ impl Drop for TestStore {
         // The test's runtime is blocked in this call: drop the schema from a runtime of
         // our own on another thread.
         let done = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
             rt.block_on(PgStore::drop_schema(&url, &schema)).ok()
         })
         .join();
@@ -145,28 +141,17 @@ async fn unreachable_server_is_reported_as_unavailable() {
         Err(StoreError::Unavailable(m)) => assert!(m.contains("127.0.0.1:1"), "{m}"),
         other => panic!("expected Unavailable, got {other:?}"),
     }
-    assert!(
-        t.elapsed() < Duration::from_secs(5),
-        "a refused connection fails fast"
-    );
-    assert!(matches!(
-        PgStore::connect(Options::new("not a url")).await,
-        Err(StoreError::Backend(_))
-    ));
+    assert!(t.elapsed() < Duration::from_secs(5), "a refused connection fails fast");
+    assert!(matches!(PgStore::connect(Options::new("not a url")).await, Err(StoreError::Backend(_))));
     let mut bad = Options::new(url());
     bad.schema = Some("x; DROP SCHEMA public".into());
-    assert!(matches!(
-        PgStore::connect(bad).await,
-        Err(StoreError::Backend(_))
-    ));
+    assert!(matches!(PgStore::connect(bad).await, Err(StoreError::Backend(_))));
 }
 
 #[tokio::test]
 async fn migrations_apply_once_and_reconnecting_keeps_data() {
     let s = fresh().await;
-    s.commit(vec![write("m1", "alice", true, 1..=2)])
-        .await
-        .unwrap();
+    s.commit(vec![write("m1", "alice", true, 1..=2)]).await.unwrap();
     // A second store (another process, a restart) on the same schema migrates nothing.
     let again = PgStore::connect(Options {
         url: s.url.clone(),
@@ -176,30 +161,21 @@ async fn migrations_apply_once_and_reconnecting_keeps_data() {
     .await
     .unwrap();
     assert_eq!(again.events("m1", 0, 10).await.unwrap().len(), 2);
-    let applied: Vec<i64> = sqlx_core::query_scalar::query_scalar(
-        "SELECT version FROM _sqlx_migrations ORDER BY version",
-    )
-    .fetch_all(again.pool())
-    .await
-    .unwrap();
-    assert_eq!(
-        applied,
-        (1..=aob_store_postgres::MIGRATIONS.len() as i64).collect::<Vec<_>>()
-    );
+    let applied: Vec<i64> = sqlx_core::query_scalar::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version")
+        .fetch_all(again.pool())
+        .await
+        .unwrap();
+    assert_eq!(applied, (1..=aob_store_postgres::MIGRATIONS.len() as i64).collect::<Vec<_>>());
     again.close().await;
 }
 
 #[tokio::test]
 async fn schemas_are_isolated() {
     let (a, b) = (fresh().await, fresh().await);
-    a.commit(vec![write("iso", "alice", true, 1..=1)])
-        .await
-        .unwrap();
+    a.commit(vec![write("iso", "alice", true, 1..=1)]).await.unwrap();
     assert!(a.get_run("iso").await.unwrap().is_some());
     assert!(b.get_run("iso").await.unwrap().is_none());
-    b.commit(vec![write("iso", "bob", true, 1..=1)])
-        .await
-        .unwrap();
+    b.commit(vec![write("iso", "bob", true, 1..=1)]).await.unwrap();
     assert_eq!(b.get_run("iso").await.unwrap().unwrap().owner, "bob");
 }
 
@@ -211,13 +187,9 @@ async fn event_bodies_are_served_byte_for_byte() {
     w.events[0].body = body.to_string();
     s.commit(vec![w]).await.unwrap();
     assert_eq!(s.events("b1", 0, 10).await.unwrap()[0].body, body);
-    assert_eq!(
-        s.owner_events("alice", 0, 10).await.unwrap()[0].1.body,
-        body
-    );
+    assert_eq!(s.owner_events("alice", 0, 10).await.unwrap()[0].1.body, body);
     // Blob content keeps its key order too.
-    let content: serde_json::Value =
-        serde_json::from_str(r#"{"zeta":1,"alpha":{"y":2,"b":3}}"#).unwrap();
+    let content: serde_json::Value = serde_json::from_str(r#"{"zeta":1,"alpha":{"y":2,"b":3}}"#).unwrap();
     s.put_blob(Blob {
         hash: "sha256:o".into(),
         kind: "workflow".into(),
@@ -246,17 +218,9 @@ async fn one_batch_collapses_repeated_runs_and_fails_whole() {
     ];
     s.commit(batch).await.unwrap();
     let r = s.get_run("c1").await.unwrap().unwrap();
+    assert_eq!((r.state.seq, r.state.status, r.plan_hash()), (5, RunStatus::Completed, "sha256:new"));
     assert_eq!(
-        (r.state.seq, r.state.status, r.plan_hash()),
-        (5, RunStatus::Completed, "sha256:new")
-    );
-    assert_eq!(
-        s.events("c1", 0, 10)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.seq)
-            .collect::<Vec<_>>(),
+        s.events("c1", 0, 10).await.unwrap().iter().map(|e| e.seq).collect::<Vec<_>>(),
         vec![1, 2, 3, 4, 5]
     );
     assert!(!s.active_runs().await.unwrap().contains(&"c1".to_string()));
@@ -268,36 +232,20 @@ async fn one_batch_collapses_repeated_runs_and_fails_whole() {
         .into_iter()
         .map(|(_, e)| (e.run_id, e.seq))
         .collect();
-    assert_eq!(
-        pos[..4],
-        [
-            ("c1".into(), 1),
-            ("c1".into(), 2),
-            ("c2".into(), 1),
-            ("c1".into(), 3)
-        ]
-    );
+    assert_eq!(pos[..4], [("c1".into(), 1), ("c1".into(), 2), ("c2".into(), 1), ("c1".into(), 3)]);
     // An update of a run that does not exist fails the batch and writes nothing.
-    let bad = vec![
-        write("c3", "alice", true, 1..=1),
-        write("ghost", "alice", false, 2..=2),
-    ];
+    let bad = vec![write("c3", "alice", true, 1..=1), write("ghost", "alice", false, 2..=2)];
     assert!(matches!(s.commit(bad).await, Err(StoreError::NotFound(_))));
     assert!(s.get_run("c3").await.unwrap().is_none());
     // So does creating a run that exists.
-    assert!(matches!(
-        s.commit(vec![write("c2", "alice", true, 9..=9)]).await,
-        Err(StoreError::Conflict(_))
-    ));
+    assert!(matches!(s.commit(vec![write("c2", "alice", true, 9..=9)]).await, Err(StoreError::Conflict(_))));
     assert_eq!(s.events("c2", 0, 10).await.unwrap().len(), 1);
 }
 
 #[tokio::test]
 async fn large_batches_commit_in_one_round() {
     let s = fresh().await;
-    let batch: Vec<RunWrite> = (0..500)
-        .map(|i| write(&format!("big{i}"), "bulk", true, 1..=4))
-        .collect();
+    let batch: Vec<RunWrite> = (0..500).map(|i| write(&format!("big{i}"), "bulk", true, 1..=4)).collect();
     let t = Instant::now();
     s.commit(batch).await.unwrap();
     let took = t.elapsed();
@@ -318,13 +266,9 @@ async fn owner_positions_never_skip_under_concurrent_commits() {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
             let run = format!("w{w}");
-            s.commit(vec![write(&run, "race", true, 1..=1)])
-                .await
-                .unwrap();
+            s.commit(vec![write(&run, "race", true, 1..=1)]).await.unwrap();
             for step in 1..STEPS {
-                s.commit(vec![write(&run, "race", false, step + 1..=step + 1)])
-                    .await
-                    .unwrap();
+                s.commit(vec![write(&run, "race", false, step + 1..=step + 1)]).await.unwrap();
             }
         }));
     }
@@ -354,19 +298,9 @@ async fn owner_positions_never_skip_under_concurrent_commits() {
         t.await.unwrap();
     }
     done.store(true, Ordering::SeqCst);
-    assert_eq!(
-        reader.await.unwrap(),
-        total,
-        "the cursor reader missed events"
-    );
+    assert_eq!(reader.await.unwrap(), total, "the cursor reader missed events");
     for w in 0..WRITERS {
-        let seqs: Vec<u64> = s
-            .events(&format!("w{w}"), 0, 100)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.seq)
-            .collect();
+        let seqs: Vec<u64> = s.events(&format!("w{w}"), 0, 100).await.unwrap().iter().map(|e| e.seq).collect();
         assert_eq!(seqs, (1..=STEPS).collect::<Vec<_>>());
     }
 }
@@ -418,10 +352,7 @@ async fn concurrent_tag_writers_and_idempotency_claims() {
     versions.sort();
     assert_eq!(versions, (2..=9).collect::<Vec<_>>());
     let h = s.tag_history("o", "t").await.unwrap();
-    assert_eq!(
-        h.iter().map(|v| v.seq).collect::<Vec<_>>(),
-        (0..9).collect::<Vec<_>>()
-    );
+    assert_eq!(h.iter().map(|v| v.seq).collect::<Vec<_>>(), (0..9).collect::<Vec<_>>());
 
     let claims: Vec<_> = (0..8)
         .map(|i| {

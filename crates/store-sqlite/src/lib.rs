@@ -34,7 +34,11 @@ pub struct Options {
 
 impl Options {
     pub fn new(path: impl AsRef<Path>) -> Options {
-        Options { path: path.as_ref().to_path_buf(), durability: Durability::Fsync, readers: 4 }
+        Options {
+            path: path.as_ref().to_path_buf(),
+            durability: Durability::Fsync,
+            readers: 4,
+        }
     }
 }
 
@@ -81,9 +85,10 @@ fn open(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
 impl SqliteStore {
     pub fn open(opts: Options) -> Result<SqliteStore> {
         if let Some(dir) = opts.path.parent()
-            && !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(backend)?;
-            }
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(backend)?;
+        }
         let mut writer = open(&opts.path, opts.durability).map_err(backend)?;
         schema::migrate(&mut writer).map_err(backend)?;
         let mut readers = Vec::new();
@@ -96,7 +101,13 @@ impl SqliteStore {
             .spawn(move || writer_loop(writer, rx))
             .map_err(backend)?;
         let max_readers = readers.len();
-        Ok(SqliteStore { tx, readers: Arc::new(Mutex::new(readers)), path: opts.path, max_readers, tags: Arc::default() })
+        Ok(SqliteStore {
+            tx,
+            readers: Arc::new(Mutex::new(readers)),
+            path: opts.path,
+            max_readers,
+            tags: Arc::default(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -263,7 +274,8 @@ fn apply_writes(tx: &Connection, writes: &[RunWrite]) -> Result<()> {
         }
         project_approvals(tx, &st.run_id, &w.events)?;
         if let Some(h) = &w.current_hash {
-            tx.execute("UPDATE runs SET current_hash = ?2 WHERE run_id = ?1", params![st.run_id, h]).map_err(backend)?;
+            tx.execute("UPDATE runs SET current_hash = ?2 WHERE run_id = ?1", params![st.run_id, h])
+                .map_err(backend)?;
         }
         for p in &w.patches {
             tx.execute(
@@ -325,7 +337,8 @@ fn project_approvals(tx: &Connection, run_id: &str, events: &[StoredEvent]) -> R
                 .map_err(backend)?;
             }
             "workflow_completed" | "workflow_failed" | "workflow_cancelled" => {
-                tx.execute("UPDATE approvals SET status = 'cancelled' WHERE run_id = ?1 AND status = 'pending'", [run_id]).map_err(backend)?;
+                tx.execute("UPDATE approvals SET status = 'cancelled' WHERE run_id = ?1 AND status = 'pending'", [run_id])
+                    .map_err(backend)?;
             }
             _ => {}
         }
@@ -334,7 +347,10 @@ fn project_approvals(tx: &Connection, run_id: &str, events: &[StoredEvent]) -> R
 }
 
 fn chrono_ms(v: &serde_json::Value) -> i64 {
-    v.as_str().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok()).map(|t| t.timestamp_millis()).unwrap_or(0)
+    v.as_str()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.timestamp_millis())
+        .unwrap_or(0)
 }
 
 fn parse_state(json: &str) -> rusqlite::Result<RunState> {
@@ -406,40 +422,48 @@ impl Store for SqliteStore {
     async fn set_tag(&self, u: TagUpdate) -> Result<Tag> {
         let (owner, name) = (u.owner.clone(), u.name.clone());
         self.forget_tag(&owner, &name);
-        let result = self.exec(Box::new(move |tx| {
-            let current: Option<i64> = tx
-                .query_row("SELECT version FROM tags WHERE owner = ?1 AND name = ?2", params![u.owner, u.name], |r| r.get(0))
-                .optional()
-                .map_err(|e| e.to_string())?;
-            let have = current.unwrap_or(0) as u64;
-            if let Some(expected) = u.expected_version
-                && expected != have {
+        let result = self
+            .exec(Box::new(move |tx| {
+                let current: Option<i64> = tx
+                    .query_row("SELECT version FROM tags WHERE owner = ?1 AND name = ?2", params![u.owner, u.name], |r| {
+                        r.get(0)
+                    })
+                    .optional()
+                    .map_err(|e| e.to_string())?;
+                let have = current.unwrap_or(0) as u64;
+                if let Some(expected) = u.expected_version
+                    && expected != have
+                {
                     return Err(format!("tag {} is at version {have}, expected {expected}", u.name));
                 }
-            let next = have + 1;
-            if current.is_some() {
-                tx.execute(
-                    "UPDATE tags SET hash = ?3, version = ?4, moved_by = ?5, moved_at = ?6 WHERE owner = ?1 AND name = ?2",
-                    params![u.owner, u.name, u.hash, next as i64, u.by, u.at],
-                )
-            } else {
-                tx.execute(
-                    "INSERT INTO tags (owner, name, hash, version, created_by, moved_by, created_at, moved_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?6)",
-                    params![u.owner, u.name, u.hash, next as i64, u.by, u.at],
-                )
-            }
-            .map_err(|e| e.to_string())?;
-            let seq: i64 = tx
-                .query_row("SELECT COALESCE(MAX(seq) + 1, 0) FROM tag_history WHERE owner = ?1 AND name = ?2", params![u.owner, u.name], |r| r.get(0))
+                let next = have + 1;
+                if current.is_some() {
+                    tx.execute(
+                        "UPDATE tags SET hash = ?3, version = ?4, moved_by = ?5, moved_at = ?6 WHERE owner = ?1 AND name = ?2",
+                        params![u.owner, u.name, u.hash, next as i64, u.by, u.at],
+                    )
+                } else {
+                    tx.execute(
+                        "INSERT INTO tags (owner, name, hash, version, created_by, moved_by, created_at, moved_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?6)",
+                        params![u.owner, u.name, u.hash, next as i64, u.by, u.at],
+                    )
+                }
                 .map_err(|e| e.to_string())?;
-            tx.execute(
-                "INSERT INTO tag_history (owner, name, seq, hash, op, by, at, description) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![u.owner, u.name, seq, u.hash, u.op, u.by, u.at, u.description],
-            )
-            .map_err(|e| e.to_string())?;
-            Ok(())
-        }))
-        .await;
+                let seq: i64 = tx
+                    .query_row(
+                        "SELECT COALESCE(MAX(seq) + 1, 0) FROM tag_history WHERE owner = ?1 AND name = ?2",
+                        params![u.owner, u.name],
+                        |r| r.get(0),
+                    )
+                    .map_err(|e| e.to_string())?;
+                tx.execute(
+                    "INSERT INTO tag_history (owner, name, seq, hash, op, by, at, description) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![u.owner, u.name, seq, u.hash, u.op, u.by, u.at, u.description],
+                )
+                .map_err(|e| e.to_string())?;
+                Ok(())
+            }))
+            .await;
         self.forget_tag(&owner, &name);
         result?;
         self.get_tag(&owner, &name).await?.ok_or(StoreError::NotFound(name))
@@ -456,7 +480,10 @@ impl Store for SqliteStore {
         };
         let (o, n) = key.clone();
         let tag = self
-            .read(move |c| c.query_row(&format!("SELECT {TAG_COLS} FROM tags WHERE owner = ?1 AND name = ?2"), params![o, n], tag_row).optional())
+            .read(move |c| {
+                c.query_row(&format!("SELECT {TAG_COLS} FROM tags WHERE owner = ?1 AND name = ?2"), params![o, n], tag_row)
+                    .optional()
+            })
             .await?;
         if let Some(t) = &tag {
             let mut c = self.tags.lock().unwrap_or_else(|p| p.into_inner());
@@ -501,8 +528,10 @@ impl Store for SqliteStore {
         let (owner, name) = (owner.to_string(), name.to_string());
         let _forget = ForgetOnDrop(self, owner.clone(), name.clone());
         self.exec(Box::new(move |tx| {
-            tx.execute("DELETE FROM tags WHERE owner = ?1 AND name = ?2", params![owner, name]).map_err(|e| e.to_string())?;
-            tx.execute("DELETE FROM tag_history WHERE owner = ?1 AND name = ?2", params![owner, name]).map_err(|e| e.to_string())?;
+            tx.execute("DELETE FROM tags WHERE owner = ?1 AND name = ?2", params![owner, name])
+                .map_err(|e| e.to_string())?;
+            tx.execute("DELETE FROM tag_history WHERE owner = ?1 AND name = ?2", params![owner, name])
+                .map_err(|e| e.to_string())?;
             Ok(())
         }))
         .await?;
@@ -542,7 +571,8 @@ impl Store for SqliteStore {
 
     async fn list_runs(&self, f: RunFilter) -> Result<Vec<RunSummary>> {
         self.read(move |c| {
-            let mut sql = String::from("SELECT run_id, owner, workflow_hash, tag, status, created_at, started_at, completed_at, parent_run_id FROM runs WHERE 1=1");
+            let mut sql =
+                String::from("SELECT run_id, owner, workflow_hash, tag, status, created_at, started_at, completed_at, parent_run_id FROM runs WHERE 1=1");
             let mut args: Vec<rusqlite::types::Value> = Vec::new();
             if let Some(o) = f.owner {
                 args.push(o.into());
@@ -582,7 +612,12 @@ impl Store for SqliteStore {
         self.read(move |c| {
             let mut st = c.prepare_cached("SELECT run_id, seq, kind, body FROM events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")?;
             st.query_map(params![run_id, after as i64, limit.min(100_000) as i64], |r| {
-                Ok(StoredEvent { run_id: r.get(0)?, seq: r.get::<_, i64>(1)? as u64, kind: r.get(2)?, body: r.get(3)? })
+                Ok(StoredEvent {
+                    run_id: r.get(0)?,
+                    seq: r.get::<_, i64>(1)? as u64,
+                    kind: r.get(2)?,
+                    body: r.get(3)?,
+                })
             })?
             .collect()
         })
@@ -594,7 +629,15 @@ impl Store for SqliteStore {
         self.read(move |c| {
             let mut st = c.prepare_cached("SELECT id, run_id, seq, kind, body FROM events WHERE owner = ?1 AND id > ?2 ORDER BY id LIMIT ?3")?;
             st.query_map(params![owner, after, limit.min(100_000) as i64], |r| {
-                Ok((r.get(0)?, StoredEvent { run_id: r.get(1)?, seq: r.get::<_, i64>(2)? as u64, kind: r.get(3)?, body: r.get(4)? }))
+                Ok((
+                    r.get(0)?,
+                    StoredEvent {
+                        run_id: r.get(1)?,
+                        seq: r.get::<_, i64>(2)? as u64,
+                        kind: r.get(3)?,
+                        body: r.get(4)?,
+                    },
+                ))
             })?
             .collect()
         })
@@ -604,7 +647,10 @@ impl Store for SqliteStore {
     async fn run_by_idempotency_key(&self, owner: &str, key: &str) -> Result<Option<String>> {
         let (owner, key) = (owner.to_string(), key.to_string());
         self.read(move |c| {
-            c.query_row("SELECT run_id FROM runs WHERE owner = ?1 AND idempotency_key = ?2", params![owner, key], |r| r.get(0)).optional()
+            c.query_row("SELECT run_id FROM runs WHERE owner = ?1 AND idempotency_key = ?2", params![owner, key], |r| {
+                r.get(0)
+            })
+            .optional()
         })
         .await
     }
@@ -612,7 +658,9 @@ impl Store for SqliteStore {
     async fn grant_blob(&self, hash: &str, owner: &str) -> Result<()> {
         let (hash, owner) = (hash.to_string(), owner.to_string());
         self.exec(Box::new(move |tx| {
-            tx.execute("INSERT OR IGNORE INTO blob_owners (hash, owner) VALUES (?1, ?2)", params![hash, owner]).map(|_| ()).map_err(|e| e.to_string())
+            tx.execute("INSERT OR IGNORE INTO blob_owners (hash, owner) VALUES (?1, ?2)", params![hash, owner])
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         }))
         .await
     }
@@ -620,7 +668,9 @@ impl Store for SqliteStore {
     async fn blob_granted(&self, hash: &str, owner: &str) -> Result<bool> {
         let (hash, owner) = (hash.to_string(), owner.to_string());
         self.read(move |c| {
-            c.query_row("SELECT 1 FROM blob_owners WHERE hash = ?1 AND owner = ?2", params![hash, owner], |_| Ok(())).optional().map(|o| o.is_some())
+            c.query_row("SELECT 1 FROM blob_owners WHERE hash = ?1 AND owner = ?2", params![hash, owner], |_| Ok(()))
+                .optional()
+                .map(|o| o.is_some())
         })
         .await
     }
@@ -630,11 +680,15 @@ impl Store for SqliteStore {
         let limit = limit.clamp(1, 1000) as i64;
         self.read(move |c| match status {
             Some(s) => {
-                let mut st = c.prepare_cached(&format!("SELECT {APPROVAL_COLS} FROM approvals WHERE owner = ?1 AND status = ?2 ORDER BY created_at DESC, id LIMIT ?3"))?;
+                let mut st = c.prepare_cached(&format!(
+                    "SELECT {APPROVAL_COLS} FROM approvals WHERE owner = ?1 AND status = ?2 ORDER BY created_at DESC, id LIMIT ?3"
+                ))?;
                 st.query_map(params![owner, s, limit], approval_row)?.collect()
             }
             None => {
-                let mut st = c.prepare_cached(&format!("SELECT {APPROVAL_COLS} FROM approvals WHERE owner = ?1 ORDER BY created_at DESC, id LIMIT ?2"))?;
+                let mut st = c.prepare_cached(&format!(
+                    "SELECT {APPROVAL_COLS} FROM approvals WHERE owner = ?1 ORDER BY created_at DESC, id LIMIT ?2"
+                ))?;
                 st.query_map(params![owner, limit], approval_row)?.collect()
             }
         })
@@ -643,7 +697,11 @@ impl Store for SqliteStore {
 
     async fn get_approval(&self, id: &str) -> Result<Option<Approval>> {
         let id = id.to_string();
-        self.read(move |c| c.query_row(&format!("SELECT {APPROVAL_COLS} FROM approvals WHERE id = ?1"), [id], approval_row).optional()).await
+        self.read(move |c| {
+            c.query_row(&format!("SELECT {APPROVAL_COLS} FROM approvals WHERE id = ?1"), [id], approval_row)
+                .optional()
+        })
+        .await
     }
 
     async fn list_patches(&self, run_id: &str) -> Result<Vec<PatchRecord>> {
@@ -657,8 +715,15 @@ impl Store for SqliteStore {
 
     async fn get_patch(&self, run_id: &str, seq: u64) -> Result<Option<PatchRecord>> {
         let run_id = run_id.to_string();
-        self.read(move |c| c.query_row(&format!("SELECT {PATCH_COLS} FROM run_patches WHERE run_id = ?1 AND seq = ?2"), params![run_id, seq as i64], patch_row).optional())
-            .await
+        self.read(move |c| {
+            c.query_row(
+                &format!("SELECT {PATCH_COLS} FROM run_patches WHERE run_id = ?1 AND seq = ?2"),
+                params![run_id, seq as i64],
+                patch_row,
+            )
+            .optional()
+        })
+        .await
     }
 
     async fn put_key(&self, k: ApiKey) -> Result<()> {
@@ -675,7 +740,8 @@ impl Store for SqliteStore {
 
     async fn get_key(&self, id: &str) -> Result<Option<ApiKey>> {
         let id = id.to_string();
-        self.read(move |c| c.query_row(&format!("SELECT {KEY_COLS} FROM api_keys WHERE id = ?1"), [id], key_row).optional()).await
+        self.read(move |c| c.query_row(&format!("SELECT {KEY_COLS} FROM api_keys WHERE id = ?1"), [id], key_row).optional())
+            .await
     }
 
     async fn list_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKey>> {
@@ -700,7 +766,9 @@ impl Store for SqliteStore {
         }
         let id = id.to_string();
         self.exec(Box::new(move |tx| {
-            tx.execute("UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL", params![id, at]).map(|_| ()).map_err(|e| e.to_string())
+            tx.execute("UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL", params![id, at])
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         }))
         .await?;
         Ok(true)
@@ -711,11 +779,19 @@ impl Store for SqliteStore {
         let out = found.clone();
         self.exec(Box::new(move |tx| {
             let existing = tx
-                .query_row(&format!("SELECT {IDEM_COLS} FROM idempotency WHERE tenant = ?1 AND key = ?2"), params![rec.tenant, rec.key], idem_row)
+                .query_row(
+                    &format!("SELECT {IDEM_COLS} FROM idempotency WHERE tenant = ?1 AND key = ?2"),
+                    params![rec.tenant, rec.key],
+                    idem_row,
+                )
                 .optional()
                 .map_err(|e| e.to_string())?;
             if let Some(e) = existing {
-                let live = if e.status.is_some() { e.created_at >= completed_since } else { e.created_at >= pending_since };
+                let live = if e.status.is_some() {
+                    e.created_at >= completed_since
+                } else {
+                    e.created_at >= pending_since
+                };
                 if live {
                     *out.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                     return Ok(());
@@ -748,9 +824,12 @@ impl Store for SqliteStore {
     async fn release_idempotency(&self, claim: &IdempotencyRecord) -> Result<()> {
         let (tenant, key, at) = (claim.tenant.clone(), claim.key.clone(), claim.created_at);
         self.exec(Box::new(move |tx| {
-            tx.execute("DELETE FROM idempotency WHERE tenant = ?1 AND key = ?2 AND created_at = ?3 AND status IS NULL", params![tenant, key, at])
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+            tx.execute(
+                "DELETE FROM idempotency WHERE tenant = ?1 AND key = ?2 AND created_at = ?3 AND status IS NULL",
+                params![tenant, key, at],
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
         }))
         .await
     }
@@ -759,7 +838,9 @@ impl Store for SqliteStore {
         let n: Arc<Mutex<u64>> = Arc::default();
         let out = n.clone();
         self.exec(Box::new(move |tx| {
-            let k = tx.execute("DELETE FROM idempotency WHERE created_at < ?1", [before]).map_err(|e| e.to_string())?;
+            let k = tx
+                .execute("DELETE FROM idempotency WHERE created_at < ?1", [before])
+                .map_err(|e| e.to_string())?;
             *out.lock().unwrap_or_else(|p| p.into_inner()) = k as u64;
             Ok(())
         }))
@@ -782,7 +863,8 @@ fn idem_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<IdempotencyRecord> {
     })
 }
 
-const APPROVAL_COLS: &str = "id, run_id, node_id, activation, owner, status, message, data, approvers, created_at, timeout_at, decided_at, decided_by, comment, decision_data";
+const APPROVAL_COLS: &str =
+    "id, run_id, node_id, activation, owner, status, message, data, approvers, created_at, timeout_at, decided_at, decided_by, comment, decision_data";
 
 fn approval_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Approval> {
     let json = |i: usize| -> rusqlite::Result<serde_json::Value> {
@@ -851,7 +933,14 @@ mod tests {
     async fn fresh() -> Box<SqliteStore> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.keep().join("aob.db");
-        Box::new(SqliteStore::open(Options { path, durability: Durability::Process, readers: 2 }).unwrap())
+        Box::new(
+            SqliteStore::open(Options {
+                path,
+                durability: Durability::Process,
+                readers: 2,
+            })
+            .unwrap(),
+        )
     }
 
     aob_store::store_conformance!(fresh());

@@ -2,7 +2,8 @@
 
 use rusqlite::Connection;
 
-const STEPS: &[&str] = &[r#"
+const STEPS: &[&str] = &[
+    r#"
 CREATE TABLE blobs (
     hash TEXT PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -57,7 +58,8 @@ CREATE TABLE events (
     UNIQUE (run_id, seq)
 );
 CREATE INDEX events_owner ON events (owner, id);
-"#, r#"
+"#,
+    r#"
 CREATE TABLE blob_owners (
     hash TEXT NOT NULL,
     owner TEXT NOT NULL,
@@ -74,7 +76,8 @@ CREATE TABLE api_keys (
     revoked_at INTEGER
 );
 CREATE INDEX api_keys_tenant ON api_keys (tenant);
-"#, r#"
+"#,
+    r#"
 CREATE TABLE approvals (
     id TEXT PRIMARY KEY,
     run_id TEXT NOT NULL,
@@ -94,7 +97,8 @@ CREATE TABLE approvals (
 );
 CREATE INDEX approvals_owner ON approvals (owner, status, created_at DESC);
 CREATE INDEX approvals_run ON approvals (run_id, status);
-"#, r#"
+"#,
+    r#"
 ALTER TABLE runs ADD COLUMN current_hash TEXT;
 CREATE TABLE run_patches (
     run_id TEXT NOT NULL,
@@ -112,7 +116,8 @@ CREATE TABLE run_patches (
     reason TEXT,
     PRIMARY KEY (run_id, seq)
 );
-"#, r#"
+"#,
+    r#"
 ALTER TABLE tag_history ADD COLUMN description TEXT;
 CREATE TABLE idempotency (
     tenant TEXT NOT NULL,
@@ -125,7 +130,8 @@ CREATE TABLE idempotency (
     PRIMARY KEY (tenant, key)
 );
 CREATE INDEX idempotency_created ON idempotency (created_at);
-"#];
+"#,
+];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     let have: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;

@@ -28,7 +28,14 @@ fn state(run_id: &str, status: RunStatus, seq: u64, at: i64) -> RunState {
 }
 
 fn event(seq: u64, kind: &str) -> Event {
-    Event { seq, kind: kind.into(), node_id: None, attempt: None, at: 1_700_000_000_000, data: json!({}) }
+    Event {
+        seq,
+        kind: kind.into(),
+        node_id: None,
+        attempt: None,
+        at: 1_700_000_000_000,
+        data: json!({}),
+    }
 }
 
 fn write(run_id: &str, owner: &str, create: bool, status: RunStatus, seqs: std::ops::RangeInclusive<u64>, at: i64) -> RunWrite {
@@ -51,7 +58,12 @@ fn write(run_id: &str, owner: &str, create: bool, status: RunStatus, seqs: std::
 }
 
 pub async fn blobs(s: &dyn Store) {
-    let b = Blob { hash: "sha256:1".into(), kind: "workflow".into(), content: json!({"nodes": []}), created_at: 5 };
+    let b = Blob {
+        hash: "sha256:1".into(),
+        kind: "workflow".into(),
+        content: json!({"nodes": []}),
+        created_at: 5,
+    };
     s.put_blob(b.clone()).await.unwrap();
     s.put_blob(b.clone()).await.unwrap();
     assert_eq!(s.get_blob("sha256:1").await.unwrap(), Some(b));
@@ -78,7 +90,10 @@ pub async fn tags(s: &dyn Store) {
     let t = s.set_tag(up("h3", None)).await.unwrap();
     assert_eq!(t.version, 3);
     let h = s.tag_history("alice", "release/v1").await.unwrap();
-    assert_eq!(h.iter().map(|v| (v.seq, v.hash.as_str())).collect::<Vec<_>>(), vec![(0, "h1"), (1, "h2"), (2, "h3")]);
+    assert_eq!(
+        h.iter().map(|v| (v.seq, v.hash.as_str())).collect::<Vec<_>>(),
+        vec![(0, "h1"), (1, "h2"), (2, "h3")]
+    );
     assert_eq!(h[1].description.as_deref(), Some("to h2"));
     assert_eq!(h.last().unwrap().seq, t.version - 1, "the move that made version v has seq v - 1");
     assert_eq!(s.get_tag("bob", "release/v1").await.unwrap(), None);
@@ -90,9 +105,12 @@ pub async fn tags(s: &dyn Store) {
 
 pub async fn runs_and_events(s: &dyn Store) {
     s.commit(vec![write("r1", "alice", true, RunStatus::Running, 1..=2, 100)]).await.unwrap();
-    s.commit(vec![write("r1", "alice", false, RunStatus::Running, 3..=5, 100), write("r2", "bob", true, RunStatus::Running, 1..=1, 200)])
-        .await
-        .unwrap();
+    s.commit(vec![
+        write("r1", "alice", false, RunStatus::Running, 3..=5, 100),
+        write("r2", "bob", true, RunStatus::Running, 1..=1, 200),
+    ])
+    .await
+    .unwrap();
     let r = s.get_run("r1").await.unwrap().unwrap();
     assert_eq!((r.owner.as_str(), r.state.seq, r.tag.as_deref()), ("alice", 5, Some("t1")));
     let ev = s.events("r1", 2, 100).await.unwrap();
@@ -109,7 +127,10 @@ pub async fn runs_and_events(s: &dyn Store) {
 /// A batch with a duplicate event seq fails as a whole and changes nothing.
 pub async fn commit_is_atomic(s: &dyn Store) {
     s.commit(vec![write("a1", "alice", true, RunStatus::Running, 1..=3, 100)]).await.unwrap();
-    let bad = vec![write("a2", "alice", true, RunStatus::Running, 1..=1, 100), write("a1", "alice", false, RunStatus::Completed, 3..=4, 100)];
+    let bad = vec![
+        write("a2", "alice", true, RunStatus::Running, 1..=1, 100),
+        write("a1", "alice", false, RunStatus::Completed, 3..=4, 100),
+    ];
     assert!(s.commit(bad).await.is_err());
     assert!(s.get_run("a2").await.unwrap().is_none());
     let r = s.get_run("a1").await.unwrap().unwrap();
@@ -123,17 +144,44 @@ pub async fn listing(s: &dyn Store) {
         s.commit(vec![write(&format!("l{i}"), "carol", true, status, 1..=1, 1000 + i)]).await.unwrap();
     }
     s.commit(vec![write("other", "dave", true, RunStatus::Running, 1..=1, 5000)]).await.unwrap();
-    let all = s.list_runs(RunFilter { owner: Some("carol".into()), limit: 10, ..Default::default() }).await.unwrap();
+    let all = s
+        .list_runs(RunFilter {
+            owner: Some("carol".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(all.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), vec!["l4", "l3", "l2", "l1", "l0"]);
-    let page = s.list_runs(RunFilter { owner: Some("carol".into()), limit: 2, ..Default::default() }).await.unwrap();
+    let page = s
+        .list_runs(RunFilter {
+            owner: Some("carol".into()),
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(page.len(), 2);
     let last = &page[1];
     let next = s
-        .list_runs(RunFilter { owner: Some("carol".into()), limit: 10, before: Some((last.created_at, last.run_id.clone())), ..Default::default() })
+        .list_runs(RunFilter {
+            owner: Some("carol".into()),
+            limit: 10,
+            before: Some((last.created_at, last.run_id.clone())),
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert_eq!(next.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), vec!["l2", "l1", "l0"]);
-    let running = s.list_runs(RunFilter { owner: Some("carol".into()), status: Some(RunStatus::Running), limit: 10, ..Default::default() }).await.unwrap();
+    let running = s
+        .list_runs(RunFilter {
+            owner: Some("carol".into()),
+            status: Some(RunStatus::Running),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(running.len(), 2);
     let mut active = s.active_runs().await.unwrap();
     active.sort();
@@ -199,7 +247,10 @@ pub async fn patches(s: &dyn Store) {
     w.current_hash = Some("sha256:new".into());
     s.commit(vec![w]).await.unwrap();
     let all = s.list_patches("p1").await.unwrap();
-    assert_eq!(all.iter().map(|p| (p.seq, p.status.as_str())).collect::<Vec<_>>(), vec![(1, "applied"), (2, "rejected")]);
+    assert_eq!(
+        all.iter().map(|p| (p.seq, p.status.as_str())).collect::<Vec<_>>(),
+        vec![(1, "applied"), (2, "rejected")]
+    );
     assert_eq!(s.get_patch("p1", 1).await.unwrap(), Some(applied));
     assert_eq!(s.get_patch("p1", 9).await.unwrap(), None);
     let r = s.get_run("p1").await.unwrap().unwrap();
@@ -225,7 +276,10 @@ pub async fn idempotency(s: &dyn Store) {
     assert_eq!(s.claim_idempotency(rec("t2", "k", 101), 0, 0).await.unwrap(), None);
     s.complete_idempotency(&first, 201, b"{\"a\":1}".to_vec()).await.unwrap();
     let done = s.claim_idempotency(rec("t1", "k", 102), 0, 0).await.unwrap().unwrap();
-    assert_eq!((done.status, done.response.as_deref(), done.body_hash.as_str()), (Some(201), Some(&b"{\"a\":1}"[..]), "b1"));
+    assert_eq!(
+        (done.status, done.response.as_deref(), done.body_hash.as_str()),
+        (Some(201), Some(&b"{\"a\":1}"[..]), "b1")
+    );
     // Expired: a completed record older than `completed_since` is replaced.
     assert_eq!(s.claim_idempotency(rec("t1", "k", 200), 150, 0).await.unwrap(), None);
     // A stale claim still in progress (its request died) is taken over.

@@ -168,14 +168,27 @@ pub fn event_body(run_id: &str, e: &aob_engine::Event) -> String {
     // Every node event carries `attempt` (the event contract); a node that never ran
     // (e.g. `node_skipped`) is reported as attempt 0.
     let attempt = e.attempt.or(e.node_id.as_ref().map(|_| 0));
-    let body = Body { run_id, seq: e.seq, kind: &e.kind, timestamp: rfc3339_ms(e.at), node_id: e.node_id.as_deref(), attempt, data: &e.data };
+    let body = Body {
+        run_id,
+        seq: e.seq,
+        kind: &e.kind,
+        timestamp: rfc3339_ms(e.at),
+        node_id: e.node_id.as_deref(),
+        attempt,
+        data: &e.data,
+    };
     serde_json::to_string(&body).unwrap_or_default()
 }
 
 pub fn stored_events(run_id: &str, events: &[aob_engine::Event]) -> Vec<StoredEvent> {
     events
         .iter()
-        .map(|e| StoredEvent { run_id: run_id.to_string(), seq: e.seq, kind: e.kind.clone(), body: event_body(run_id, e) })
+        .map(|e| StoredEvent {
+            run_id: run_id.to_string(),
+            seq: e.seq,
+            kind: e.kind.clone(),
+            body: event_body(run_id, e),
+        })
         .collect()
 }
 

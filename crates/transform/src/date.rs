@@ -9,12 +9,7 @@ use crate::path::Path;
 use crate::value::{preview, type_name};
 
 /// Timezone-less formats tried after RFC 3339 and RFC 2822; such values are taken as UTC.
-const NAIVE_DATETIME_FORMATS: [&str; 4] = [
-    "%Y-%m-%d %H:%M:%S%.f",
-    "%Y-%m-%dT%H:%M:%S%.f",
-    "%Y-%m-%d %H:%M",
-    "%Y-%m-%dT%H:%M",
-];
+const NAIVE_DATETIME_FORMATS: [&str; 4] = ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M"];
 
 /// Numbers at least this large are read as milliseconds: as seconds they would be past year 5000.
 const MILLIS_THRESHOLD: f64 = 100_000_000_000.0;
@@ -45,10 +40,7 @@ impl ParseDate {
         if let Some(format) = &format
             && StrftimeItems::new(format).parse().is_err()
         {
-            p.problem_at(
-                "format",
-                format!("`{format}` is not a valid strftime format"),
-            );
+            p.problem_at("format", format!("`{format}` is not a valid strftime format"));
         }
         let output = match p.choice("output", &["rfc3339", "unix", "unix_ms", "date"], "rfc3339") {
             "unix" => Output::Unix,
@@ -60,11 +52,7 @@ impl ParseDate {
             let into = into.unwrap_or_else(|| field.clone());
             (field, into)
         });
-        Some(Self {
-            format,
-            output,
-            target,
-        })
+        Some(Self { format, output, target })
     }
 
     fn parse_str(&self, text: &str) -> Option<DateTime<FixedOffset>> {
@@ -72,11 +60,7 @@ impl ParseDate {
         if let Some(format) = &self.format {
             return DateTime::parse_from_str(text, format)
                 .ok()
-                .or_else(|| {
-                    NaiveDateTime::parse_from_str(text, format)
-                        .ok()
-                        .map(|dt| dt.and_utc().fixed_offset())
-                })
+                .or_else(|| NaiveDateTime::parse_from_str(text, format).ok().map(|dt| dt.and_utc().fixed_offset()))
                 .or_else(|| {
                     NaiveDate::parse_from_str(text, format)
                         .ok()
@@ -87,11 +71,9 @@ impl ParseDate {
             .ok()
             .or_else(|| DateTime::parse_from_rfc2822(text).ok())
             .or_else(|| {
-                NAIVE_DATETIME_FORMATS.iter().find_map(|f| {
-                    NaiveDateTime::parse_from_str(text, f)
-                        .ok()
-                        .map(|dt| dt.and_utc().fixed_offset())
-                })
+                NAIVE_DATETIME_FORMATS
+                    .iter()
+                    .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok().map(|dt| dt.and_utc().fixed_offset()))
             })
             .or_else(|| {
                 NaiveDate::parse_from_str(text, "%Y-%m-%d")
@@ -116,19 +98,12 @@ impl ParseDate {
             Value::Number(n) if self.format.is_some() => self.parse_str(&n.to_string()),
             Value::Number(n) => number_to_date(n),
             other => {
-                return Err(format!(
-                    "cannot parse {} {} as a date",
-                    type_name(other),
-                    preview(other)
-                ));
+                return Err(format!("cannot parse {} {} as a date", type_name(other), preview(other)));
             }
         };
         let Some(dt) = parsed else {
             return Err(match &self.format {
-                Some(format) => format!(
-                    "cannot parse {} as a date with format `{format}`",
-                    preview(value)
-                ),
+                Some(format) => format!("cannot parse {} as a date with format `{format}`", preview(value)),
                 None => format!(
                     "cannot parse {} as a date (tried RFC 3339, RFC 2822, `%Y-%m-%d`, \
                      `%Y-%m-%d %H:%M:%S` and unix seconds or milliseconds)",
@@ -152,17 +127,13 @@ impl ParseDate {
                     .enumerate()
                     .map(|(i, item)| {
                         if item.is_object() {
-                            return Err(format!(
-                                "item {i} is a record: set `field` to choose the date field"
-                            ));
+                            return Err(format!("item {i} is a record: set `field` to choose the date field"));
                         }
                         self.convert(item).map_err(|e| format!("item {i}: {e}"))
                     })
                     .collect::<Result<Vec<_>, _>>()
                     .map(Value::Array),
-                Value::Object(_) => {
-                    Err("input is a record: set `field` to choose the date field".to_owned())
-                }
+                Value::Object(_) => Err("input is a record: set `field` to choose the date field".to_owned()),
                 other => self.convert(&other),
             };
         };
@@ -172,9 +143,7 @@ impl ParseDate {
             }
             let converted = match field.get(record) {
                 None => Value::Null,
-                Some(v) => self
-                    .convert(v)
-                    .map_err(|e| format!("field `{}`: {e}", field.as_str()))?,
+                Some(v) => self.convert(v).map_err(|e| format!("field `{}`: {e}", field.as_str()))?,
             };
             into.set(record, converted)
         };
@@ -189,19 +158,14 @@ impl ParseDate {
                 apply(&mut record)?;
                 Ok(record)
             }
-            other => Err(format!(
-                "with `field`, expected a record or an array of records, got {}",
-                type_name(&other)
-            )),
+            other => Err(format!("with `field`, expected a record or an array of records, got {}", type_name(&other))),
         }
     }
 }
 
 fn number_to_date(n: &Number) -> Option<DateTime<FixedOffset>> {
     match n.as_i64() {
-        Some(i) if (i as f64).abs() >= MILLIS_THRESHOLD => {
-            DateTime::from_timestamp_millis(i).map(|d| d.fixed_offset())
-        }
+        Some(i) if (i as f64).abs() >= MILLIS_THRESHOLD => DateTime::from_timestamp_millis(i).map(|d| d.fixed_offset()),
         Some(i) => DateTime::from_timestamp(i, 0).map(|d| d.fixed_offset()),
         None => n.as_f64().and_then(from_unix),
     }
@@ -211,11 +175,7 @@ fn from_unix(f: f64) -> Option<DateTime<FixedOffset>> {
     if !f.is_finite() {
         return None;
     }
-    let seconds = if f.abs() >= MILLIS_THRESHOLD {
-        f / 1000.0
-    } else {
-        f
-    };
+    let seconds = if f.abs() >= MILLIS_THRESHOLD { f / 1000.0 } else { f };
     let whole = seconds.floor();
     // `as` saturates, and chrono rejects out-of-range seconds, so huge inputs become None.
     let nanos = ((seconds - whole) * 1e9).round().clamp(0.0, 999_999_999.0) as u32;
@@ -246,14 +206,8 @@ mod tests {
     fn default_formats() {
         let cases = [
             (json!("2024-03-05T10:20:30Z"), "2024-03-05T10:20:30Z"),
-            (
-                json!("2024-03-05T10:20:30.5+02:00"),
-                "2024-03-05T10:20:30.500+02:00",
-            ),
-            (
-                json!("Tue, 5 Mar 2024 10:20:30 +0000"),
-                "2024-03-05T10:20:30Z",
-            ),
+            (json!("2024-03-05T10:20:30.5+02:00"), "2024-03-05T10:20:30.500+02:00"),
+            (json!("Tue, 5 Mar 2024 10:20:30 +0000"), "2024-03-05T10:20:30Z"),
             (json!("2024-03-05"), "2024-03-05T00:00:00Z"),
             (json!("2024-03-05 10:20:30"), "2024-03-05T10:20:30Z"),
             (json!("2024-03-05T10:20"), "2024-03-05T10:20:00Z"),
@@ -264,53 +218,28 @@ mod tests {
             (json!(" 2024-03-05 "), "2024-03-05T00:00:00Z"),
         ];
         for (input, expected) in cases {
-            assert_eq!(
-                run(json!({}), input.clone()).unwrap(),
-                json!(expected),
-                "{input}"
-            );
+            assert_eq!(run(json!({}), input.clone()).unwrap(), json!(expected), "{input}");
         }
     }
 
     #[test]
     fn outputs() {
         let input = json!("2024-03-05T10:20:30+01:00");
-        assert_eq!(
-            run(json!({"output": "unix"}), input.clone()).unwrap(),
-            json!(1_709_630_430)
-        );
-        assert_eq!(
-            run(json!({"output": "unix_ms"}), input.clone()).unwrap(),
-            json!(1_709_630_430_000i64)
-        );
-        assert_eq!(
-            run(json!({"output": "date"}), input).unwrap(),
-            json!("2024-03-05")
-        );
+        assert_eq!(run(json!({"output": "unix"}), input.clone()).unwrap(), json!(1_709_630_430));
+        assert_eq!(run(json!({"output": "unix_ms"}), input.clone()).unwrap(), json!(1_709_630_430_000i64));
+        assert_eq!(run(json!({"output": "date"}), input).unwrap(), json!("2024-03-05"));
     }
 
     #[test]
     fn custom_format() {
         let step = json!({"format": "%d/%m/%Y"});
-        assert_eq!(
-            run(step.clone(), json!("05/03/2024")).unwrap(),
-            json!("2024-03-05T00:00:00Z")
-        );
+        assert_eq!(run(step.clone(), json!("05/03/2024")).unwrap(), json!("2024-03-05T00:00:00Z"));
         let err = run(step, json!("2024-03-05")).unwrap_err();
-        assert!(
-            err.contains("\"2024-03-05\"") && err.contains("%d/%m/%Y"),
-            "{err}"
-        );
+        assert!(err.contains("\"2024-03-05\"") && err.contains("%d/%m/%Y"), "{err}");
         let step = json!({"format": "%d.%m.%Y %H:%M %z"});
-        assert_eq!(
-            run(step, json!("05.03.2024 10:20 +0100")).unwrap(),
-            json!("2024-03-05T10:20:00+01:00")
-        );
+        assert_eq!(run(step, json!("05.03.2024 10:20 +0100")).unwrap(), json!("2024-03-05T10:20:00+01:00"));
         let step = json!({"format": "%s", "output": "date"});
-        assert_eq!(
-            run(step, json!(1_709_634_030)).unwrap(),
-            json!("2024-03-05")
-        );
+        assert_eq!(run(step, json!(1_709_634_030)).unwrap(), json!("2024-03-05"));
     }
 
     #[test]
@@ -318,11 +247,7 @@ mod tests {
         let input = json!([{"d": "2024-03-05"}, {"d": null}, {}]);
         let out = run(json!({"field": "d", "output": "unix"}), input.clone()).unwrap();
         assert_eq!(out, json!([{"d": 1_709_596_800}, {"d": null}, {"d": null}]));
-        let out = run(
-            json!({"field": "d", "into": "meta.day", "output": "date"}),
-            input,
-        )
-        .unwrap();
+        let out = run(json!({"field": "d", "into": "meta.day", "output": "date"}), input).unwrap();
         assert_eq!(
             out,
             json!([
@@ -338,11 +263,7 @@ mod tests {
 
     #[test]
     fn arrays_of_scalars() {
-        let out = run(
-            json!({"output": "date"}),
-            json!(["2024-03-05T23:00:00Z", 0, null]),
-        )
-        .unwrap();
+        let out = run(json!({"output": "date"}), json!(["2024-03-05T23:00:00Z", 0, null])).unwrap();
         assert_eq!(out, json!(["2024-03-05", "1970-01-01", null]));
     }
 
@@ -351,23 +272,12 @@ mod tests {
         let err = run(json!({}), json!("next tuesday")).unwrap_err();
         assert!(err.contains("\"next tuesday\""), "{err}");
         let err = run(json!({"field": "d"}), json!([{"d": "ok?"}])).unwrap_err();
-        assert!(
-            err.contains("record 0") && err.contains("`d`") && err.contains("ok?"),
-            "{err}"
-        );
+        assert!(err.contains("record 0") && err.contains("`d`") && err.contains("ok?"), "{err}");
         assert!(run(json!({}), json!(true)).is_err());
-        assert!(
-            run(json!({}), json!([{"d": 1}]))
-                .unwrap_err()
-                .contains("set `field`")
-        );
+        assert!(run(json!({}), json!([{"d": 1}])).unwrap_err().contains("set `field`"));
         assert!(run(json!({}), json!({"d": 1})).is_err());
         assert!(run(json!({"field": "d"}), json!("2024-03-05")).is_err());
-        assert!(
-            run(json!({"field": "d"}), json!([3]))
-                .unwrap_err()
-                .contains("record 0")
-        );
+        assert!(run(json!({"field": "d"}), json!([3])).unwrap_err().contains("record 0"));
         assert!(run(json!({}), json!(1e300)).is_err());
         assert!(run(json!({}), json!(i64::MAX)).is_err());
         assert!(run(json!({}), json!("-")).is_err());

@@ -6,21 +6,9 @@ use serde_json::{Map, Value};
 
 use crate::params::{Params, escape};
 use crate::path::Path;
-use crate::value::{
-    canonical_key, cmp_values, expect_array, float_value, number_from_i128, preview, type_name,
-};
+use crate::value::{canonical_key, cmp_values, expect_array, float_value, number_from_i128, preview, type_name};
 
-const OPS: [&str; 9] = [
-    "count",
-    "sum",
-    "avg",
-    "min",
-    "max",
-    "list",
-    "first",
-    "last",
-    "count_distinct",
-];
+const OPS: [&str; 9] = ["count", "sum", "avg", "min", "max", "list", "first", "last", "count_distinct"];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Op {
@@ -56,31 +44,17 @@ impl GroupBy {
                 Ok(path) => by.push(path),
                 Err(message) => p.problem_at("by", format!("invalid field path: {message}")),
             },
-            Some(Value::Array(items)) if items.is_empty() => {
-                p.problem_at("by", "must name at least one field")
-            }
+            Some(Value::Array(items)) if items.is_empty() => p.problem_at("by", "must name at least one field"),
             Some(Value::Array(items)) => {
                 for (i, item) in items.iter().enumerate() {
                     match item.as_str().map(Path::parse) {
                         Some(Ok(path)) => by.push(path),
-                        Some(Err(message)) => p.problem(
-                            &format!("/by/{i}"),
-                            format!("invalid field path: {message}"),
-                        ),
-                        None => p.problem(
-                            &format!("/by/{i}"),
-                            format!("must be a string, got {}", type_name(item)),
-                        ),
+                        Some(Err(message)) => p.problem(&format!("/by/{i}"), format!("invalid field path: {message}")),
+                        None => p.problem(&format!("/by/{i}"), format!("must be a string, got {}", type_name(item))),
                     }
                 }
             }
-            Some(other) => p.problem_at(
-                "by",
-                format!(
-                    "must be a field path or an array of them, got {}",
-                    type_name(other)
-                ),
-            ),
+            Some(other) => p.problem_at("by", format!("must be a field path or an array of them, got {}", type_name(other))),
         }
 
         let mut aggregations = Vec::new();
@@ -94,10 +68,7 @@ impl GroupBy {
                         continue;
                     }
                     let Value::Object(spec) = spec else {
-                        p.problem(
-                            &pointer,
-                            format!("must be an object {{op, field}}, got {}", type_name(spec)),
-                        );
+                        p.problem(&pointer, format!("must be an object {{op, field}}, got {}", type_name(spec)));
                         continue;
                     };
                     let mut child = p.nested(&pointer, spec);
@@ -108,10 +79,7 @@ impl GroupBy {
             }
             Some(other) => p.problem_at(
                 "aggregations",
-                format!(
-                    "must be an object of output name to {{op, field}}, got {}",
-                    type_name(other)
-                ),
+                format!("must be an object of output name to {{op, field}}, got {}", type_name(other)),
             ),
         }
         Some(Self { by, aggregations })
@@ -123,16 +91,8 @@ impl GroupBy {
         let mut groups: Vec<(Vec<Value>, Vec<usize>)> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         for (i, row) in rows.iter().enumerate() {
-            let key: Vec<Value> = self
-                .by
-                .iter()
-                .map(|path| path.get(row).cloned().unwrap_or(Value::Null))
-                .collect();
-            let canonical = key
-                .iter()
-                .map(canonical_key)
-                .collect::<Vec<_>>()
-                .join("\u{1f}");
+            let key: Vec<Value> = self.by.iter().map(|path| path.get(row).cloned().unwrap_or(Value::Null)).collect();
+            let canonical = key.iter().map(canonical_key).collect::<Vec<_>>().join("\u{1f}");
             match index.get(&canonical) {
                 Some(&g) => {
                     if let Some(group) = groups.get_mut(g) {
@@ -154,8 +114,7 @@ impl GroupBy {
                 record.insert(path.as_str().to_owned(), value);
             }
             for aggregation in &self.aggregations {
-                let value = aggregate(aggregation, &members)
-                    .map_err(|e| format!("aggregation `{}`: {e}", aggregation.out))?;
+                let value = aggregate(aggregation, &members).map_err(|e| format!("aggregation `{}`: {e}", aggregation.out))?;
                 record.insert(aggregation.out.clone(), value);
             }
             out.push(Value::Object(record));
@@ -209,14 +168,8 @@ fn aggregate(aggregation: &Aggregation, members: &[&Value]) -> Result<Value, Str
                 (None, _) => Value::Null,
             }
         }
-        Op::Min => non_null()
-            .min_by(|a, b| cmp_values(a, b))
-            .cloned()
-            .unwrap_or(Value::Null),
-        Op::Max => non_null()
-            .max_by(|a, b| cmp_values(a, b))
-            .cloned()
-            .unwrap_or(Value::Null),
+        Op::Min => non_null().min_by(|a, b| cmp_values(a, b)).cloned().unwrap_or(Value::Null),
+        Op::Max => non_null().max_by(|a, b| cmp_values(a, b)).cloned().unwrap_or(Value::Null),
         Op::List => Value::Array(present().cloned().collect()),
         Op::First => non_null().next().cloned().unwrap_or(Value::Null),
         Op::Last => non_null().next_back().cloned().unwrap_or(Value::Null),
@@ -229,27 +182,17 @@ fn aggregate(aggregation: &Aggregation, members: &[&Value]) -> Result<Value, Str
 
 /// Sums numbers exactly while they are integers and switches to floats otherwise.
 /// Non-numbers are an error: silently skipping "12.5" would produce a wrong total.
-fn sum<'v>(
-    values: impl Iterator<Item = &'v Value>,
-    field: &Path,
-) -> Result<(Value, usize), String> {
+fn sum<'v>(values: impl Iterator<Item = &'v Value>, field: &Path) -> Result<(Value, usize), String> {
     let mut int_total: Option<i128> = Some(0);
     let mut float_total = 0.0_f64;
     let mut count = 0;
     for value in values {
         let Value::Number(n) = value else {
-            return Err(format!(
-                "field `{}` has non-numeric value {}",
-                field.as_str(),
-                preview(value)
-            ));
+            return Err(format!("field `{}` has non-numeric value {}", field.as_str(), preview(value)));
         };
         count += 1;
         float_total += n.as_f64().unwrap_or(0.0);
-        let as_int = n
-            .as_i64()
-            .map(i128::from)
-            .or_else(|| n.as_u64().map(i128::from));
+        let as_int = n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from));
         int_total = match (int_total, as_int) {
             (Some(total), Some(i)) => total.checked_add(i),
             _ => None,
@@ -325,11 +268,7 @@ mod tests {
         let input = json!([
             {"a": 1, "b": "x"}, {"a": 1.0, "b": "x"}, {"a": 1, "b": "y"}, {"a": "1", "b": "x"}
         ]);
-        let out = run(
-            json!({"by": ["a", "b"], "aggregations": {"n": {"op": "count"}}}),
-            input,
-        )
-        .unwrap();
+        let out = run(json!({"by": ["a", "b"], "aggregations": {"n": {"op": "count"}}}), input).unwrap();
         assert_eq!(
             out,
             json!([
@@ -355,10 +294,7 @@ mod tests {
             "mn": {"op": "min", "field": "v"}, "l": {"op": "list", "field": "v"}
         }});
         let out = run(step, json!([{"g": 1}])).unwrap();
-        assert_eq!(
-            out,
-            json!([{"g": 1, "s": 0, "a": null, "mn": null, "l": []}])
-        );
+        assert_eq!(out, json!([{"g": 1, "s": 0, "a": null, "mn": null, "l": []}]));
     }
 
     #[test]
@@ -366,11 +302,7 @@ mod tests {
         let step = json!({"by": "g", "aggregations": {
             "mn": {"op": "min", "field": "v"}, "mx": {"op": "max", "field": "v"}
         }});
-        let out = run(
-            step,
-            json!([{"g": 1, "v": "b"}, {"g": 1, "v": 3}, {"g": 1, "v": "a"}]),
-        )
-        .unwrap();
+        let out = run(step, json!([{"g": 1, "v": "b"}, {"g": 1, "v": 3}, {"g": 1, "v": "a"}])).unwrap();
         assert_eq!(out, json!([{"g": 1, "mn": 3, "mx": "b"}]));
     }
 
@@ -378,28 +310,14 @@ mod tests {
     fn sum_errors_on_non_numbers_and_handles_overflow() {
         let step = json!({"by": "g", "aggregations": {"s": {"op": "sum", "field": "v"}}});
         let err = run(step.clone(), json!([{"g": 1, "v": "12"}])).unwrap_err();
-        assert!(
-            err.contains("aggregation `s`") && err.contains("\"12\""),
-            "{err}"
-        );
-        let out = run(
-            step,
-            json!([{"g": 1, "v": u64::MAX}, {"g": 1, "v": u64::MAX}]),
-        )
-        .unwrap();
+        assert!(err.contains("aggregation `s`") && err.contains("\"12\""), "{err}");
+        let out = run(step, json!([{"g": 1, "v": u64::MAX}, {"g": 1, "v": u64::MAX}])).unwrap();
         assert_eq!(out[0]["s"].as_f64().unwrap(), 2.0 * u64::MAX as f64);
     }
 
     #[test]
     fn validation() {
-        let pointers = |step: Value| -> Vec<String> {
-            parse(step)
-                .err()
-                .unwrap()
-                .into_iter()
-                .map(|(p, _)| p)
-                .collect()
-        };
+        let pointers = |step: Value| -> Vec<String> { parse(step).err().unwrap().into_iter().map(|(p, _)| p).collect() };
         assert_eq!(pointers(json!({})), vec!["/by"]);
         assert_eq!(pointers(json!({"by": []})), vec!["/by"]);
         assert_eq!(pointers(json!({"by": ["a", 1]})), vec!["/by/1"]);
@@ -421,9 +339,6 @@ mod tests {
                 "/aggregations/w~11/bogus"
             ]
         );
-        assert_eq!(
-            pointers(json!({"by": "a", "aggregations": []})),
-            vec!["/aggregations"]
-        );
+        assert_eq!(pointers(json!({"by": "a", "aggregations": []})), vec!["/aggregations"]);
     }
 }

@@ -26,15 +26,9 @@ impl HttpRequest {
         let method = match p.str("method") {
             None => Some("GET"),
             Some(given) => {
-                let found = METHODS
-                    .iter()
-                    .find(|m| m.eq_ignore_ascii_case(given))
-                    .copied();
+                let found = METHODS.iter().find(|m| m.eq_ignore_ascii_case(given)).copied();
                 if found.is_none() {
-                    p.problem_at(
-                        "method",
-                        format!("must be one of: {}, got `{given}`", METHODS.join(", ")),
-                    );
+                    p.problem_at("method", format!("must be one of: {}, got `{given}`", METHODS.join(", ")));
                 }
                 found
             }
@@ -45,10 +39,7 @@ impl HttpRequest {
             // An unresolved reference such as `$input`, substituted by the caller.
             Some(v @ Value::String(s)) if s.starts_with('$') => Some(v.clone()),
             Some(other) => {
-                p.problem_at(
-                    "params",
-                    format!("must be an object, got {}", type_name(other)),
-                );
+                p.problem_at("params", format!("must be an object, got {}", type_name(other)));
                 None
             }
         };
@@ -66,10 +57,7 @@ impl HttpRequest {
                     }
                 }
             }
-            Some(other) => p.problem_at(
-                "headers",
-                format!("must be an object of strings, got {}", type_name(other)),
-            ),
+            Some(other) => p.problem_at("headers", format!("must be an object of strings, got {}", type_name(other))),
         }
         let body = p.value("body").cloned();
         let method = method?;
@@ -90,18 +78,12 @@ impl HttpRequest {
             None => None,
             Some(Value::Object(map)) => Some(map),
             Some(other) => {
-                return Err(format!(
-                    "`params` must be an object, got {}",
-                    crate::value::preview(other)
-                ));
+                return Err(format!("`params` must be an object, got {}", crate::value::preview(other)));
             }
         };
         let sends_body = !matches!(self.method, "GET" | "DELETE");
         let (query, body) = match (&self.body, params) {
-            (Some(body), params) => (
-                params.map(query_pairs).unwrap_or_default(),
-                Some(body.clone()),
-            ),
+            (Some(body), params) => (params.map(query_pairs).unwrap_or_default(), Some(body.clone())),
             (None, Some(params)) if sends_body => (Vec::new(), Some(Value::Object(params.clone()))),
             (None, params) => (params.map(query_pairs).unwrap_or_default(), None),
         };
@@ -118,10 +100,7 @@ impl HttpRequest {
         let request = self.request()?;
         let method = request.method.clone();
         let url = request.url.clone();
-        fetcher
-            .fetch(request)
-            .await
-            .map_err(|e| format!("{method} {url} failed: {e}"))
+        fetcher.fetch(request).await.map_err(|e| format!("{method} {url} failed: {e}"))
     }
 }
 
@@ -203,8 +182,7 @@ mod tests {
         let req = request(json!({"url": "u", "method": "POST", "params": {"a": 1}}));
         assert_eq!(req.body, Some(json!({"a": 1})));
         assert!(req.query.is_empty());
-        let req =
-            request(json!({"url": "u", "method": "PATCH", "params": {"a": 1}, "body": [1, 2]}));
+        let req = request(json!({"url": "u", "method": "PATCH", "params": {"a": 1}, "body": [1, 2]}));
         assert_eq!(req.body, Some(json!([1, 2])));
         assert_eq!(req.query, vec![("a".into(), "1".into())]);
         let req = request(json!({"url": "u", "method": "PUT"}));
@@ -222,37 +200,15 @@ mod tests {
 
     #[test]
     fn validation() {
-        let pointers = |step: Value| -> Vec<String> {
-            parse(step)
-                .err()
-                .unwrap()
-                .into_iter()
-                .map(|(p, _)| p)
-                .collect()
-        };
+        let pointers = |step: Value| -> Vec<String> { parse(step).err().unwrap().into_iter().map(|(p, _)| p).collect() };
         assert_eq!(pointers(json!({})), vec!["/url"]);
         assert_eq!(pointers(json!({"url": " "})), vec!["/url"]);
         assert_eq!(pointers(json!({"url": 3})), vec!["/url"]);
-        assert_eq!(
-            pointers(json!({"url": "u", "method": "TRACE"})),
-            vec!["/method"]
-        );
-        assert_eq!(
-            pointers(json!({"url": "u", "params": [1]})),
-            vec!["/params"]
-        );
-        assert_eq!(
-            pointers(json!({"url": "u", "headers": {"A": 1, "B": "ok"}})),
-            vec!["/headers/A"]
-        );
-        assert_eq!(
-            pointers(json!({"url": "u", "headers": "x"})),
-            vec!["/headers"]
-        );
+        assert_eq!(pointers(json!({"url": "u", "method": "TRACE"})), vec!["/method"]);
+        assert_eq!(pointers(json!({"url": "u", "params": [1]})), vec!["/params"]);
+        assert_eq!(pointers(json!({"url": "u", "headers": {"A": 1, "B": "ok"}})), vec!["/headers/A"]);
+        assert_eq!(pointers(json!({"url": "u", "headers": "x"})), vec!["/headers"]);
         assert_eq!(pointers(json!({"url": "u", "body": {}})), vec!["/body"]);
-        assert_eq!(
-            pointers(json!({"url": "u", "timeout": 3})),
-            vec!["/timeout"]
-        );
+        assert_eq!(pointers(json!({"url": "u", "timeout": 3})), vec!["/timeout"]);
     }
 }

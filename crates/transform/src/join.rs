@@ -34,10 +34,7 @@ impl Join {
     pub(crate) fn parse(p: &mut Params<'_>) -> Option<Self> {
         let right = match p.value("right") {
             None => {
-                p.problem_at(
-                    "right",
-                    "is required (the right table, an array of records)",
-                );
+                p.problem_at("right", "is required (the right table, an array of records)");
                 None
             }
             Some(Value::Array(rows)) => {
@@ -45,22 +42,14 @@ impl Join {
                 for (i, row) in rows.iter().enumerate() {
                     match row {
                         Value::Object(map) => records.push(map.clone()),
-                        other => p.problem(
-                            &format!("/right/{i}"),
-                            format!("must be an object, got {}", type_name(other)),
-                        ),
+                        other => p.problem(&format!("/right/{i}"), format!("must be an object, got {}", type_name(other))),
                     }
                 }
                 Some(Ok(records))
             }
-            Some(Value::String(reference)) if reference.starts_with('$') => {
-                Some(Err(reference.clone()))
-            }
+            Some(Value::String(reference)) if reference.starts_with('$') => Some(Err(reference.clone())),
             Some(other) => {
-                p.problem_at(
-                    "right",
-                    format!("must be an array of records, got {}", type_name(other)),
-                );
+                p.problem_at("right", format!("must be an array of records, got {}", type_name(other)));
                 None
             }
         };
@@ -71,18 +60,11 @@ impl Join {
         let left_given = p.value("left_on").is_some();
         let right_given = p.value("right_on").is_some();
         if on_given && (left_given || right_given) {
-            p.problem_at(
-                "on",
-                "give either `on` or `left_on` and `right_on`, not both",
-            );
+            p.problem_at("on", "give either `on` or `left_on` and `right_on`, not both");
         } else if !(on_given || left_given && right_given) {
             p.problem_at("on", "is required (or both `left_on` and `right_on`)");
         }
-        let (left_on, right_on) = if on_given {
-            (on.clone(), on)
-        } else {
-            (left_on, right_on)
-        };
+        let (left_on, right_on) = if on_given { (on.clone(), on) } else { (left_on, right_on) };
         let how = match p.choice("how", &["inner", "left", "right", "outer"], "inner") {
             "left" => How::Left,
             "right" => How::Right,
@@ -101,20 +83,16 @@ impl Join {
     }
 
     pub(crate) fn run(&self, input: Value) -> Result<Value, String> {
-        let right = self.right.as_ref().map_err(|reference| {
-            format!(
-                "`right` must be an array of records, got the unresolved reference `{reference}`"
-            )
-        })?;
+        let right = self
+            .right
+            .as_ref()
+            .map_err(|reference| format!("`right` must be an array of records, got the unresolved reference `{reference}`"))?;
         let left: Vec<Map<String, Value>> = expect_array(input)?
             .into_iter()
             .enumerate()
             .map(|(i, row)| match row {
                 Value::Object(map) => Ok(map),
-                other => Err(format!(
-                    "left record {i} must be an object, got {}",
-                    type_name(&other)
-                )),
+                other => Err(format!("left record {i} must be an object, got {}", type_name(&other))),
             })
             .collect::<Result<_, _>>()?;
 
@@ -152,10 +130,7 @@ impl Join {
         let mut out: Vec<Value> = Vec::new();
         let push = |out: &mut Vec<Value>, row: Map<String, Value>| {
             if out.len() >= self.max_rows {
-                return Err(format!(
-                    "join would produce more than {} rows",
-                    self.max_rows
-                ));
+                return Err(format!("join would produce more than {} rows", self.max_rows));
             }
             out.push(Value::Object(row));
             Ok(())
@@ -198,15 +173,9 @@ impl Join {
                 if *matched {
                     continue;
                 }
-                let mut row: Map<String, Value> = left_columns
-                    .iter()
-                    .map(|c| (c.clone(), Value::Null))
-                    .collect();
+                let mut row: Map<String, Value> = left_columns.iter().map(|c| (c.clone(), Value::Null)).collect();
                 if let Some(key) = shared_key {
-                    row.insert(
-                        key.to_owned(),
-                        right_row.get(key).cloned().unwrap_or(Value::Null),
-                    );
+                    row.insert(key.to_owned(), right_row.get(key).cloned().unwrap_or(Value::Null));
                 }
                 for (column, name) in &right_columns {
                     if let Some(value) = right_row.get(column) {
@@ -271,18 +240,12 @@ mod tests {
     }
 
     fn run(how: &str) -> Value {
-        parse(json!({"right": teams(), "on": "team", "how": how}))
-            .unwrap()
-            .run(users())
-            .unwrap()
+        parse(json!({"right": teams(), "on": "team", "how": how})).unwrap().run(users()).unwrap()
     }
 
     #[test]
     fn inner_join_prefixes_colliding_columns() {
-        assert_eq!(
-            run("inner"),
-            json!([{"id": 1, "name": "ann", "team": "t1", "right_name": "red"}])
-        );
+        assert_eq!(run("inner"), json!([{"id": 1, "name": "ann", "team": "t1", "right_name": "red"}]));
     }
 
     #[test]
@@ -300,10 +263,7 @@ mod tests {
     #[test]
     fn right_and_outer_joins_add_unmatched_right_rows() {
         let unmatched = json!({"id": null, "name": null, "team": "t3", "right_name": "blue"});
-        assert_eq!(
-            run("right"),
-            json!([{"id": 1, "name": "ann", "team": "t1", "right_name": "red"}, unmatched])
-        );
+        assert_eq!(run("right"), json!([{"id": 1, "name": "ann", "team": "t1", "right_name": "red"}, unmatched]));
         let outer = run("outer");
         assert_eq!(outer.as_array().unwrap().len(), 4);
         assert_eq!(outer[3], unmatched);
@@ -313,10 +273,7 @@ mod tests {
     fn different_key_names_duplicates_and_prefix() {
         let left = json!([{"uid": 1, "v": "a"}, {"uid": 1, "v": "b"}, {"uid": null}]);
         let right = json!([{"user": 1, "v": "x"}, {"user": 1, "v": "y"}, {"user": null, "v": "n"}]);
-        let j = parse(
-            json!({"right": right, "left_on": "uid", "right_on": "user", "right_prefix": "r."}),
-        )
-        .unwrap();
+        let j = parse(json!({"right": right, "left_on": "uid", "right_on": "user", "right_prefix": "r."})).unwrap();
         let out = j.run(left).unwrap();
         assert_eq!(
             out,
@@ -334,10 +291,7 @@ mod tests {
         let left = json!([{"a": {"id": 1}}]);
         let right = json!([{"ref": {"id": 1.0}, "x": true}]);
         let j = parse(json!({"right": right, "left_on": "a.id", "right_on": "ref.id"})).unwrap();
-        assert_eq!(
-            j.run(left).unwrap(),
-            json!([{"a": {"id": 1}, "ref": {"id": 1.0}, "x": true}])
-        );
+        assert_eq!(j.run(left).unwrap(), json!([{"a": {"id": 1}, "ref": {"id": 1.0}, "x": true}]));
     }
 
     #[test]
@@ -363,14 +317,7 @@ mod tests {
         let rows: Vec<Value> = (0..4).map(|_| json!({"k": 1})).collect();
         let mut j = parse(json!({"right": rows.clone(), "on": "k"})).unwrap();
         j.max_rows = 16;
-        assert_eq!(
-            j.run(Value::Array(rows.clone()))
-                .unwrap()
-                .as_array()
-                .unwrap()
-                .len(),
-            16
-        );
+        assert_eq!(j.run(Value::Array(rows.clone())).unwrap().as_array().unwrap().len(), 16);
         j.max_rows = 15;
         let err = j.run(Value::Array(rows)).unwrap_err();
         assert!(err.contains("more than 15 rows"), "{err}");
@@ -378,29 +325,13 @@ mod tests {
 
     #[test]
     fn validation() {
-        let pointers = |step: Value| -> Vec<String> {
-            parse(step)
-                .err()
-                .unwrap()
-                .into_iter()
-                .map(|(p, _)| p)
-                .collect()
-        };
+        let pointers = |step: Value| -> Vec<String> { parse(step).err().unwrap().into_iter().map(|(p, _)| p).collect() };
         assert_eq!(pointers(json!({"on": "id"})), vec!["/right"]);
         assert_eq!(pointers(json!({"right": 3, "on": "id"})), vec!["/right"]);
-        assert_eq!(
-            pointers(json!({"right": [{}, 1], "on": "id"})),
-            vec!["/right/1"]
-        );
+        assert_eq!(pointers(json!({"right": [{}, 1], "on": "id"})), vec!["/right/1"]);
         assert_eq!(pointers(json!({"right": []})), vec!["/on"]);
         assert_eq!(pointers(json!({"right": [], "left_on": "a"})), vec!["/on"]);
-        assert_eq!(
-            pointers(json!({"right": [], "on": "a", "left_on": "a"})),
-            vec!["/on"]
-        );
-        assert_eq!(
-            pointers(json!({"right": [], "on": "a", "how": "cross"})),
-            vec!["/how"]
-        );
+        assert_eq!(pointers(json!({"right": [], "on": "a", "left_on": "a"})), vec!["/on"]);
+        assert_eq!(pointers(json!({"right": [], "on": "a", "how": "cross"})), vec!["/how"]);
     }
 }

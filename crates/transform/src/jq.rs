@@ -30,9 +30,7 @@ impl JqTransform {
             p.problem_at("filter", message);
             return None;
         }
-        Some(Self {
-            filter: filter.to_owned(),
-        })
+        Some(Self { filter: filter.to_owned() })
     }
 
     pub(crate) fn run(&self, input: Value) -> Result<Value, String> {
@@ -43,9 +41,7 @@ impl JqTransform {
         for result in filter.id.run((ctx, input)) {
             let value = result.map_err(describe_exception)?;
             if outputs.len() >= MAX_OUTPUTS {
-                return Err(format!(
-                    "jq program produced more than {MAX_OUTPUTS} outputs"
-                ));
+                return Err(format!("jq program produced more than {MAX_OUTPUTS} outputs"));
             }
             outputs.push(to_json(&value)?);
         }
@@ -58,9 +54,7 @@ impl JqTransform {
 }
 
 fn compile_filter(code: &str) -> Result<JqFilter, String> {
-    let defs = jaq_core::defs()
-        .chain(jaq_std::defs())
-        .chain(jaq_json::defs());
+    let defs = jaq_core::defs().chain(jaq_std::defs()).chain(jaq_json::defs());
     let funs = jaq_core::funs()
         .chain(jaq_std::funs())
         .chain(jaq_json::funs())
@@ -68,46 +62,29 @@ fn compile_filter(code: &str) -> Result<JqFilter, String> {
     // `Loader::new` refuses `import`/`include`, so a filter cannot read files.
     let loader = Loader::new(defs);
     let arena = Arena::default();
-    let modules = loader
-        .load(&arena, File { code, path: () })
-        .map_err(|errors| {
-            let messages: Vec<String> = errors
-                .iter()
-                .flat_map(|(file, error)| load_error_messages(file.code, error))
-                .collect();
-            format!("invalid jq filter: {}", messages.join("; "))
-        })?;
-    Compiler::default()
-        .with_funs(funs)
-        .compile(modules)
-        .map_err(|errors| {
-            let messages: Vec<String> = errors
-                .iter()
-                .flat_map(|(file, undefined)| {
-                    undefined.iter().map(|(name, kind)| {
-                        format!(
-                            "undefined {} `{name}`{}",
-                            kind.as_str(),
-                            at(file.code, name)
-                        )
-                    })
-                })
-                .collect();
-            format!("invalid jq filter: {}", messages.join("; "))
-        })
+    let modules = loader.load(&arena, File { code, path: () }).map_err(|errors| {
+        let messages: Vec<String> = errors.iter().flat_map(|(file, error)| load_error_messages(file.code, error)).collect();
+        format!("invalid jq filter: {}", messages.join("; "))
+    })?;
+    Compiler::default().with_funs(funs).compile(modules).map_err(|errors| {
+        let messages: Vec<String> = errors
+            .iter()
+            .flat_map(|(file, undefined)| {
+                undefined
+                    .iter()
+                    .map(|(name, kind)| format!("undefined {} `{name}`{}", kind.as_str(), at(file.code, name)))
+            })
+            .collect();
+        format!("invalid jq filter: {}", messages.join("; "))
+    })
 }
 
 fn load_error_messages(code: &str, error: &load::Error<&str>) -> Vec<String> {
     match error {
-        load::Error::Io(errors) => errors
-            .iter()
-            .map(|(path, message)| format!("cannot load module `{path}`: {message}"))
-            .collect(),
+        load::Error::Io(errors) => errors.iter().map(|(path, message)| format!("cannot load module `{path}`: {message}")).collect(),
         load::Error::Lex(errors) => errors
             .iter()
-            .map(|(expect, found)| {
-                format!("expected {}{}", lex_expectation(expect), at(code, found))
-            })
+            .map(|(expect, found)| format!("expected {}{}", lex_expectation(expect), at(code, found)))
             .collect(),
         load::Error::Parse(errors) => errors
             .iter()
@@ -117,11 +94,7 @@ fn load_error_messages(code: &str, error: &load::Error<&str>) -> Vec<String> {
                 } else {
                     format!("`{}`", found.chars().take(20).collect::<String>())
                 };
-                format!(
-                    "expected {}, found {what}{}",
-                    expect.as_str(),
-                    at(code, found)
-                )
+                format!("expected {}, found {what}{}", expect.as_str(), at(code, found))
             })
             .collect(),
     }
@@ -175,26 +148,20 @@ fn to_json(value: &Val) -> Result<Value, String> {
 
 fn to_json_at(value: &Val, depth: usize) -> Result<Value, String> {
     if depth > MAX_DEPTH {
-        return Err(format!(
-            "jq output is nested deeper than {MAX_DEPTH} levels"
-        ));
+        return Err(format!("jq output is nested deeper than {MAX_DEPTH} levels"));
     }
     let to_json = |v: &Val| to_json_at(v, depth + 1);
     Ok(match value {
         Val::Null => Value::Null,
         Val::Bool(b) => Value::Bool(*b),
         Val::Num(n) => number_to_json(n),
-        Val::TStr(bytes) | Val::BStr(bytes) => {
-            Value::String(String::from_utf8_lossy(bytes).into_owned())
-        }
+        Val::TStr(bytes) | Val::BStr(bytes) => Value::String(String::from_utf8_lossy(bytes).into_owned()),
         Val::Arr(items) => Value::Array(items.iter().map(to_json).collect::<Result<_, _>>()?),
         Val::Obj(map) => {
             let mut out = serde_json::Map::with_capacity(map.len());
             for (key, value) in map.iter() {
                 let key = match key {
-                    Val::TStr(bytes) | Val::BStr(bytes) => {
-                        String::from_utf8_lossy(bytes).into_owned()
-                    }
+                    Val::TStr(bytes) | Val::BStr(bytes) => String::from_utf8_lossy(bytes).into_owned(),
                     other => {
                         return Err(format!("jq produced an object with non-string key {other}"));
                     }
@@ -212,10 +179,7 @@ fn number_to_json(n: &Num) -> Value {
         // NaN and infinities have no JSON form; jq prints them as null too.
         Num::Float(f) => Number::from_f64(*f).map_or(Value::Null, Value::Number),
         // Big integers and decimal literals go through their decimal text.
-        other => other
-            .to_string()
-            .parse::<Number>()
-            .map_or(Value::Null, Value::Number),
+        other => other.to_string().parse::<Number>().map_or(Value::Null, Value::Number),
     }
 }
 
@@ -226,26 +190,13 @@ mod tests {
 
     fn jq(filter: &str, input: Value) -> Result<Value, String> {
         compile_filter(filter)?;
-        JqTransform {
-            filter: filter.to_owned(),
-        }
-        .run(input)
+        JqTransform { filter: filter.to_owned() }.run(input)
     }
 
     #[test]
     fn single_output_is_returned_as_is() {
-        assert_eq!(
-            jq(".a.b", json!({"a": {"b": [1, 2]}})).unwrap(),
-            json!([1, 2])
-        );
-        assert_eq!(
-            jq(
-                "map(select(.n > 1)) | length",
-                json!([{"n": 1}, {"n": 2}, {"n": 3}])
-            )
-            .unwrap(),
-            json!(2)
-        );
+        assert_eq!(jq(".a.b", json!({"a": {"b": [1, 2]}})).unwrap(), json!([1, 2]));
+        assert_eq!(jq("map(select(.n > 1)) | length", json!([{"n": 1}, {"n": 2}, {"n": 3}])).unwrap(), json!(2));
         assert_eq!(
             jq("{x: .a, y: (.b | ascii_upcase)}", json!({"a": 1, "b": "q"})).unwrap(),
             json!({"x": 1, "y": "Q"})
@@ -254,10 +205,7 @@ mod tests {
 
     #[test]
     fn several_or_no_outputs_become_an_array() {
-        assert_eq!(
-            jq(".[] | .id", json!([{"id": 1}, {"id": 2}])).unwrap(),
-            json!([1, 2])
-        );
+        assert_eq!(jq(".[] | .id", json!([{"id": 1}, {"id": 2}])).unwrap(), json!([1, 2]));
         assert_eq!(jq("empty", json!(1)).unwrap(), json!([]));
     }
 
@@ -266,29 +214,16 @@ mod tests {
         let input = json!({"s": "é", "f": 1.5, "i": -3, "big": u64::MAX, "n": null, "b": true, "o": {"z": 1, "a": 2}});
         assert_eq!(jq(".", input.clone()).unwrap(), input);
         assert_eq!(jq("1e1000", json!(null)).unwrap(), json!(null));
-        assert_eq!(
-            jq("100000000000000000000000", json!(null)).unwrap(),
-            json!(1e23)
-        );
+        assert_eq!(jq("100000000000000000000000", json!(null)).unwrap(), json!(1e23));
         assert_eq!(jq("nan", json!(null)).unwrap(), json!(null));
         assert_eq!(jq("10 / 4", json!(null)).unwrap(), json!(2.5));
     }
 
     #[test]
     fn standard_library_is_available() {
-        assert_eq!(
-            jq("[.[] | tostring] | join(\",\")", json!([1, 2])).unwrap(),
-            json!("1,2")
-        );
+        assert_eq!(jq("[.[] | tostring] | join(\",\")", json!([1, 2])).unwrap(), json!("1,2"));
         assert_eq!(jq("test(\"^a\")", json!("abc")).unwrap(), json!(true));
-        assert_eq!(
-            jq(
-                "group_by(.k) | map(length)",
-                json!([{"k": 1}, {"k": 2}, {"k": 1}])
-            )
-            .unwrap(),
-            json!([2, 1])
-        );
+        assert_eq!(jq("group_by(.k) | map(length)", json!([{"k": 1}, {"k": 2}, {"k": 1}])).unwrap(), json!([2, 1]));
         assert_eq!(jq("tojson", json!([1])).unwrap(), json!("[1]"));
     }
 
@@ -301,10 +236,7 @@ mod tests {
         let err = compile_filter("$x").err().unwrap();
         assert!(err.contains("undefined variable"), "{err}");
         let err = compile_filter("if 1 then 2").err().unwrap();
-        assert!(
-            err.contains("expected else or end, found end of input at offset 11"),
-            "{err}"
-        );
+        assert!(err.contains("expected else or end, found end of input at offset 11"), "{err}");
         let err = compile_filter("{a;}").err().unwrap();
         assert!(err.contains("found `;` at offset 2"), "{err}");
         let err = compile_filter("(1").err().unwrap();

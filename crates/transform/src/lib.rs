@@ -49,10 +49,7 @@ pub const PRIMITIVES: [&str; 10] = [
 
 /// Fetches JSON for the `http_request` primitive. The caller supplies an SSRF-guarded implementation.
 pub trait Fetcher: Send + Sync {
-    fn fetch<'a>(
-        &'a self,
-        req: FetchRequest,
-    ) -> Pin<Box<dyn Future<Output = Result<Value, String>> + Send + 'a>>;
+    fn fetch<'a>(&'a self, req: FetchRequest) -> Pin<Box<dyn Future<Output = Result<Value, String>> + Send + 'a>>;
 }
 
 /// One request made by an `http_request` step.
@@ -72,11 +69,7 @@ pub struct FetchRequest {
 pub enum TransformError {
     /// A step is invalid or failed while running.
     #[error("pipeline step {index} ({step}): {message}")]
-    Step {
-        index: usize,
-        step: String,
-        message: String,
-    },
+    Step { index: usize, step: String, message: String },
 }
 
 /// Static validation of a pipeline definition (a JSON array of step objects). Returns every
@@ -88,22 +81,14 @@ pub enum TransformError {
 /// before running.
 pub fn validate_pipeline(steps: &Value) -> Vec<(String, String)> {
     let Some(steps) = steps.as_array() else {
-        return vec![(
-            String::new(),
-            format!(
-                "pipeline must be an array of steps, got {}",
-                type_name(steps)
-            ),
-        )];
+        return vec![(String::new(), format!("pipeline must be an array of steps, got {}", type_name(steps)))];
     };
     steps
         .iter()
         .enumerate()
         .flat_map(|(index, step)| {
             let problems = parse_step(step).err().unwrap_or_default();
-            problems
-                .into_iter()
-                .map(move |(pointer, message)| (format!("/{index}{pointer}"), message))
+            problems.into_iter().map(move |(pointer, message)| (format!("/{index}{pointer}"), message))
         })
         .collect()
 }
@@ -112,11 +97,7 @@ pub fn validate_pipeline(steps: &Value) -> Vec<(String, String)> {
 ///
 /// Every step is checked before the first one runs, so an invalid later step cannot leave
 /// the effects of an earlier `http_request` behind.
-pub async fn run_pipeline(
-    steps: &[Value],
-    input: Value,
-    fetch: &dyn Fetcher,
-) -> Result<Value, TransformError> {
+pub async fn run_pipeline(steps: &[Value], input: Value, fetch: &dyn Fetcher) -> Result<Value, TransformError> {
     let parsed = steps
         .iter()
         .enumerate()
@@ -194,10 +175,7 @@ impl Step {
 /// Parses one step, returning problems with pointers relative to the step object.
 fn parse_step(raw: &Value) -> Result<Step, Vec<Problem>> {
     let Some(obj) = raw.as_object() else {
-        return Err(vec![(
-            String::new(),
-            format!("step must be an object, got {}", type_name(raw)),
-        )]);
+        return Err(vec![(String::new(), format!("step must be an object, got {}", type_name(raw)))]);
     };
     let allowed = PRIMITIVES.join(", ");
     let name = match obj.get("step") {
@@ -205,17 +183,11 @@ fn parse_step(raw: &Value) -> Result<Step, Vec<Problem>> {
         Some(other) => {
             return Err(vec![(
                 "/step".to_owned(),
-                format!(
-                    "must be a string naming a primitive ({allowed}), got {}",
-                    type_name(other)
-                ),
+                format!("must be a string naming a primitive ({allowed}), got {}", type_name(other)),
             )]);
         }
         None => {
-            return Err(vec![(
-                "/step".to_owned(),
-                format!("is required; one of: {allowed}"),
-            )]);
+            return Err(vec![("/step".to_owned(), format!("is required; one of: {allowed}"))]);
         }
     };
 
@@ -232,10 +204,7 @@ fn parse_step(raw: &Value) -> Result<Step, Vec<Problem>> {
         "regex_extract" => regex_extract::RegexExtract::parse(&mut p).map(Step::RegexExtract),
         "parse_date" => date::ParseDate::parse(&mut p).map(Step::ParseDate),
         other => {
-            return Err(vec![(
-                "/step".to_owned(),
-                format!("unknown primitive `{other}`; expected one of: {allowed}"),
-            )]);
+            return Err(vec![("/step".to_owned(), format!("unknown primitive `{other}`; expected one of: {allowed}"))]);
         }
     };
     let problems = p.finish();
@@ -247,10 +216,7 @@ fn parse_step(raw: &Value) -> Result<Step, Vec<Problem>> {
 }
 
 fn raw_step_name(raw: &Value) -> String {
-    raw.get("step")
-        .and_then(Value::as_str)
-        .unwrap_or("unknown")
-        .to_owned()
+    raw.get("step").and_then(Value::as_str).unwrap_or("unknown").to_owned()
 }
 
 fn join_problems(problems: &[Problem]) -> String {

@@ -53,8 +53,7 @@ impl<'a> Params<'a> {
 
     /// Records a problem at `suffix`, a pointer relative to this reader (e.g. `/k` or `/right/3`).
     pub(crate) fn problem(&mut self, suffix: &str, message: impl Into<String>) {
-        self.problems
-            .push((format!("{}{suffix}", self.base), message.into()));
+        self.problems.push((format!("{}{suffix}", self.base), message.into()));
     }
 
     pub(crate) fn problem_at(&mut self, key: &str, message: impl Into<String>) {
@@ -110,12 +109,7 @@ impl<'a> Params<'a> {
     }
 
     /// One of `allowed`, returned as the static spelling so callers can match on it.
-    pub(crate) fn choice(
-        &mut self,
-        key: &'static str,
-        allowed: &[&'static str],
-        default: &'static str,
-    ) -> &'static str {
+    pub(crate) fn choice(&mut self, key: &'static str, allowed: &[&'static str], default: &'static str) -> &'static str {
         let Some(given) = self.str(key) else {
             return default;
         };
@@ -167,10 +161,7 @@ impl<'a> Params<'a> {
             }
         }
         for key in unknown {
-            let message = format!(
-                "unknown parameter; expected one of: {}",
-                expected.join(", ")
-            );
+            let message = format!("unknown parameter; expected one of: {}", expected.join(", "));
             let pointer = self.pointer(key);
             self.problems.push((pointer, message));
         }

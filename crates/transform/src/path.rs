@@ -42,16 +42,13 @@ impl Path {
 
     /// `None` means the field is missing, which several primitives treat differently from `null`.
     pub(crate) fn get<'v>(&self, root: &'v Value) -> Option<&'v Value> {
-        self.segments
-            .iter()
-            .try_fold(root, |value, segment| child(value, segment))
+        self.segments.iter().try_fold(root, |value, segment| child(value, segment))
     }
 
     /// Like [`Path::get`], starting from an object's entries.
     pub(crate) fn get_in<'v>(&self, map: &'v Map<String, Value>) -> Option<&'v Value> {
         let (first, rest) = self.segments.split_first()?;
-        rest.iter()
-            .try_fold(map.get(first)?, |value, segment| child(value, segment))
+        rest.iter().try_fold(map.get(first)?, |value, segment| child(value, segment))
     }
 
     /// Writes `new` at this path, creating intermediate objects where the path is missing or null.
@@ -77,20 +74,11 @@ impl Path {
                     .parse::<usize>()
                     .ok()
                     .and_then(|i| items.get_mut(i))
-                    .ok_or_else(|| {
-                        format!(
-                            "cannot set `{}`: index `{last}` is out of range for an array of {len}",
-                            self.text
-                        )
-                    })?;
+                    .ok_or_else(|| format!("cannot set `{}`: index `{last}` is out of range for an array of {len}", self.text))?;
                 *slot = new;
                 Ok(())
             }
-            other => Err(format!(
-                "cannot set `{}`: the parent is a {}",
-                self.text,
-                type_name(other)
-            )),
+            other => Err(format!("cannot set `{}`: the parent is a {}", self.text, type_name(other))),
         }
     }
 }
@@ -115,16 +103,9 @@ fn child_mut<'v>(value: &'v mut Value, segment: &str, path: &str) -> Result<&'v 
                 .parse::<usize>()
                 .ok()
                 .and_then(|i| items.get_mut(i))
-                .ok_or_else(|| {
-                    format!(
-                        "cannot set `{path}`: index `{segment}` is out of range for an array of {len}"
-                    )
-                })
+                .ok_or_else(|| format!("cannot set `{path}`: index `{segment}` is out of range for an array of {len}"))
         }
-        other => Err(format!(
-            "cannot set `{path}`: `{segment}` is inside a {}",
-            type_name(other)
-        )),
+        other => Err(format!("cannot set `{path}`: `{segment}` is inside a {}", type_name(other))),
     }
 }
 

@@ -36,11 +36,9 @@ pub(crate) struct RegexExtract {
 
 impl RegexExtract {
     pub(crate) fn parse(p: &mut Params<'_>) -> Option<Self> {
-        let regex = p.required_str("pattern").and_then(|pattern| {
-            build_regex(pattern)
-                .map_err(|message| p.problem_at("pattern", message))
-                .ok()
-        });
+        let regex = p
+            .required_str("pattern")
+            .and_then(|pattern| build_regex(pattern).map_err(|message| p.problem_at("pattern", message)).ok());
         let field = p.path("field");
         let into = p.path("into");
         if into.is_some() && field.is_none() && p.value("field").is_none() {
@@ -58,10 +56,7 @@ impl RegexExtract {
                 _ => {
                     p.problem_at(
                         "group",
-                        format!(
-                            "group {n} does not exist; the pattern has groups 0 to {}",
-                            regex.captures_len() - 1
-                        ),
+                        format!("group {n} does not exist; the pattern has groups 0 to {}", regex.captures_len() - 1),
                     );
                     return None;
                 }
@@ -75,10 +70,7 @@ impl RegexExtract {
                 }
             }
             Some(other) => {
-                p.problem_at(
-                    "group",
-                    format!("must be a group index or name, got {}", type_name(other)),
-                );
+                p.problem_at("group", format!("must be a group index or name, got {}", type_name(other)));
                 return None;
             }
         };
@@ -94,18 +86,11 @@ impl RegexExtract {
             }
             None => None,
         };
-        Some(Self {
-            regex,
-            group,
-            all,
-            target,
-        })
+        Some(Self { regex, group, all, target })
     }
 
     fn pick(&self, captures: &Captures<'_>) -> Value {
-        let text = |m: Option<regex::Match<'_>>| {
-            m.map_or(Value::Null, |m| Value::String(m.as_str().to_owned()))
-        };
+        let text = |m: Option<regex::Match<'_>>| m.map_or(Value::Null, |m| Value::String(m.as_str().to_owned()));
         match &self.group {
             Group::Index(i) => text(captures.get(*i)),
             Group::Name(name) => text(captures.name(name)),
@@ -122,16 +107,9 @@ impl RegexExtract {
     /// No match yields null, or an empty array with `all`.
     fn extract(&self, haystack: &str) -> Value {
         if self.all {
-            Value::Array(
-                self.regex
-                    .captures_iter(haystack)
-                    .map(|c| self.pick(&c))
-                    .collect(),
-            )
+            Value::Array(self.regex.captures_iter(haystack).map(|c| self.pick(&c)).collect())
         } else {
-            self.regex
-                .captures(haystack)
-                .map_or(Value::Null, |c| self.pick(&c))
+            self.regex.captures(haystack).map_or(Value::Null, |c| self.pick(&c))
         }
     }
 
@@ -142,10 +120,7 @@ impl RegexExtract {
             None | Some(Value::Null) => Ok(Value::Null),
             Some(Value::String(s)) => Ok(self.extract(s)),
             Some(v @ (Value::Number(_) | Value::Bool(_))) => Ok(self.extract(&v.to_string())),
-            Some(other) => Err(format!(
-                "cannot match a regular expression against {}",
-                type_name(other)
-            )),
+            Some(other) => Err(format!("cannot match a regular expression against {}", type_name(other))),
         }
     }
 
@@ -156,15 +131,12 @@ impl RegexExtract {
                     .iter()
                     .enumerate()
                     .map(|(i, item)| {
-                        self.extract_value(Some(item)).map_err(|e| {
-                            format!("item {i}: {e} (set `field` to extract from records)")
-                        })
+                        self.extract_value(Some(item))
+                            .map_err(|e| format!("item {i}: {e} (set `field` to extract from records)"))
                     })
                     .collect::<Result<Vec<_>, _>>()
                     .map(Value::Array),
-                Value::Object(_) => Err(
-                    "input is a record: set `field` to choose the field to extract from".to_owned(),
-                ),
+                Value::Object(_) => Err("input is a record: set `field` to choose the field to extract from".to_owned()),
                 other => self.extract_value(Some(&other)),
             };
         };
@@ -172,9 +144,7 @@ impl RegexExtract {
             if !record.is_object() {
                 return Err(format!("expected an object, got {}", type_name(record)));
             }
-            let extracted = self
-                .extract_value(field.get(record))
-                .map_err(|e| format!("field `{}`: {e}", field.as_str()))?;
+            let extracted = self.extract_value(field.get(record)).map_err(|e| format!("field `{}`: {e}", field.as_str()))?;
             into.set(record, extracted)
         };
         match input {
@@ -188,10 +158,7 @@ impl RegexExtract {
                 apply(&mut record)?;
                 Ok(record)
             }
-            other => Err(format!(
-                "with `field`, expected a record or an array of records, got {}",
-                type_name(&other)
-            )),
+            other => Err(format!("with `field`, expected a record or an array of records, got {}", type_name(&other))),
         }
     }
 }
@@ -218,14 +185,8 @@ mod tests {
 
     #[test]
     fn string_input_default_group_choice() {
-        assert_eq!(
-            run(json!({"pattern": "\\d+"}), json!("ab 12 cd 34")).unwrap(),
-            json!("12")
-        );
-        assert_eq!(
-            run(json!({"pattern": "id=(\\w+)"}), json!("x id=abc y")).unwrap(),
-            json!("abc")
-        );
+        assert_eq!(run(json!({"pattern": "\\d+"}), json!("ab 12 cd 34")).unwrap(), json!("12"));
+        assert_eq!(run(json!({"pattern": "id=(\\w+)"}), json!("x id=abc y")).unwrap(), json!("abc"));
         assert_eq!(
             run(json!({"pattern": "(?P<k>\\w+)=(?P<v>\\d+)?"}), json!("a=1")).unwrap(),
             json!({"k": "a", "v": "1"})
@@ -234,19 +195,13 @@ mod tests {
             run(json!({"pattern": "(?P<k>\\w+)=(?P<v>\\d+)?"}), json!("a=")).unwrap(),
             json!({"k": "a", "v": null})
         );
-        assert_eq!(
-            run(json!({"pattern": "z"}), json!("abc")).unwrap(),
-            json!(null)
-        );
+        assert_eq!(run(json!({"pattern": "z"}), json!("abc")).unwrap(), json!(null));
     }
 
     #[test]
     fn explicit_group_and_all() {
         let step = json!({"pattern": "(\\w)(\\d)", "group": 2, "all": true});
-        assert_eq!(
-            run(step, json!("a1 b2 c3")).unwrap(),
-            json!(["1", "2", "3"])
-        );
+        assert_eq!(run(step, json!("a1 b2 c3")).unwrap(), json!(["1", "2", "3"]));
         let step = json!({"pattern": "(?P<n>\\d)", "group": "n", "all": true});
         assert_eq!(run(step, json!("x")).unwrap(), json!([]));
         let step = json!({"pattern": "(\\w)(\\d)", "group": 0});
@@ -300,10 +255,7 @@ mod tests {
         assert_eq!(pointer(json!({})), "/pattern");
         assert_eq!(pointer(json!({"pattern": "("})), "/pattern");
         assert_eq!(pointer(json!({"pattern": "(a)", "group": 2})), "/group");
-        assert_eq!(
-            pointer(json!({"pattern": "(a)", "group": "nope"})),
-            "/group"
-        );
+        assert_eq!(pointer(json!({"pattern": "(a)", "group": "nope"})), "/group");
         assert_eq!(pointer(json!({"pattern": "(a)", "group": true})), "/group");
         assert_eq!(pointer(json!({"pattern": "a", "into": "b"})), "/into");
         assert_eq!(pointer(json!({"pattern": "a", "all": 1})), "/all");

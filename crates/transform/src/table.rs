@@ -93,14 +93,8 @@ impl Select {
                 for (i, item) in items.iter().enumerate() {
                     match item.as_str().map(Path::parse) {
                         Some(Ok(path)) => fields.push((path.as_str().to_owned(), path)),
-                        Some(Err(message)) => p.problem(
-                            &format!("/fields/{i}"),
-                            format!("invalid field path: {message}"),
-                        ),
-                        None => p.problem(
-                            &format!("/fields/{i}"),
-                            format!("must be a string, got {}", type_name(item)),
-                        ),
+                        Some(Err(message)) => p.problem(&format!("/fields/{i}"), format!("invalid field path: {message}")),
+                        None => p.problem(&format!("/fields/{i}"), format!("must be a string, got {}", type_name(item))),
                     }
                 }
             }
@@ -109,22 +103,14 @@ impl Select {
                     let pointer = format!("/fields/{}", crate::params::escape(out));
                     match source.as_str().map(Path::parse) {
                         Some(Ok(path)) => fields.push((out.clone(), path)),
-                        Some(Err(message)) => {
-                            p.problem(&pointer, format!("invalid field path: {message}"))
-                        }
-                        None => p.problem(
-                            &pointer,
-                            format!("must be a field path string, got {}", type_name(source)),
-                        ),
+                        Some(Err(message)) => p.problem(&pointer, format!("invalid field path: {message}")),
+                        None => p.problem(&pointer, format!("must be a field path string, got {}", type_name(source))),
                     }
                 }
             }
             Some(other) => p.problem_at(
                 "fields",
-                format!(
-                    "must be an array of field paths or an object of output name to path, got {}",
-                    type_name(other)
-                ),
+                format!("must be an array of field paths or an object of output name to path, got {}", type_name(other)),
             ),
         }
         if fields.is_empty() && !p.has_problems() {
@@ -137,26 +123,16 @@ impl Select {
         let map: Map<String, Value> = self
             .fields
             .iter()
-            .map(|(out, path)| {
-                (
-                    out.clone(),
-                    path.get(record).cloned().unwrap_or(Value::Null),
-                )
-            })
+            .map(|(out, path)| (out.clone(), path.get(record).cloned().unwrap_or(Value::Null)))
             .collect();
         Value::Object(map)
     }
 
     pub(crate) fn run(&self, input: Value) -> Result<Value, String> {
         match input {
-            Value::Array(rows) => Ok(Value::Array(
-                rows.iter().map(|row| self.project(row)).collect(),
-            )),
+            Value::Array(rows) => Ok(Value::Array(rows.iter().map(|row| self.project(row)).collect())),
             Value::Object(_) => Ok(self.project(&input)),
-            other => Err(format!(
-                "expected an array of records or a record, got {}",
-                type_name(&other)
-            )),
+            other => Err(format!("expected an array of records or a record, got {}", type_name(&other))),
         }
     }
 }
@@ -213,11 +189,7 @@ impl Condition {
                     p.problem_at("value", format!("is required for `{op}`"));
                     return None;
                 };
-                if op == "==" {
-                    Test::Eq(v.clone())
-                } else {
-                    Test::Ne(v.clone())
-                }
+                if op == "==" { Test::Eq(v.clone()) } else { Test::Ne(v.clone()) }
             }
             "<" | ">" | "<=" | ">=" => match value {
                 Some(v @ (Value::Number(_) | Value::String(_))) => {
@@ -283,20 +255,11 @@ impl Condition {
                 }
             },
             other => {
-                p.problem_at(
-                    "op",
-                    format!(
-                        "unknown operator `{other}`; expected one of: {}",
-                        OPS.join(" ")
-                    ),
-                );
+                p.problem_at("op", format!("unknown operator `{other}`; expected one of: {}", OPS.join(" ")));
                 return None;
             }
         };
-        Some(Self {
-            field: field?,
-            test,
-        })
+        Some(Self { field: field?, test })
     }
 
     fn holds(&self, record: &Value) -> bool {
@@ -357,33 +320,19 @@ impl Filter {
                 p.absorb(child);
                 conditions.extend(condition);
             }
-            other => p.problem(
-                &pointer,
-                format!(
-                    "must be an object {{field, op, value}}, got {}",
-                    type_name(other)
-                ),
-            ),
+            other => p.problem(&pointer, format!("must be an object {{field, op, value}}, got {}", type_name(other))),
         };
         match (single, many) {
-            (Some(_), Some(_)) => p.problem_at(
-                "conditions",
-                "give either `condition` or `conditions`, not both",
-            ),
+            (Some(_), Some(_)) => p.problem_at("conditions", "give either `condition` or `conditions`, not both"),
             (None, None) => p.problem_at("condition", "is required (or `conditions`)"),
             (Some(raw), None) => parse_one(p, "/condition".to_owned(), raw),
-            (None, Some(Value::Array(items))) if items.is_empty() => {
-                p.problem_at("conditions", "must list at least one condition")
-            }
+            (None, Some(Value::Array(items))) if items.is_empty() => p.problem_at("conditions", "must list at least one condition"),
             (None, Some(Value::Array(items))) => {
                 for (i, raw) in items.iter().enumerate() {
                     parse_one(p, format!("/conditions/{i}"), raw);
                 }
             }
-            (None, Some(other)) => p.problem_at(
-                "conditions",
-                format!("must be an array of conditions, got {}", type_name(other)),
-            ),
+            (None, Some(other)) => p.problem_at("conditions", format!("must be an array of conditions, got {}", type_name(other))),
         }
         Some(Self { conditions, any })
     }
@@ -409,10 +358,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn parse<T>(
-        step: Value,
-        f: impl FnOnce(&mut Params<'_>) -> Option<T>,
-    ) -> Result<T, Vec<(String, String)>> {
+    fn parse<T>(step: Value, f: impl FnOnce(&mut Params<'_>) -> Option<T>) -> Result<T, Vec<(String, String)>> {
         let obj = step.as_object().unwrap().clone();
         let mut p = Params::step(&obj);
         let parsed = f(&mut p);
@@ -439,59 +385,35 @@ mod tests {
     fn sort_numbers_asc_and_desc_with_missing_last() {
         let input = json!([{"p": 10}, {"p": 2}, {}, {"p": null}, {"p": 2.5}]);
         let asc = sort(json!({"field": "p"}), input.clone()).unwrap();
-        assert_eq!(
-            asc,
-            json!([{"p": 2}, {"p": 2.5}, {"p": 10}, {}, {"p": null}])
-        );
+        assert_eq!(asc, json!([{"p": 2}, {"p": 2.5}, {"p": 10}, {}, {"p": null}]));
         let desc = sort(json!({"field": "p", "order": "desc"}), input).unwrap();
-        assert_eq!(
-            desc,
-            json!([{"p": 10}, {"p": 2.5}, {"p": 2}, {}, {"p": null}])
-        );
+        assert_eq!(desc, json!([{"p": 10}, {"p": 2.5}, {"p": 2}, {}, {"p": null}]));
     }
 
     #[test]
     fn sort_is_stable() {
         let input = json!([{"k": 1, "i": 0}, {"k": 0, "i": 1}, {"k": 1, "i": 2}, {"k": 0, "i": 3}]);
         let out = sort(json!({"field": "k"}), input).unwrap();
-        let order: Vec<_> = out
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["i"].clone())
-            .collect();
+        let order: Vec<_> = out.as_array().unwrap().iter().map(|r| r["i"].clone()).collect();
         assert_eq!(order, vec![json!(1), json!(3), json!(0), json!(2)]);
         let input = json!([{"k": 1, "i": 0}, {"k": 0, "i": 1}, {"k": 1, "i": 2}]);
         let out = sort(json!({"field": "k", "order": "desc"}), input).unwrap();
-        let order: Vec<_> = out
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["i"].clone())
-            .collect();
+        let order: Vec<_> = out.as_array().unwrap().iter().map(|r| r["i"].clone()).collect();
         assert_eq!(order, vec![json!(0), json!(2), json!(1)]);
     }
 
     #[test]
     fn sort_mixed_types_by_rank_and_strings_lexically() {
-        let input =
-            json!([{"v": "b"}, {"v": 3}, {"v": "a"}, {"v": true}, {"v": [1]}, {"v": {"x": 1}}]);
+        let input = json!([{"v": "b"}, {"v": 3}, {"v": "a"}, {"v": true}, {"v": [1]}, {"v": {"x": 1}}]);
         let out = sort(json!({"field": "v"}), input).unwrap();
-        assert_eq!(
-            out,
-            json!([{"v": true}, {"v": 3}, {"v": "a"}, {"v": "b"}, {"v": [1]}, {"v": {"x": 1}}])
-        );
+        assert_eq!(out, json!([{"v": true}, {"v": 3}, {"v": "a"}, {"v": "b"}, {"v": [1]}, {"v": {"x": 1}}]));
     }
 
     #[test]
     fn sort_without_field_sorts_scalars_and_handles_empty() {
         assert_eq!(sort(json!({}), json!([3, 1, 2])).unwrap(), json!([1, 2, 3]));
         assert_eq!(sort(json!({"field": "x"}), json!([])).unwrap(), json!([]));
-        let nested = sort(
-            json!({"field": "a.b"}),
-            json!([{"a": {"b": 2}}, {"a": {"b": 1}}]),
-        )
-        .unwrap();
+        let nested = sort(json!({"field": "a.b"}), json!([{"a": {"b": 2}}, {"a": {"b": 1}}])).unwrap();
         assert_eq!(nested, json!([{"a": {"b": 1}}, {"a": {"b": 2}}]));
     }
 
@@ -499,9 +421,7 @@ mod tests {
     fn sort_rejects_non_arrays_and_bad_order() {
         let err = sort(json!({"field": "x"}), json!({"a": 1})).unwrap_err();
         assert!(err.contains("expected an array"), "{err}");
-        let problems = parse(json!({"field": "x", "order": "up"}), Sort::parse)
-            .err()
-            .unwrap();
+        let problems = parse(json!({"field": "x", "order": "up"}), Sort::parse).err().unwrap();
         assert_eq!(problems[0].0, "/order");
     }
 
@@ -525,17 +445,9 @@ mod tests {
     #[test]
     fn filter_string_ops() {
         let rows = json!([{"s": "apple pie"}, {"s": "banana"}, {"s": 7}, {"s": ["apple", "x"]}]);
-        let run = |op: &str, value: Value| {
-            filter(
-                json!({"condition": {"field": "s", "op": op, "value": value}}),
-                rows.clone(),
-            )
-        };
+        let run = |op: &str, value: Value| filter(json!({"condition": {"field": "s", "op": op, "value": value}}), rows.clone());
         assert_eq!(run("contains", json!("pie")), json!([{"s": "apple pie"}]));
-        assert_eq!(
-            run("contains", json!("apple")),
-            json!([{"s": "apple pie"}, {"s": ["apple", "x"]}])
-        );
+        assert_eq!(run("contains", json!("apple")), json!([{"s": "apple pie"}, {"s": ["apple", "x"]}]));
         assert_eq!(run("starts_with", json!("ban")), json!([{"s": "banana"}]));
         assert_eq!(run("ends_with", json!("pie")), json!([{"s": "apple pie"}]));
         assert_eq!(run("matches", json!("^b.n")), json!([{"s": "banana"}]));
@@ -546,23 +458,14 @@ mod tests {
     fn filter_membership_and_existence() {
         let rows = json!([{"c": "red"}, {"c": "blue"}, {"c": null}, {}]);
         let run = |cond: Value| filter(json!({"condition": cond}), rows.clone());
-        assert_eq!(
-            run(json!({"field": "c", "op": "in", "value": ["red", "green"]})),
-            json!([{"c": "red"}])
-        );
+        assert_eq!(run(json!({"field": "c", "op": "in", "value": ["red", "green"]})), json!([{"c": "red"}]));
         assert_eq!(
             run(json!({"field": "c", "op": "not_in", "value": ["red"]})),
             json!([{"c": "blue"}, {"c": null}])
         );
-        assert_eq!(
-            run(json!({"field": "c", "op": "exists"})),
-            json!([{"c": "red"}, {"c": "blue"}, {"c": null}])
-        );
+        assert_eq!(run(json!({"field": "c", "op": "exists"})), json!([{"c": "red"}, {"c": "blue"}, {"c": null}]));
         assert_eq!(run(json!({"field": "c", "op": "not_exists"})), json!([{}]));
-        assert_eq!(
-            run(json!({"field": "c", "op": "==", "value": null})),
-            json!([{"c": null}])
-        );
+        assert_eq!(run(json!({"field": "c", "op": "==", "value": null})), json!([{"c": null}]));
     }
 
     #[test]
@@ -572,10 +475,7 @@ mod tests {
             {"field": "a", "op": "==", "value": 1},
             {"field": "b", "op": "==", "value": 2}
         ]);
-        assert_eq!(
-            filter(json!({"conditions": conditions}), rows.clone()),
-            json!([{"a": 1, "b": 2}])
-        );
+        assert_eq!(filter(json!({"conditions": conditions}), rows.clone()), json!([{"a": 1, "b": 2}]));
         assert_eq!(
             filter(json!({"conditions": conditions, "mode": "any"}), rows),
             json!([{"a": 1, "b": 1}, {"a": 1, "b": 2}, {"a": 2, "b": 2}])
@@ -615,29 +515,17 @@ mod tests {
         );
         assert!(problems[0].1.contains("not_exists"));
         assert_eq!(filter_problems(json!({}))[0].0, "/condition");
+        assert_eq!(filter_problems(json!({"conditions": []}))[0].0, "/conditions");
         assert_eq!(
-            filter_problems(json!({"conditions": []}))[0].0,
+            filter_problems(json!({"condition": {"field": "a", "op": "exists"}, "conditions": []}))[0].0,
             "/conditions"
         );
-        assert_eq!(
-            filter_problems(json!({"condition": {"field": "a", "op": "exists"}, "conditions": []}))
-                [0]
-            .0,
-            "/conditions"
-        );
-        assert_eq!(
-            filter_problems(json!({"condition": {"field": "a"}}))[0].0,
-            "/condition/op"
-        );
+        assert_eq!(filter_problems(json!({"condition": {"field": "a"}}))[0].0, "/condition/op");
     }
 
     #[test]
     fn filter_requires_array_input() {
-        let f = parse(
-            json!({"condition": {"field": "a", "op": "exists"}}),
-            Filter::parse,
-        )
-        .unwrap();
+        let f = parse(json!({"condition": {"field": "a", "op": "exists"}}), Filter::parse).unwrap();
         assert!(f.run(json!("x")).is_err());
         assert_eq!(f.run(json!([])).unwrap(), json!([]));
     }
@@ -650,49 +538,22 @@ mod tests {
             s.run(rows.clone()).unwrap(),
             json!([{"a": 1, "b.c": 2, "missing": null}, {"a": 3, "b.c": null, "missing": null}])
         );
-        let s = parse(
-            json!({"fields": {"id": "a", "inner": "b.c"}}),
-            Select::parse,
-        )
-        .unwrap();
-        assert_eq!(
-            s.run(rows).unwrap(),
-            json!([{"id": 1, "inner": 2}, {"id": 3, "inner": null}])
-        );
-        assert_eq!(
-            s.run(json!({"a": 9})).unwrap(),
-            json!({"id": 9, "inner": null})
-        );
+        let s = parse(json!({"fields": {"id": "a", "inner": "b.c"}}), Select::parse).unwrap();
+        assert_eq!(s.run(rows).unwrap(), json!([{"id": 1, "inner": 2}, {"id": 3, "inner": null}]));
+        assert_eq!(s.run(json!({"a": 9})).unwrap(), json!({"id": 9, "inner": null}));
         assert_eq!(s.run(json!([])).unwrap(), json!([]));
         assert!(s.run(json!(5)).is_err());
     }
 
     #[test]
     fn select_validation() {
-        let problems = parse(json!({"fields": ["a", 3, "x..y"]}), Select::parse)
-            .err()
-            .unwrap();
+        let problems = parse(json!({"fields": ["a", 3, "x..y"]}), Select::parse).err().unwrap();
         let pointers: Vec<&str> = problems.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(pointers, vec!["/fields/1", "/fields/2"]);
-        assert_eq!(
-            parse(json!({"fields": []}), Select::parse).err().unwrap()[0].0,
-            "/fields"
-        );
-        assert_eq!(
-            parse(json!({}), Select::parse).err().unwrap()[0].0,
-            "/fields"
-        );
-        assert_eq!(
-            parse(json!({"fields": "a"}), Select::parse).err().unwrap()[0].0,
-            "/fields"
-        );
-        assert_eq!(
-            parse(json!({"fields": {"o": 1}}), Select::parse)
-                .err()
-                .unwrap()[0]
-                .0,
-            "/fields/o"
-        );
+        assert_eq!(parse(json!({"fields": []}), Select::parse).err().unwrap()[0].0, "/fields");
+        assert_eq!(parse(json!({}), Select::parse).err().unwrap()[0].0, "/fields");
+        assert_eq!(parse(json!({"fields": "a"}), Select::parse).err().unwrap()[0].0, "/fields");
+        assert_eq!(parse(json!({"fields": {"o": 1}}), Select::parse).err().unwrap()[0].0, "/fields/o");
     }
 
     #[test]
@@ -714,9 +575,6 @@ mod tests {
             let problems = parse(json!({"k": k}), TopK::parse).err().unwrap();
             assert_eq!(problems[0].0, "/k");
         }
-        assert_eq!(
-            parse(json!({}), TopK::parse).err().unwrap()[0].1,
-            "is required"
-        );
+        assert_eq!(parse(json!({}), TopK::parse).err().unwrap()[0].1, "is required");
     }
 }

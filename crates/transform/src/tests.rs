@@ -30,15 +30,8 @@ impl FakeFetcher {
 }
 
 impl Fetcher for FakeFetcher {
-    fn fetch<'a>(
-        &'a self,
-        req: FetchRequest,
-    ) -> Pin<Box<dyn Future<Output = Result<Value, String>> + Send + 'a>> {
-        let response = self
-            .responses
-            .get(&req.url)
-            .cloned()
-            .ok_or_else(|| "status 404".to_owned());
+    fn fetch<'a>(&'a self, req: FetchRequest) -> Pin<Box<dyn Future<Output = Result<Value, String>> + Send + 'a>> {
+        let response = self.responses.get(&req.url).cloned().ok_or_else(|| "status 404".to_owned());
         self.requests.lock().unwrap().push(req);
         Box::pin(async move { response })
     }
@@ -64,11 +57,7 @@ fn run(steps: Value, input: Value, fetcher: &FakeFetcher) -> Result<Value, Trans
 
 fn step_error(err: TransformError) -> (usize, String, String) {
     match err {
-        TransformError::Step {
-            index,
-            step,
-            message,
-        } => (index, step, message),
+        TransformError::Step { index, step, message } => (index, step, message),
     }
 }
 
@@ -105,32 +94,20 @@ fn multi_step_pipeline_with_fetch() {
         {"step": "table_select", "fields": {"who": "name", "spent": "spent", "days": "last_day"}}
     ]);
     let out = run(steps, Value::Null, &fetcher).unwrap();
-    assert_eq!(
-        out,
-        json!([{"who": "Ann", "spent": 80, "days": "2024-03-03"}])
-    );
+    assert_eq!(out, json!([{"who": "Ann", "spent": 80, "days": "2024-03-03"}]));
 
     let requests = fetcher.requests();
     assert_eq!(requests.len(), 1);
     assert_eq!(requests[0].method, "GET");
-    assert_eq!(
-        requests[0].query,
-        vec![("limit".to_owned(), "10".to_owned())]
-    );
+    assert_eq!(requests[0].query, vec![("limit".to_owned(), "10".to_owned())]);
 }
 
 #[test]
 fn first_step_receives_the_input() {
     let fetcher = FakeFetcher::default();
     let steps = json!([{"step": "top_k", "k": 2}]);
-    assert_eq!(
-        run(steps, json!([1, 2, 3]), &fetcher).unwrap(),
-        json!([1, 2])
-    );
-    assert_eq!(
-        run(json!([]), json!({"a": 1}), &fetcher).unwrap(),
-        json!({"a": 1})
-    );
+    assert_eq!(run(steps, json!([1, 2, 3]), &fetcher).unwrap(), json!([1, 2]));
+    assert_eq!(run(json!([]), json!({"a": 1}), &fetcher).unwrap(), json!({"a": 1}));
 }
 
 #[test]
@@ -141,10 +118,7 @@ fn step_errors_carry_index_and_primitive() {
         {"step": "table_sort", "field": "x"}
     ]);
     let err = run(steps, json!({"items": "oops"}), &fetcher).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "pipeline step 1 (table_sort): expected an array as input, got string"
-    );
+    assert_eq!(err.to_string(), "pipeline step 1 (table_sort): expected an array as input, got string");
     let (index, step, _) = step_error(err);
     assert_eq!((index, step.as_str()), (1, "table_sort"));
 }
@@ -155,10 +129,7 @@ fn fetch_failures_are_step_errors() {
     let steps = json!([{"step": "http_request", "url": "https://nowhere.example"}]);
     let (index, step, message) = step_error(run(steps, Value::Null, &fetcher).unwrap_err());
     assert_eq!((index, step.as_str()), (0, "http_request"));
-    assert!(
-        message.contains("https://nowhere.example") && message.contains("404"),
-        "{message}"
-    );
+    assert!(message.contains("https://nowhere.example") && message.contains("404"), "{message}");
 }
 
 #[test]
@@ -194,16 +165,7 @@ fn validate_reports_all_problems_with_pointers() {
     let pointers: Vec<&str> = problems.iter().map(|(p, _)| p.as_str()).collect();
     assert_eq!(
         pointers,
-        vec![
-            "/0/order",
-            "/1/step",
-            "/2/step",
-            "/3",
-            "/4/filter",
-            "/5/pattern",
-            "/5/colour",
-            "/6/step"
-        ]
+        vec!["/0/order", "/1/step", "/2/step", "/3", "/4/filter", "/5/pattern", "/5/colour", "/6/step"]
     );
     let unknown = &problems[1].1;
     for name in PRIMITIVES {
@@ -227,10 +189,7 @@ fn validate_rejects_non_arrays_and_accepts_valid_pipelines() {
         {"step": "regex_extract", "pattern": "a"},
         {"step": "parse_date"}
     ]);
-    assert_eq!(
-        validate_pipeline(&every_primitive),
-        Vec::<(String, String)>::new()
-    );
+    assert_eq!(validate_pipeline(&every_primitive), Vec::<(String, String)>::new());
 }
 
 #[test]

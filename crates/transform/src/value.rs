@@ -29,10 +29,7 @@ pub(crate) fn preview(value: &Value) -> String {
 pub(crate) fn expect_array(input: Value) -> Result<Vec<Value>, String> {
     match input {
         Value::Array(items) => Ok(items),
-        other => Err(format!(
-            "expected an array as input, got {}",
-            type_name(&other)
-        )),
+        other => Err(format!("expected an array as input, got {}", type_name(&other))),
     }
 }
 
@@ -147,14 +144,8 @@ fn cmp_int_float(i: i128, f: f64) -> Ordering {
 pub(crate) fn json_eq(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => cmp_numbers(x, y).is_eq(),
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(l, r)| json_eq(l, r))
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|other| json_eq(v, other)))
-        }
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(l, r)| json_eq(l, r)),
+        (Value::Object(x), Value::Object(y)) => x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|other| json_eq(v, other))),
         _ => a == b,
     }
 }
@@ -237,35 +228,15 @@ mod tests {
         assert_eq!(cmp_values(&json!(-2), &json!(-2.5)), Ordering::Greater);
         assert_eq!(cmp_values(&json!(2), &json!(2.5)), Ordering::Less);
         assert_eq!(cmp_values(&json!(0), &json!(-0.0)), Ordering::Equal);
-        assert_eq!(
-            cmp_values(&json!(1e300), &json!(u64::MAX)),
-            Ordering::Greater
-        );
+        assert_eq!(cmp_values(&json!(1e300), &json!(u64::MAX)), Ordering::Greater);
         assert_eq!(cmp_values(&json!(-1e300), &json!(i64::MIN)), Ordering::Less);
     }
 
     #[test]
     fn mixed_types_follow_a_fixed_rank() {
-        let mut values = vec![
-            json!(null),
-            json!({"a": 1}),
-            json!([1]),
-            json!("s"),
-            json!(3),
-            json!(true),
-        ];
+        let mut values = vec![json!(null), json!({"a": 1}), json!([1]), json!("s"), json!(3), json!(true)];
         values.sort_by(cmp_values);
-        assert_eq!(
-            values,
-            vec![
-                json!(true),
-                json!(3),
-                json!("s"),
-                json!([1]),
-                json!({"a": 1}),
-                json!(null)
-            ]
-        );
+        assert_eq!(values, vec![json!(true), json!(3), json!("s"), json!([1]), json!({"a": 1}), json!(null)]);
     }
 
     #[test]
@@ -293,10 +264,7 @@ mod tests {
         let null = json!(null);
         for desc in [false, true] {
             assert_eq!(cmp_sort_keys(None, Some(&one), desc), Ordering::Greater);
-            assert_eq!(
-                cmp_sort_keys(Some(&null), Some(&one), desc),
-                Ordering::Greater
-            );
+            assert_eq!(cmp_sort_keys(Some(&null), Some(&one), desc), Ordering::Greater);
             assert_eq!(cmp_sort_keys(Some(&null), None, desc), Ordering::Equal);
         }
     }

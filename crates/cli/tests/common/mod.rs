@@ -34,10 +34,7 @@ pub async fn start_server_in(dir: tempfile::TempDir, allow: &[String]) -> TestSe
 /// Starts a server on `dir` with the test defaults, then `configure` applied. Tests poll
 /// fast, so the per-route rate limit is off unless `configure` turns it on; the run
 /// tiers keep their defaults.
-pub async fn start_server_with(
-    dir: tempfile::TempDir,
-    configure: impl FnOnce(&mut Config),
-) -> TestServer {
+pub async fn start_server_with(dir: tempfile::TempDir, configure: impl FnOnce(&mut Config)) -> TestServer {
     let mut cfg = Config {
         addr: "127.0.0.1:0".into(),
         data_dir: dir.path().to_path_buf(),
@@ -58,22 +55,14 @@ pub async fn start_server_with(
 
 /// The bootstrap admin key `aob serve` wrote into the data dir.
 pub fn admin_key(data_dir: &std::path::Path) -> String {
-    aob_cli::credentials::read_key_file(&serve::admin_key_path(data_dir))
-        .expect("admin.key written on first start")
+    aob_cli::credentials::read_key_file(&serve::admin_key_path(data_dir)).expect("admin.key written on first start")
 }
 
 /// A client whose every request carries `key`, as the CLI sends it.
 pub fn client_with_key(key: &str) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(
-        "x-api-key",
-        reqwest::header::HeaderValue::from_str(key).unwrap(),
-    );
-    reqwest::Client::builder()
-        .no_proxy()
-        .default_headers(headers)
-        .build()
-        .unwrap()
+    headers.insert("x-api-key", reqwest::header::HeaderValue::from_str(key).unwrap());
+    reqwest::Client::builder().no_proxy().default_headers(headers).build().unwrap()
 }
 
 /// Every request of a test carries the bootstrap admin key, as the local CLI does.
@@ -83,45 +72,27 @@ pub fn admin_client(data_dir: &std::path::Path) -> reqwest::Client {
 
 impl TestServer {
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self
-            .http
-            .get(format!("{}{}", self.url, path))
-            .send()
-            .await
-            .unwrap();
+        let r = self.http.get(format!("{}{}", self.url, path)).send().await.unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let r = self
-            .http
-            .post(format!("{}{}", self.url, path))
-            .json(body)
-            .send()
-            .await
-            .unwrap();
+        let r = self.http.post(format!("{}{}", self.url, path)).json(body).send().await.unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
     /// Starts an inline workflow; panics unless 201.
     pub async fn start_run(&self, workflow: &Value, inputs: Value) -> String {
-        let (s, v) = self
-            .post(
-                "/api/v1/runs",
-                &json!({"workflow": workflow, "inputs": inputs}),
-            )
-            .await;
+        let (s, v) = self.post("/api/v1/runs", &json!({"workflow": workflow, "inputs": inputs})).await;
         assert_eq!(s, 201, "start failed: {v}");
         v["run_id"].as_str().unwrap().to_string()
     }
 
     /// Reads the run's SSE stream to its terminal event; returns every event.
     pub async fn events_until_end(&self, run_id: &str, last_event_id: Option<u64>) -> Vec<Value> {
-        let mut req = self
-            .http
-            .get(format!("{}/api/v1/runs/{run_id}/events", self.url));
+        let mut req = self.http.get(format!("{}/api/v1/runs/{run_id}/events", self.url));
         if let Some(id) = last_event_id {
             req = req.header("Last-Event-ID", id.to_string());
         }
@@ -174,10 +145,7 @@ pub struct Hit {
 
 impl Hit {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -199,9 +167,7 @@ impl Stub {
             let respond = respond.clone();
             async move {
                 let (parts, body) = req.into_parts();
-                let bytes = axum::body::to_bytes(body, 1 << 20)
-                    .await
-                    .unwrap_or_default();
+                let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
                 let hit = Hit {
                     method: parts.method.to_string(),
                     path: parts.uri.path().to_string(),
@@ -220,10 +186,7 @@ impl Stub {
                     n
                 };
                 let (status, body) = respond(&hit, n);
-                (
-                    axum::http::StatusCode::from_u16(status).unwrap(),
-                    axum::Json(body),
-                )
+                (axum::http::StatusCode::from_u16(status).unwrap(), axum::Json(body))
             }
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -244,24 +207,14 @@ impl Stub {
     }
 
     pub fn hits(&self, path: &str) -> Vec<Hit> {
-        self.hits
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|h| h.path == path)
-            .cloned()
-            .collect()
+        self.hits.lock().unwrap().iter().filter(|h| h.path == path).cloned().collect()
     }
 }
 
 /// Asserts seqs are 1..=n without gaps or duplicates.
 pub fn assert_gapless(events: &[Value]) {
     for (i, e) in events.iter().enumerate() {
-        assert_eq!(
-            e["seq"].as_u64(),
-            Some(i as u64 + 1),
-            "gap or duplicate at index {i}: {events:#?}"
-        );
+        assert_eq!(e["seq"].as_u64(), Some(i as u64 + 1), "gap or duplicate at index {i}: {events:#?}");
     }
 }
 
@@ -279,12 +232,7 @@ pub struct Frame {
 
 impl TestServer {
     /// Sends `body` as is with the given content type (`None`: no Content-Type header).
-    pub async fn post_raw(
-        &self,
-        path: &str,
-        content_type: Option<&str>,
-        body: Vec<u8>,
-    ) -> (u16, Value) {
+    pub async fn post_raw(&self, path: &str, content_type: Option<&str>, body: Vec<u8>) -> (u16, Value) {
         let mut req = self.http.post(format!("{}{}", self.url, path)).body(body);
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
@@ -295,12 +243,7 @@ impl TestServer {
     }
 
     /// POST with extra headers.
-    pub async fn post_with(
-        &self,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &Value,
-    ) -> (u16, Value) {
+    pub async fn post_with(&self, path: &str, headers: &[(&str, &str)], body: &Value) -> (u16, Value) {
         let mut req = self.http.post(format!("{}{}", self.url, path)).json(body);
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -312,41 +255,21 @@ impl TestServer {
 
     /// Reads an SSE endpoint (`path` may carry a query) until the server closes the
     /// stream, or until `stop` says enough; panics after `secs` seconds.
-    pub async fn sse_frames_until(
-        &self,
-        path: &str,
-        headers: &[(&str, &str)],
-        secs: u64,
-        mut stop: impl FnMut(&[Frame]) -> bool,
-    ) -> Vec<Frame> {
+    pub async fn sse_frames_until(&self, path: &str, headers: &[(&str, &str)], secs: u64, mut stop: impl FnMut(&[Frame]) -> bool) -> Vec<Frame> {
         let mut req = self.http.get(format!("{}{}", self.url, path));
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
         let resp = req.send().await.unwrap();
-        assert_eq!(
-            resp.status().as_u16(),
-            200,
-            "SSE {path} answered {}",
-            resp.status()
-        );
-        let ct = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        assert!(
-            ct.starts_with("text/event-stream"),
-            "content-type of {path} is {ct}"
-        );
+        assert_eq!(resp.status().as_u16(), 200, "SSE {path} answered {}", resp.status());
+        let ct = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        assert!(ct.starts_with("text/event-stream"), "content-type of {path} is {ct}");
         let mut out = Vec::new();
         let mut stream = resp.bytes_stream().eventsource();
         let read = async {
             while let Some(ev) = stream.next().await {
                 let ev = ev.expect("malformed SSE stream");
-                let data: Value = serde_json::from_str(&ev.data)
-                    .unwrap_or_else(|e| panic!("data is not JSON ({e}): {}", ev.data));
+                let data: Value = serde_json::from_str(&ev.data).unwrap_or_else(|e| panic!("data is not JSON ({e}): {}", ev.data));
                 out.push(Frame {
                     id: ev.id,
                     event: ev.event,
@@ -376,31 +299,21 @@ impl TestServer {
             if ok(&v) {
                 return v;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "condition on {path} not met within {secs} s; last: {v}"
-            );
+            assert!(tokio::time::Instant::now() < deadline, "condition on {path} not met within {secs} s; last: {v}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
     /// Stores `workflow` under `tag`; panics unless 201.
     pub async fn create_workflow(&self, tag: &str, workflow: &Value) -> Value {
-        let (s, v) = self
-            .post(
-                "/api/v1/workflows",
-                &json!({"tag_name": tag, "workflow": workflow}),
-            )
-            .await;
+        let (s, v) = self.post("/api/v1/workflows", &json!({"tag_name": tag, "workflow": workflow})).await;
         assert_eq!(s, 201, "create workflow {tag} failed: {v}");
         v
     }
 
     /// Every stored event of a run, through the paged JSON listing.
     pub async fn event_list(&self, run_id: &str) -> Vec<Value> {
-        let (s, v) = self
-            .get(&format!("/api/v1/runs/{run_id}/events/list?limit=1000"))
-            .await;
+        let (s, v) = self.get(&format!("/api/v1/runs/{run_id}/events/list?limit=1000")).await;
         assert_eq!(s, 200, "{v}");
         v["events"].as_array().cloned().unwrap_or_default()
     }
@@ -410,10 +323,7 @@ impl TestServer {
 pub async fn wait_for(what: &str, secs: u64, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {secs} s waiting for {what}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {secs} s waiting for {what}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -423,18 +333,11 @@ pub fn assert_envelope(body: &Value, code: &str) {
     let e = &body["error"];
     assert!(e.is_object(), "no error envelope in {body}");
     assert_eq!(e["code"], code, "unexpected error code in {body}");
-    assert!(
-        e["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "error without a message: {body}"
-    );
-    assert!(
-        e.as_object().is_some_and(|o| o.contains_key("details")),
-        "error without details: {body}"
-    );
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "error without a message: {body}");
+    assert!(e.as_object().is_some_and(|o| o.contains_key("details")), "error without details: {body}");
 }
 
-pub type AsyncResponder =
-    Arc<dyn Fn(Hit, usize) -> futures::future::BoxFuture<'static, (u16, Value)> + Send + Sync>;
+pub type AsyncResponder = Arc<dyn Fn(Hit, usize) -> futures::future::BoxFuture<'static, (u16, Value)> + Send + Sync>;
 
 /// Like [`Stub`], but the responder is async (to hold requests open, count overlap,
 /// or wait on a gate). Also counts requests in flight and the most seen at once.
@@ -458,9 +361,7 @@ impl AsyncStub {
                 let now = inf.fetch_add(1, Ordering::SeqCst) + 1;
                 mx.fetch_max(now, Ordering::SeqCst);
                 let (parts, body) = req.into_parts();
-                let bytes = axum::body::to_bytes(body, 1 << 20)
-                    .await
-                    .unwrap_or_default();
+                let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
                 let hit = Hit {
                     method: parts.method.to_string(),
                     path: parts.uri.path().to_string(),
@@ -480,10 +381,7 @@ impl AsyncStub {
                 };
                 let (status, body) = respond(hit, n).await;
                 inf.fetch_sub(1, Ordering::SeqCst);
-                (
-                    axum::http::StatusCode::from_u16(status).unwrap(),
-                    axum::Json(body),
-                )
+                (axum::http::StatusCode::from_u16(status).unwrap(), axum::Json(body))
             }
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -508,13 +406,7 @@ impl AsyncStub {
     }
 
     pub fn hits(&self, path: &str) -> Vec<Hit> {
-        self.hits
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|h| h.path == path)
-            .cloned()
-            .collect()
+        self.hits.lock().unwrap().iter().filter(|h| h.path == path).cloned().collect()
     }
 
     pub fn max_in_flight(&self) -> usize {
@@ -536,11 +428,7 @@ impl Redirector {
             let (h, location) = (h.clone(), location.clone());
             async move {
                 h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                (
-                    axum::http::StatusCode::FOUND,
-                    [(axum::http::header::LOCATION, location)],
-                    "",
-                )
+                (axum::http::StatusCode::FOUND, [(axum::http::header::LOCATION, location)], "")
             }
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -575,11 +463,7 @@ pub struct Trap {
 impl Trap {
     /// Binds `ip:0`; `None` when the address family is unavailable (e.g. no IPv6).
     pub async fn bind(ip: &str) -> Option<Trap> {
-        let listener = Arc::new(
-            tokio::net::TcpListener::bind(format!("{ip}:0"))
-                .await
-                .ok()?,
-        );
+        let listener = Arc::new(tokio::net::TcpListener::bind(format!("{ip}:0")).await.ok()?);
         let addr = listener.local_addr().ok()?;
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (l, a) = (listener.clone(), accepted.clone());
@@ -588,11 +472,7 @@ impl Trap {
                 a.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
         });
-        Some(Trap {
-            addr,
-            accepted,
-            listener,
-        })
+        Some(Trap { addr, accepted, listener })
     }
 
     pub fn port(&self) -> u16 {
@@ -603,11 +483,7 @@ impl Trap {
     /// be accepted within a short accept timeout.
     pub async fn assert_untouched(&self) {
         let late = tokio::time::timeout(Duration::from_millis(200), self.listener.accept()).await;
-        assert!(
-            late.is_err(),
-            "a connection reached the trap at {} after the run ended",
-            self.addr
-        );
+        assert!(late.is_err(), "a connection reached the trap at {} after the run ended", self.addr);
         assert_eq!(
             self.accepted.load(std::sync::atomic::Ordering::SeqCst),
             0,

@@ -5,10 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use aob_engine::{
-    Action, Event, Input, NodeStatus, Outcome, Plan, RunState, RunStatus, Step, Task, TaskError,
-    TaskId, apply, in_flight,
-};
+use aob_engine::{Action, Event, Input, NodeStatus, Outcome, Plan, RunState, RunStatus, Step, Task, TaskError, TaskId, apply, in_flight};
 use aob_model::Workflow;
 use serde_json::{Value, json};
 
@@ -68,10 +65,7 @@ impl Harness {
     }
 
     pub fn script(&mut self, node: &str, outcomes: impl IntoIterator<Item = Outcome>) {
-        self.script
-            .entry(node.to_string())
-            .or_default()
-            .extend(outcomes);
+        self.script.entry(node.to_string()).or_default().extend(outcomes);
     }
 
     /// Applies one input at the current time, records everything and checks the
@@ -80,26 +74,14 @@ impl Harness {
         let step = apply(&self.plan, &mut self.st, input, self.now);
         let mut expected = self.events.last().map_or(1, |e| e.seq + 1);
         for e in &step.events {
-            assert_eq!(
-                e.seq, expected,
-                "event seqs must be gapless: {:?}",
-                step.events
-            );
+            assert_eq!(e.seq, expected, "event seqs must be gapless: {:?}", step.events);
             expected += 1;
         }
-        assert_eq!(
-            self.st.seq,
-            expected - 1,
-            "state seq must match the last event"
-        );
+        assert_eq!(self.st.seq, expected - 1, "state seq must match the last event");
         for a in &step.actions {
             match a {
                 Action::Dispatch(t) => {
-                    assert!(
-                        !self.dispatched.iter().any(|d| d.id == t.id),
-                        "task {:?} dispatched twice",
-                        t.id
-                    );
+                    assert!(!self.dispatched.iter().any(|d| d.id == t.id), "task {:?} dispatched twice", t.id);
                     self.in_flight.push(t.clone());
                     self.dispatched.push(t.clone());
                 }
@@ -131,11 +113,7 @@ impl Harness {
     }
 
     pub fn node_index(&self, id: &str) -> usize {
-        *self
-            .plan
-            .index
-            .get(id)
-            .unwrap_or_else(|| panic!("no node {id}"))
+        *self.plan.index.get(id).unwrap_or_else(|| panic!("no node {id}"))
     }
 
     pub fn status(&self, id: &str) -> NodeStatus {
@@ -148,22 +126,13 @@ impl Harness {
 
     /// The in-flight tasks of node `id`.
     pub fn tasks_of(&self, id: &str) -> Vec<Task> {
-        self.in_flight
-            .iter()
-            .filter(|t| t.node_id == id)
-            .cloned()
-            .collect()
+        self.in_flight.iter().filter(|t| t.node_id == id).cloned().collect()
     }
 
     /// The single in-flight task of node `id`.
     pub fn task(&self, id: &str) -> Task {
         let ts = self.tasks_of(id);
-        assert_eq!(
-            ts.len(),
-            1,
-            "expected one task of {id} in flight, have {:?}",
-            self.in_flight
-        );
+        assert_eq!(ts.len(), 1, "expected one task of {id} in flight, have {:?}", self.in_flight);
         ts.into_iter().next().unwrap()
     }
 
@@ -200,10 +169,7 @@ impl Harness {
     }
 
     pub fn next_outcome(&mut self, t: &Task) -> Outcome {
-        self.script
-            .get_mut(&t.node_id)
-            .and_then(VecDeque::pop_front)
-            .unwrap_or_else(|| ok(json!({})))
+        self.script.get_mut(&t.node_id).and_then(VecDeque::pop_front).unwrap_or_else(|| ok(json!({})))
     }
 
     /// Event kinds in order, optionally for one node.
@@ -216,10 +182,7 @@ impl Harness {
     }
 
     pub fn count(&self, kind: &str, node: &str) -> usize {
-        self.events
-            .iter()
-            .filter(|e| e.kind == kind && e.node_id.as_deref() == Some(node))
-            .count()
+        self.events.iter().filter(|e| e.kind == kind && e.node_id.as_deref() == Some(node)).count()
     }
 
     /// Seq of the first event of `kind` for `node`.
@@ -237,11 +200,7 @@ impl Harness {
 
     /// Dispatches ever made for node `id`.
     pub fn dispatches_of(&self, id: &str) -> Vec<Task> {
-        self.dispatched
-            .iter()
-            .filter(|t| t.node_id == id)
-            .cloned()
-            .collect()
+        self.dispatched.iter().filter(|t| t.node_id == id).cloned().collect()
     }
 
     /// The engine's view of what is in flight, rebuilt from the state.
