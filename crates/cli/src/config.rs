@@ -33,6 +33,10 @@ pub struct Config {
     /// Schema for the PostgreSQL tables (default: the connection's `search_path`).
     pub database_schema: Option<String>,
     pub database_max_connections: u32,
+    /// Redis Streams instead of the in-process queue for attempts (`redis://…`).
+    pub redis_url: Option<String>,
+    /// Key prefix for everything aob keeps in Redis.
+    pub redis_prefix: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -76,6 +80,8 @@ impl Default for Config {
             database_url: None,
             database_schema: None,
             database_max_connections: 16,
+            redis_url: None,
+            redis_prefix: "aob".into(),
         }
     }
 }
@@ -91,6 +97,8 @@ pub struct Overrides {
     pub durability: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub database_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
 }
 
 impl Config {

@@ -104,6 +104,9 @@ pub struct ServeArgs {
     /// Keep state in PostgreSQL instead of the embedded SQLite store.
     #[arg(long)]
     database_url: Option<String>,
+    /// Dispatch attempts through Redis Streams instead of the in-process queue.
+    #[arg(long)]
+    redis_url: Option<String>,
     /// Allow outbound requests to this IP/CIDR/IP:port despite the SSRF rules (repeatable).
     #[arg(long = "ssrf-allow")]
     ssrf_allow: Vec<String>,
@@ -116,6 +119,7 @@ impl ServeArgs {
             data_dir: self.data_dir.clone(),
             durability: self.durability.clone(),
             database_url: self.database_url.clone(),
+            redis_url: self.redis_url.clone(),
         };
         config::Config::load(self.config.as_ref(), flags, &self.ssrf_allow)
     }

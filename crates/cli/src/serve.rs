@@ -53,10 +53,23 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         max_tasks: cfg.max_tasks,
         ..Default::default()
     };
-    let dispatch = Arc::new(aob_dispatch::MemoryDispatch::new(aob_dispatch::Options {
+    let dispatch_opts = aob_dispatch::Options {
         visibility: opts.visibility,
         ..Default::default()
-    }));
+    };
+    let dispatch: Arc<dyn aob_dispatch::Dispatch> = match &cfg.redis_url {
+        Some(url) => {
+            // One consumer name per process start: a restarted process must not
+            // inherit a dead one's pending entries except through XAUTOCLAIM.
+            let consumer = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
+            Arc::new(
+                aob_dispatch_redis::RedisDispatch::connect(url, &cfg.redis_prefix, &consumer, dispatch_opts)
+                    .await
+                    .context("connecting to Redis")?,
+            )
+        }
+        None => Arc::new(aob_dispatch::MemoryDispatch::new(dispatch_opts)),
+    };
     let runtime = Runtime::start(opts, store, dispatch, guard, clock);
     let listener = tokio::net::TcpListener::bind(&cfg.addr)
         .await
