@@ -128,7 +128,11 @@ pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Res
         response: None,
         created_at: now,
     };
-    match store.claim_idempotency(rec.clone(), now - TTL_MS, now - PENDING_MS).await {
+    // A claim still in progress that predates this process was left by one that died
+    // mid-request (kill -9): nobody will ever answer it, so a retry takes it over. One
+    // process serves a store, so every live claim was made by this process.
+    let pending_since = (now - PENDING_MS).max(app.started_at);
+    match store.claim_idempotency(rec.clone(), now - TTL_MS, pending_since).await {
         Err(e) => ApiError::from(e).into_response(),
         Ok(Some(first)) if first.request != rec.request || first.body_hash != rec.body_hash => {
             let what = if first.request != rec.request { "another request" } else { "another body" };
