@@ -167,3 +167,43 @@ async fn another_tenant_sees_nothing() {
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(pending(&srv, &id).await["status"], "pending");
 }
+
+#[tokio::test]
+async fn only_listed_approvers_may_decide_and_the_admin_key_file_is_private() {
+    let srv = common::start_server(&[]).await;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(srv.dir.path().join("admin.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let wf = json!({
+        "nodes": [
+            {"id": "a", "type": "hitl", "config": {"message": "x", "approvers": ["carol"]}},
+            {"id": "b", "type": "hitl", "config": {"message": "y", "approvers": ["role:member"]}}
+        ],
+        "edges": []
+    });
+    let id = srv.start_run(&wf, json!({})).await;
+    let (_, k) = srv.post("/api/v1/keys", &json!({"user": "dave", "role": "member", "name": "dave"})).await;
+    let dave = common::client_with_key(k["key"].as_str().unwrap());
+    let (_, v) = srv.get("/api/v1/approvals?status=pending").await;
+    let by_node = |n: &str| {
+        v["approvals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["run_id"] == id && a["node_id"] == n)
+            .unwrap()["approval_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let decide = |a: String| {
+        let dave = dave.clone();
+        let url = format!("{}/api/v1/approvals/{a}/decide", srv.url);
+        async move { dave.post(url).json(&json!({"decision": "approve"})).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(decide(by_node("a")).await, 403, "dave is not carol");
+    assert_eq!(decide(by_node("b")).await, 200, "dave is a member");
+}

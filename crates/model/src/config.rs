@@ -178,7 +178,8 @@ pub struct HitlConfig {
     pub timeout_ms: Option<u64>,
     #[serde(default)]
     pub on_timeout: OnTimeout,
-    /// Users who may decide (any user of the tenant when empty; admins always may).
+    /// Who may decide: user names, or `role:<role>` for everyone with that role (any
+    /// user of the tenant when empty; admins always may).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub approvers: Vec<String>,
     /// Extra data offered to the approver (references allowed).
