@@ -101,50 +101,30 @@ impl Client {
         Ok(body)
     }
 
-    pub async fn get(&self, path: &str) -> Result<Value, CliError> {
-        let resp = self
-            .http
-            .get(self.url(path))
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+    /// One request with an optional JSON body; the answer as JSON, or the API error.
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Value, CliError> {
+        let mut req = self.http.request(method, self.url(path)).timeout(Duration::from_secs(30));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
         self.finish(resp).await
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Value, CliError> {
+        self.call(reqwest::Method::GET, path, None).await
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, CliError> {
-        let resp = self
-            .http
-            .post(self.url(path))
-            .json(body)
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        self.finish(resp).await
+        self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
     pub async fn patch(&self, path: &str, body: &Value) -> Result<Value, CliError> {
-        let resp = self
-            .http
-            .patch(self.url(path))
-            .json(body)
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        self.finish(resp).await
+        self.call(reqwest::Method::PATCH, path, Some(body)).await
     }
 
     pub async fn delete(&self, path: &str) -> Result<Value, CliError> {
-        let resp = self
-            .http
-            .delete(self.url(path))
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        self.finish(resp).await
+        self.call(reqwest::Method::DELETE, path, None).await
     }
 
     /// Opens an SSE stream (no overall timeout: streams are long-lived).

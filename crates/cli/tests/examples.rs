@@ -3,34 +3,14 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::sync::Arc;
-
 use serde_json::{Value, json};
 
-fn example(name: &str) -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples").join(name);
-    aob_cli::commands::read_doc(&path).unwrap()
-}
-
-async fn stub() -> common::Stub {
-    common::Stub::start(Arc::new(|hit: &common::Hit, n: usize| match hit.path.as_str() {
-        "/items" => (200, json!({"items": [1, 2, 3]})),
-        "/store" => (201, json!({"received": serde_json::from_str::<Value>(&hit.body).unwrap_or(Value::Null)})),
-        "/score" => (200, json!({"score": 85})),
-        "/flaky" => (200, json!({"status": if n < 2 { "error" } else { "success" }})),
-        p if p.starts_with("/item/") => (200, json!({"name": format!("item-{}", &p[6..])})),
-        _ => (404, json!({"error": "no route"})),
-    }))
-    .await
-}
-
 async fn run(name: &str, inputs: Value) -> (Value, common::Stub) {
-    let stub = stub().await;
+    let stub = common::example_stub().await;
     let srv = common::start_server(&[stub.allow()]).await;
     let mut inputs = inputs;
     inputs["base_url"] = json!(format!("http://{}", stub.addr));
-    let id = srv.start_run(&example(name), inputs).await;
+    let id = srv.start_run(&common::example(name), inputs).await;
     let events = srv.events_until_end(&id, None).await;
     common::assert_gapless(&events);
     let run = srv.get(&format!("/api/v1/runs/{id}")).await.1;

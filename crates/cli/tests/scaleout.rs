@@ -4,9 +4,6 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::sync::Arc;
-
 use serde_json::{Value, json};
 
 fn database_url() -> String {
@@ -32,26 +29,6 @@ impl Drop for Schema {
     }
 }
 
-fn example(name: &str) -> Value {
-    aob_cli::commands::read_doc(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples").join(name)).unwrap()
-}
-
-async fn stub() -> common::Stub {
-    // Each mode calls under its own path prefix (`/m1`, `/m2`), so per-path call
-    // counts (the flaky endpoint) are the same for both.
-    common::Stub::start(Arc::new(|hit: &common::Hit, n: usize| {
-        match hit.path.strip_prefix("/m1").or_else(|| hit.path.strip_prefix("/m2")).unwrap_or(&hit.path) {
-            "/items" => (200, json!({"items": [1, 2, 3]})),
-            "/store" => (201, json!({"received": serde_json::from_str::<Value>(&hit.body).unwrap_or(Value::Null)})),
-            "/score" => (200, json!({"score": 85})),
-            "/flaky" => (200, json!({"status": if n < 2 { "error" } else { "success" }})),
-            p if p.starts_with("/item/") => (200, json!({"name": format!("item-{}", &p[6..])})),
-            _ => (404, json!({"error": "no route"})),
-        }
-    }))
-    .await
-}
-
 /// Outputs, status, and the event log without ids and times, in a comparable order.
 async fn outcome(srv: &common::TestServer, name: &str, base_url: &str) -> (Value, Vec<(String, String, u64)>) {
     let mut inputs = match name {
@@ -60,7 +37,7 @@ async fn outcome(srv: &common::TestServer, name: &str, base_url: &str) -> (Value
         _ => json!({}),
     };
     inputs["base_url"] = json!(base_url);
-    let id = srv.start_run(&example(name), inputs).await;
+    let id = srv.start_run(&common::example(name), inputs).await;
     let events = srv.events_until_end(&id, None).await;
     common::assert_gapless(&events);
     let run = srv.get(&format!("/api/v1/runs/{id}")).await.1;
@@ -81,7 +58,7 @@ async fn outcome(srv: &common::TestServer, name: &str, base_url: &str) -> (Value
 
 #[tokio::test]
 async fn examples_match_embedded_mode_over_postgres_and_redis() {
-    let stub = stub().await;
+    let stub = common::example_stub().await;
     let base = format!("http://{}", stub.addr);
     let schema = Schema(format!("aob_test_{}", uuid::Uuid::new_v4().simple()));
     let prefix = format!("aob-test-{}", uuid::Uuid::new_v4().simple());

@@ -243,7 +243,8 @@ impl Machine<'_> {
         }
     }
 
-    fn cancel(&mut self, reason: String) {
+    /// Aborts every attempt in flight and cancels every node that still owed work.
+    fn stop_all(&mut self) {
         self.abort_all();
         for n in &mut self.st.nodes {
             if n.status.is_active() {
@@ -253,6 +254,10 @@ impl Machine<'_> {
                 n.deadline = None;
             }
         }
+    }
+
+    fn cancel(&mut self, reason: String) {
+        self.stop_all();
         self.st.status = RunStatus::Cancelled;
         self.st.paused = false;
         self.st.completed_at = Some(self.now);
@@ -1062,15 +1067,7 @@ impl Machine<'_> {
     }
 
     fn fail_run(&mut self, i: usize, err: &TaskError) {
-        self.abort_all();
-        for n in &mut self.st.nodes {
-            if n.status.is_active() {
-                n.status = NodeStatus::Cancelled;
-                n.finished_at = Some(self.now);
-                n.due_at = None;
-                n.deadline = None;
-            }
-        }
+        self.stop_all();
         let error = json!({"node_id": self.plan.nodes[i].id, "code": err.code, "message": err.message});
         self.st.error = Some(error.clone());
         self.st.status = RunStatus::Failed;
