@@ -158,6 +158,28 @@ pub struct Stub {
     pub hits: Arc<Mutex<Vec<Hit>>>,
 }
 
+/// Reads a stub's request into a [`Hit`], records it, and returns how many earlier
+/// hits the same path had.
+async fn record(req: axum::extract::Request, hits: &Mutex<Vec<Hit>>) -> (Hit, usize) {
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+    let hit = Hit {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_string(),
+        query: parts.uri.query().map(str::to_string),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect(),
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    };
+    let mut g = hits.lock().unwrap();
+    let n = g.iter().filter(|x| x.path == hit.path).count();
+    g.push(hit.clone());
+    (hit, n)
+}
+
 impl Stub {
     pub async fn start(respond: Responder) -> Stub {
         let hits: Arc<Mutex<Vec<Hit>>> = Arc::default();
@@ -166,25 +188,7 @@ impl Stub {
             let hits = h.clone();
             let respond = respond.clone();
             async move {
-                let (parts, body) = req.into_parts();
-                let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
-                let hit = Hit {
-                    method: parts.method.to_string(),
-                    path: parts.uri.path().to_string(),
-                    query: parts.uri.query().map(str::to_string),
-                    headers: parts
-                        .headers
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
-                        .collect(),
-                    body: String::from_utf8_lossy(&bytes).into_owned(),
-                };
-                let n = {
-                    let mut g = hits.lock().unwrap();
-                    let n = g.iter().filter(|x| x.path == hit.path).count();
-                    g.push(hit.clone());
-                    n
-                };
+                let (hit, n) = record(req, &hits).await;
                 let (status, body) = respond(&hit, n);
                 (axum::http::StatusCode::from_u16(status).unwrap(), axum::Json(body))
             }
@@ -360,25 +364,7 @@ impl AsyncStub {
             async move {
                 let now = inf.fetch_add(1, Ordering::SeqCst) + 1;
                 mx.fetch_max(now, Ordering::SeqCst);
-                let (parts, body) = req.into_parts();
-                let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
-                let hit = Hit {
-                    method: parts.method.to_string(),
-                    path: parts.uri.path().to_string(),
-                    query: parts.uri.query().map(str::to_string),
-                    headers: parts
-                        .headers
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
-                        .collect(),
-                    body: String::from_utf8_lossy(&bytes).into_owned(),
-                };
-                let n = {
-                    let mut g = hits.lock().unwrap();
-                    let n = g.iter().filter(|x| x.path == hit.path).count();
-                    g.push(hit.clone());
-                    n
-                };
+                let (hit, n) = record(req, &hits).await;
                 let (status, body) = respond(hit, n).await;
                 inf.fetch_sub(1, Ordering::SeqCst);
                 (axum::http::StatusCode::from_u16(status).unwrap(), axum::Json(body))
