@@ -149,6 +149,7 @@ pub fn router(mut state: AppState, opts: &Options) -> Router {
         .merge(seed)
         .route("/health", get(health))
         .route("/readiness", get(readiness))
+        .route("/metrics", get(metrics))
         .route("/openapi.json", get(|| async { axum::Json(openapi::spec()) }))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -234,6 +235,11 @@ async fn readiness(State(app): State<AppState>) -> impl IntoResponse {
             axum::Json(json!({"status": "unavailable", "reason": "store timeout"})),
         ),
     }
+}
+
+/// Prometheus text format; needs a key like every other route (scrapers send a bearer token).
+async fn metrics(State(app): State<AppState>, _caller: auth::Caller) -> impl IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.rt.metrics.render())
 }
 
 async fn version(State(app): State<AppState>, _caller: auth::Caller) -> axum::Json<serde_json::Value> {

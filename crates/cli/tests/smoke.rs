@@ -18,3 +18,17 @@ async fn diamond_runs_d_once_and_completes() {
     let run = srv.get(&format!("/api/v1/runs/{id}")).await.1;
     assert_eq!(run["status"], "COMPLETED");
 }
+
+#[tokio::test]
+async fn metrics_count_runs_and_need_a_key() {
+    let srv = common::start_server(&[]).await;
+    let wf = json!({"nodes": [{"id": "a", "type": "noop"}]});
+    let id = srv.start_run(&wf, json!({})).await;
+    srv.wait_run(&id).await;
+    let text = srv.http.get(format!("{}/metrics", srv.url)).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("aob_runs_started_total 1\n"), "{text}");
+    assert!(text.contains("aob_runs_finished_total{status=\"COMPLETED\"} 1\n"), "{text}");
+    assert!(text.contains("# TYPE aob_commits_total counter"), "{text}");
+    let anonymous = reqwest::Client::new().get(format!("{}/metrics", srv.url)).send().await.unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+}

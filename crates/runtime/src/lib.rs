@@ -15,6 +15,7 @@ mod clock;
 #[doc(hidden)]
 pub mod failpoint;
 mod hub;
+mod metrics;
 mod plans;
 mod reads;
 mod service;
@@ -22,6 +23,7 @@ mod workers;
 
 pub use clock::{Clock, SystemClock};
 pub use hub::{EventHub, HubEvent};
+pub use metrics::Metrics;
 pub use plans::Plans;
 pub use reads::RunReads;
 pub use service::{Handle, Options, PatchRequest, Runtime, RuntimeError, StartRun};

@@ -19,7 +19,7 @@ use aob_model::Workflow;
 use aob_store::{Blob, NewRun, PatchRecord, RunWrite, Store, StoreError, stored_events};
 
 use crate::children::ChildRunner;
-use crate::{Clock, EventHub, HubEvent, Plans, RunReads, failpoint};
+use crate::{Clock, EventHub, HubEvent, Metrics, Plans, RunReads, failpoint};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -103,6 +103,7 @@ pub struct Handle {
     pub plans: Plans,
     pub clock: Arc<dyn Clock>,
     pub reads: RunReads,
+    pub metrics: Metrics,
 }
 
 impl Handle {
@@ -236,6 +237,7 @@ impl Runtime {
             plans: Plans::default(),
             clock,
             reads: RunReads::default(),
+            metrics: Metrics::default(),
         };
         let executors = Executors::new(guard).with_children(Arc::new(ChildRunner { handle: handle.clone() }));
         let shutdown = CancellationToken::new();
@@ -642,7 +644,14 @@ impl Service {
             });
         }
         failpoint!("before_commit");
+        let began = std::time::Instant::now();
         let committed = self.handle.store.commit(writes).await;
+        let m = &self.handle.metrics.0;
+        Metrics::add(&m.commits, 1);
+        Metrics::add(&m.commit_micros, began.elapsed().as_micros() as u64);
+        if committed.is_err() {
+            Metrics::add(&m.commit_failures, 1);
+        }
         if let Err(e) = committed {
             tracing::error!(error = %e, "commit failed; dropping in-memory state of the batch");
             for id in &order {
@@ -663,6 +672,21 @@ impl Service {
             let Some(p) = pending.remove(id) else { continue };
             let Some(live) = self.runs.get(id) else { continue };
             let owner = live.owner.clone();
+            let m = &self.handle.metrics.0;
+            Metrics::add(&m.events, p.events.len() as u64);
+            for e in &p.events {
+                match e.kind.as_str() {
+                    "workflow_started" => Metrics::add(&m.runs_started, 1),
+                    "workflow_completed" => Metrics::add(&m.runs_completed, 1),
+                    "workflow_failed" => Metrics::add(&m.runs_failed, 1),
+                    "workflow_cancelled" => Metrics::add(&m.runs_cancelled, 1),
+                    _ => {}
+                }
+            }
+            Metrics::add(
+                &m.attempts_dispatched,
+                p.actions.iter().filter(|a| matches!(a, Action::Dispatch(_))).count() as u64,
+            );
             for e in rendered.remove(id).unwrap_or_default() {
                 let terminal = matches!(e.kind.as_str(), "workflow_completed" | "workflow_failed" | "workflow_cancelled");
                 published.push(Arc::new(HubEvent {
@@ -697,6 +721,8 @@ impl Service {
                 self.runs.remove(id);
             }
         }
+        Metrics::set(&self.handle.metrics.0.runs_in_memory, self.runs.len() as u64);
+        Metrics::set(&self.handle.metrics.0.timers, self.timers.len() as u64);
     }
 
     /// Applies one input; returns how many events it produced.
