@@ -168,3 +168,48 @@ async fn workflow_patch_history_and_move_commands() {
     let o = aob(&srv, &["-o", "json", "workflow", "show", "t"]).await;
     assert_eq!(json_out(&o)["workflow"]["nodes"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn keys_login_whoami_logout() {
+    let srv = common::start_server(&[]).await;
+    let o = aob(
+        &srv,
+        &["-o", "json", "keys", "create", "--tenant", "acme", "--user", "bob", "--name", "bob-laptop"],
+    )
+    .await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let created = json_out(&o);
+    let key = created["key"].as_str().unwrap().to_string();
+    assert!(key.starts_with("aob_"));
+
+    // login stores the key for this server; later commands find it without --api-key.
+    let home = tempfile::tempdir().unwrap();
+    let bob = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_aob"));
+        cmd.args(["--api-url", &srv.url])
+            .args(args)
+            .env("XDG_CONFIG_HOME", home.path())
+            .env_remove("AOB_API_KEY")
+            .env_remove("AOB_API_URL");
+        cmd.current_dir(home.path());
+        cmd.output()
+    };
+    let o = bob(&["-o", "json", "login", &key]).await.unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = bob(&["-o", "json", "whoami"]).await.unwrap();
+    assert_eq!(json_out(&o)["tenant"], "acme");
+    assert_eq!(json_out(&o)["user"], "bob");
+    let o = bob(&["-o", "json", "keys", "list"]).await.unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    let o = bob(&["logout"]).await.unwrap();
+    assert!(o.status.success());
+    let o = bob(&["whoami"]).await.unwrap();
+    assert_eq!(o.status.code(), Some(2), "no key any more: 401");
+
+    let o = aob(&srv, &["-o", "json", "keys", "list", "--tenant", "acme"]).await;
+    assert_eq!(json_out(&o)["count"], 1);
+    let o = aob(&srv, &["keys", "revoke", created["id"].as_str().unwrap()]).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = bob(&["--api-key", &key, "whoami"]).await.unwrap();
+    assert_eq!(o.status.code(), Some(2), "a revoked key is refused");
+}
