@@ -239,8 +239,13 @@ fn apply_writes(tx: &Connection, writes: &[RunWrite]) -> Result<()> {
         .prepare_cached("UPDATE runs SET status = ?2, active = ?3, started_at = ?4, completed_at = ?5, state = ?6 WHERE run_id = ?1")
         .map_err(backend)?;
     let mut ins_ev = tx
-        .prepare_cached("INSERT INTO events (run_id, seq, owner, kind, body) VALUES (?1, ?2, (SELECT owner FROM runs WHERE run_id = ?1), ?3, ?4)")
+        .prepare_cached("INSERT INTO events (run_id, seq, owner, kind, body) VALUES (?1, ?2, ?3, ?4, ?5)")
         .map_err(backend)?;
+    let many = format!(
+        "INSERT INTO events (run_id, seq, owner, kind, body) VALUES {}",
+        vec!["(?, ?, ?, ?, ?)"; EVENT_ROWS].join(", ")
+    );
+    let mut ins_ev_many = tx.prepare_cached(&many).map_err(backend)?;
     for w in writes {
         let st = &w.state;
         let active = !is_terminal(st.status);
@@ -285,10 +290,31 @@ fn apply_writes(tx: &Connection, writes: &[RunWrite]) -> Result<()> {
             )
             .map_err(backend)?;
         }
-        for e in &w.events {
-            ins_ev
-                .execute(params![e.run_id, e.seq as i64, e.kind, e.body])
-                .map_err(|err| StoreError::Conflict(format!("event {}#{}: {err}", e.run_id, e.seq)))?;
+        // Events go in as multi-row statements, EVENT_ROWS at a time: the cost per
+        // statement, not per row, dominated the writer thread.
+        let owner: String = match &w.create {
+            Some(c) => c.owner.clone(),
+            None => tx
+                .query_row("SELECT owner FROM runs WHERE run_id = ?1", [&st.run_id], |r| r.get(0))
+                .map_err(backend)?,
+        };
+        for chunk in w.events.chunks(EVENT_ROWS) {
+            if chunk.len() == EVENT_ROWS {
+                let seqs: Vec<i64> = chunk.iter().map(|e| e.seq as i64).collect();
+                let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(EVENT_ROWS * 5);
+                for (e, seq) in chunk.iter().zip(&seqs) {
+                    args.extend([&e.run_id as &dyn rusqlite::ToSql, seq, &owner, &e.kind, &e.body]);
+                }
+                ins_ev_many
+                    .execute(args.as_slice())
+                    .map_err(|err| StoreError::Conflict(format!("events of {}: {err}", st.run_id)))?;
+            } else {
+                for e in chunk {
+                    ins_ev
+                        .execute(params![e.run_id, e.seq as i64, owner, e.kind, e.body])
+                        .map_err(|err| StoreError::Conflict(format!("event {}#{}: {err}", e.run_id, e.seq)))?;
+                }
+            }
         }
     }
     Ok(())
@@ -352,6 +378,9 @@ fn chrono_ms(v: &serde_json::Value) -> i64 {
         .map(|t| t.timestamp_millis())
         .unwrap_or(0)
 }
+
+/// Rows per multi-row event insert.
+const EVENT_ROWS: usize = 16;
 
 fn parse_state(json: &str) -> rusqlite::Result<RunState> {
     serde_json::from_str(json).map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
