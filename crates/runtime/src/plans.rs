@@ -11,9 +11,25 @@ use crate::RuntimeError;
 #[derive(Clone, Default)]
 pub struct Plans {
     cache: Arc<Mutex<HashMap<String, Arc<Plan>>>>,
+    /// (hash, owner) pairs whose blob and grant this process has stored.
+    registered: Arc<Mutex<std::collections::HashSet<(String, String)>>>,
 }
 
 impl Plans {
+    pub fn registered(&self, hash: &str, owner: &str) -> bool {
+        self.registered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&(hash.to_string(), owner.to_string()))
+    }
+
+    pub fn mark_registered(&self, hash: &str, owner: &str) {
+        self.registered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((hash.to_string(), owner.to_string()));
+    }
+
     pub fn insert(&self, plan: Arc<Plan>) {
         self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(plan.hash.clone(), plan);
     }

@@ -113,6 +113,11 @@ impl Handle {
             .plans
             .compile(wf)
             .map_err(|issues| RuntimeError::Invalid(issues.iter().map(|i| format!("{}: {}", i.pointer, i.message)).collect::<Vec<_>>().join("; ")))?;
+        // Blobs and grants are never deleted, so once stored they need no second write
+        // (each would be a commit of its own on the run-start path).
+        if self.plans.registered(&plan.hash, owner) {
+            return Ok(plan);
+        }
         self.store
             .put_blob(Blob {
                 hash: plan.hash.clone(),
@@ -122,6 +127,7 @@ impl Handle {
             })
             .await?;
         self.store.grant_blob(&plan.hash, owner).await?;
+        self.plans.mark_registered(&plan.hash, owner);
         Ok(plan)
     }
 
