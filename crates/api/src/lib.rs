@@ -62,6 +62,9 @@ pub(crate) struct Guards {
     pub limits: Arc<limits::Limiters>,
     /// When expired idempotency records were last purged (ms).
     pub idempotency_purged_at: AtomicI64,
+    /// `GET /runs/:id` bodies of finished runs, keyed by run id and valid while the
+    /// runtime's read cache hands out the same record (the same `Arc`).
+    pub rendered: std::sync::Mutex<std::collections::HashMap<String, (Arc<aob_store::RunRecord>, axum::body::Bytes)>>,
 }
 
 impl Guards {
@@ -72,6 +75,7 @@ impl Guards {
             opts,
             limits,
             idempotency_purged_at: AtomicI64::new(0),
+            rendered: Default::default(),
         }
     }
 }
