@@ -929,9 +929,8 @@ impl Service {
         if let Some(cfg) = config {
             // A config override is a patch of the replayed node only; that node and
             // everything after it re-run, so the finished-node lock does not apply.
-            let (plan, wf) = self.patched_plan(run_id, &[serde_json::json!({"op": "replace_node_config", "id": node_id, "config": cfg})])?;
+            let (_, wf) = self.patched_plan(run_id, &[serde_json::json!({"op": "replace_node_config", "id": node_id, "config": cfg})])?;
             let owner = live.owner.to_string();
-            let _ = plan;
             let plan = self.handle.register(wf, &owner).await?;
             let Some(live) = self.runs.get_mut(run_id) else {
                 return Err(RuntimeError::NotFound(run_id.to_string()));
