@@ -682,25 +682,16 @@ impl PgStore {
             return Err(StoreError::Conflict(format!("tag {} is at version {have}, expected {expected}", u.name)));
         }
         let next = (have + 1) as i64;
-        let row: Option<TagRow> = if current.is_some() {
-            query_as(AssertSqlSafe(format!(
-                "UPDATE tags SET hash = $3, version = $4, moved_by = $5, moved_at = $6
-                 WHERE owner = $1 AND name = $2 RETURNING {TAG_COLS}"
-            )))
-            .bind(&u.owner)
-            .bind(&u.name)
-            .bind(&u.hash)
-            .bind(next)
-            .bind(&u.by)
-            .bind(u.at)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_err)?
+        // One statement either way; both take the same parameters.
+        let sql = if current.is_some() {
+            format!("UPDATE tags SET hash = $3, version = $4, moved_by = $5, moved_at = $6 WHERE owner = $1 AND name = $2 RETURNING {TAG_COLS}")
         } else {
-            query_as(AssertSqlSafe(format!(
+            format!(
                 "INSERT INTO tags (owner, name, hash, version, created_by, moved_by, created_at, moved_at)
                  VALUES ($1, $2, $3, $4, $5, $5, $6, $6) ON CONFLICT DO NOTHING RETURNING {TAG_COLS}"
-            )))
+            )
+        };
+        let row: Option<TagRow> = query_as(AssertSqlSafe(sql))
             .bind(&u.owner)
             .bind(&u.name)
             .bind(&u.hash)
@@ -709,8 +700,7 @@ impl PgStore {
             .bind(u.at)
             .fetch_optional(&mut *tx)
             .await
-            .map_err(db_err)?
-        };
+            .map_err(db_err)?;
         // Someone created the tag between our read and our insert: try again (or, with
         // an expected version, the check above will now fail).
         let Some(row) = row else { return Ok(None) };

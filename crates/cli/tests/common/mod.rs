@@ -158,6 +158,21 @@ pub struct Stub {
     pub hits: Arc<Mutex<Vec<Hit>>>,
 }
 
+/// Serves `app` on a fresh loopback port in the background.
+async fn serve_loopback(app: axum::Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
+
+/// The SSRF allow-list entry for one loopback server, and nothing else on loopback.
+fn allow_entry(addr: std::net::SocketAddr) -> String {
+    format!("127.0.0.1:{}", addr.port())
+}
+
 /// Reads a stub's request into a [`Hit`], records it, and returns how many earlier
 /// hits the same path had.
 async fn record(req: axum::extract::Request, hits: &Mutex<Vec<Hit>>) -> (Hit, usize) {
@@ -193,21 +208,17 @@ impl Stub {
                 (axum::http::StatusCode::from_u16(status).unwrap(), axum::Json(body))
             }
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let addr = serve_loopback(app).await;
         Stub { addr, hits }
     }
 
     /// The allow-list entry for this stub, and nothing else on loopback.
     pub fn allow(&self) -> String {
-        format!("127.0.0.1:{}", self.addr.port())
+        allow_entry(self.addr)
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        format!("http://{}{path}", self.addr)
     }
 
     pub fn hits(&self, path: &str) -> Vec<Hit> {
@@ -370,11 +381,7 @@ impl AsyncStub {
                 (axum::http::StatusCode::from_u16(status).unwrap(), axum::Json(body))
             }
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let addr = serve_loopback(app).await;
         AsyncStub {
             addr,
             hits,
@@ -384,11 +391,11 @@ impl AsyncStub {
     }
 
     pub fn allow(&self) -> String {
-        format!("127.0.0.1:{}", self.addr.port())
+        allow_entry(self.addr)
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        format!("http://{}{path}", self.addr)
     }
 
     pub fn hits(&self, path: &str) -> Vec<Hit> {
@@ -417,20 +424,16 @@ impl Redirector {
                 (axum::http::StatusCode::FOUND, [(axum::http::header::LOCATION, location)], "")
             }
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let addr = serve_loopback(app).await;
         Redirector { addr, hits }
     }
 
     pub fn allow(&self) -> String {
-        format!("127.0.0.1:{}", self.addr.port())
+        allow_entry(self.addr)
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        format!("http://{}{path}", self.addr)
     }
 
     pub fn hits(&self) -> usize {
