@@ -14,7 +14,7 @@
 
 mod schema;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -212,6 +212,65 @@ impl PgStore {
             .map_err(db_err)?;
         let _ = conn.close().await;
         Ok(())
+    }
+}
+
+/// Refuses the batch unless every fence is the current epoch of its shard. Runs first in
+/// the commit's transaction and reads the lease rows `FOR SHARE`, held until the commit
+/// ends: a takeover (an update of the row) waits for the commits in flight, and every
+/// commit after it sees the new epoch. Rows are locked in shard order, as claims do.
+async fn check_fences(tx: &mut PgConnection, writes: &[RunWrite]) -> Result<()> {
+    let fences: BTreeSet<(u32, u64)> = writes.iter().filter_map(|w| w.fence).map(|f| (f.shard, f.epoch)).collect();
+    if fences.is_empty() {
+        return Ok(());
+    }
+    let mut shards: Vec<i64> = fences.iter().map(|(s, _)| i64::from(*s)).collect();
+    shards.dedup();
+    let rows: Vec<(i64, i64)> = query_as("SELECT shard, epoch FROM shard_leases WHERE shard = ANY($1) ORDER BY shard FOR SHARE")
+        .bind(&shards)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    let current: BTreeMap<i64, i64> = rows.into_iter().collect();
+    for (shard, epoch) in fences {
+        match current.get(&i64::from(shard)) {
+            Some(e) if *e as u64 == epoch => {}
+            Some(e) => return Err(StoreError::Fenced(format!("shard {shard} is at epoch {e}, the write holds epoch {epoch}"))),
+            None => return Err(StoreError::Fenced(format!("shard {shard} has no lease, the write holds epoch {epoch}"))),
+        }
+    }
+    Ok(())
+}
+
+/// Sorted and without repeats: one upsert may not touch a row twice, and claims lock
+/// rows in shard order so concurrent claims never deadlock.
+fn distinct(shards: &[u32]) -> Vec<i64> {
+    let mut v: Vec<i64> = shards.iter().map(|s| i64::from(*s)).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+type LeaseRow = (i64, String, i64, i64);
+
+fn lease(r: LeaseRow) -> ShardLease {
+    ShardLease {
+        shard: r.0 as u32,
+        owner: r.1,
+        epoch: r.2 as u64,
+        expires_at: r.3,
+    }
+}
+
+type MemberRow = (String, String, String, i64, i64);
+
+fn member(r: MemberRow) -> Member {
+    Member {
+        id: r.0,
+        roles: r.1,
+        addr: r.2,
+        started_at: r.3,
+        seen_at: r.4,
     }
 }
 
@@ -869,6 +928,7 @@ impl Store for PgStore {
             return Ok(());
         }
         let mut tx = self.pool.begin().await.map_err(db_err)?;
+        check_fences(&mut tx, &writes).await?;
         write_batch(&mut tx, &writes, self.events_lock).await?;
         tx.commit().await.map_err(db_err)
     }
@@ -1131,6 +1191,94 @@ impl Store for PgStore {
             .await
             .map_err(db_err)?;
         Ok(r.rows_affected())
+    }
+
+    async fn claim_shards(&self, owner: &str, shards: &[u32], now: i64, ttl_ms: i64) -> Result<Vec<ShardLease>> {
+        let shards = distinct(shards);
+        if shards.is_empty() {
+            return Ok(vec![]);
+        }
+        // One statement: a row is inserted (epoch 1), renewed by its owner (same epoch),
+        // taken over once expired (epoch + 1), or left alone; RETURNING lists exactly the
+        // rows `owner` holds afterwards.
+        let rows: Vec<LeaseRow> = query_as(
+            "WITH claimed AS (
+                 INSERT INTO shard_leases (shard, owner, epoch, expires_at)
+                 SELECT s, $2, 1, $3 FROM UNNEST($1::int8[]) AS s ORDER BY s
+                 ON CONFLICT (shard) DO UPDATE SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at,
+                     epoch = CASE WHEN shard_leases.owner = EXCLUDED.owner THEN shard_leases.epoch ELSE shard_leases.epoch + 1 END
+                 WHERE shard_leases.owner = EXCLUDED.owner OR shard_leases.expires_at <= $4
+                 RETURNING shard, owner, epoch, expires_at
+             )
+             SELECT shard, owner, epoch, expires_at FROM claimed ORDER BY shard",
+        )
+        .bind(&shards)
+        .bind(owner)
+        .bind(now.saturating_add(ttl_ms))
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(rows.into_iter().map(lease).collect())
+    }
+
+    async fn release_shards(&self, owner: &str, shards: &[u32]) -> Result<()> {
+        let shards = distinct(shards);
+        if shards.is_empty() {
+            return Ok(());
+        }
+        // Rows are locked in shard order first, as claims lock them.
+        query(
+            "UPDATE shard_leases SET expires_at = 0
+             WHERE owner = $1 AND shard IN (
+                 SELECT shard FROM shard_leases WHERE owner = $1 AND shard = ANY($2) ORDER BY shard FOR UPDATE
+             )",
+        )
+        .bind(owner)
+        .bind(&shards)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn shard_leases(&self) -> Result<Vec<ShardLease>> {
+        let rows: Vec<LeaseRow> = query_as("SELECT shard, owner, epoch, expires_at FROM shard_leases ORDER BY shard")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(rows.into_iter().map(lease).collect())
+    }
+
+    async fn heartbeat(&self, m: Member) -> Result<()> {
+        query(
+            "INSERT INTO members (id, roles, addr, started_at, seen_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (id) DO UPDATE SET roles = EXCLUDED.roles, addr = EXCLUDED.addr,
+                 started_at = EXCLUDED.started_at, seen_at = EXCLUDED.seen_at",
+        )
+        .bind(&m.id)
+        .bind(&m.roles)
+        .bind(&m.addr)
+        .bind(m.started_at)
+        .bind(m.seen_at)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn members(&self, since: i64) -> Result<Vec<Member>> {
+        let rows: Vec<MemberRow> = query_as("SELECT id, roles, addr, started_at, seen_at FROM members WHERE seen_at >= $1 ORDER BY id")
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(rows.into_iter().map(member).collect())
+    }
+
+    async fn leave(&self, id: &str) -> Result<()> {
+        query("DELETE FROM members WHERE id = $1").bind(id).execute(&self.pool).await.map_err(db_err)?;
+        Ok(())
     }
 }
 

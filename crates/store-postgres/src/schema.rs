@@ -13,7 +13,10 @@ use sqlx_core::migrate::{Migrate, MigrateError, Migration, MigrationType, Migrat
 use sqlx_core::sql_str::SqlSafeStr;
 
 /// `(version, description, sql)`, in order. A test checks this lists every file.
-pub const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../migrations/0001_init.sql")),
+    (2, "cluster", include_str!("../migrations/0002_cluster.sql")),
+];
 
 pub fn migrator() -> Migrator {
     Migrator::with_migrations(

@@ -130,6 +130,7 @@ fn write(run_id: &str, owner: &str, create: bool, seqs: std::ops::RangeInclusive
         events: stored_events(run_id, &events),
         current_hash: None,
         patches: vec![],
+        fence: None,
     }
 }
 
@@ -378,4 +379,64 @@ async fn concurrent_tag_writers_and_idempotency_claims() {
         }
     }
     assert_eq!(claimed, 1, "one request holds the key");
+}
+
+/// Owners racing for the same free shards: each shard goes to exactly one, at epoch 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_claims_give_each_shard_one_owner() {
+    let s = Arc::new(fresh_with(8).await);
+    let shards: Vec<u32> = (0..16).collect();
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let (s, shards) = (s.clone(), shards.clone());
+            // Different orders: claims still lock rows in shard order, so none deadlocks.
+            let shards: Vec<u32> = if i % 2 == 0 { shards } else { shards.into_iter().rev().collect() };
+            tokio::spawn(async move { s.claim_shards(&format!("o{i}"), &shards, 1000, 60_000).await.unwrap() })
+        })
+        .collect();
+    let mut won = Vec::new();
+    for t in tasks {
+        won.extend(t.await.unwrap());
+    }
+    won.sort_by_key(|l| l.shard);
+    assert_eq!(won.iter().map(|l| l.shard).collect::<Vec<_>>(), shards, "every shard claimed exactly once");
+    assert!(won.iter().all(|l| l.epoch == 1));
+    assert_eq!(s.shard_leases().await.unwrap(), won);
+}
+
+/// Once a takeover's claim has returned, the old owner lands nothing more: a commit in
+/// flight during the claim holds the lease row `FOR SHARE`, so the claim waits for it,
+/// and every later commit sees the new epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nothing_of_the_old_owner_lands_after_a_takeover() {
+    let s = Arc::new(fresh_with(6).await);
+    assert_eq!(s.claim_shards("a", &[3], 0, 1000).await.unwrap()[0].epoch, 1);
+    let fence = |mut w: RunWrite, epoch: u64| {
+        w.fence = Some(Fence { shard: 3, epoch });
+        w
+    };
+    s.commit(vec![fence(write("t1", "alice", true, 1..=1), 1)]).await.unwrap();
+    let old_owner = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let mut seq = 2;
+            loop {
+                match s.commit(vec![fence(write("t1", "alice", false, seq..=seq), 1)]).await {
+                    Ok(()) => seq += 1,
+                    Err(StoreError::Fenced(_)) => return seq - 1,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        })
+    };
+    while s.get_run("t1").await.unwrap().unwrap().state.seq < 20 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(s.claim_shards("b", &[3], 1000, 1000).await.unwrap()[0].epoch, 2);
+    let seen = s.get_run("t1").await.unwrap().unwrap().state.seq;
+    let last = old_owner.await.unwrap();
+    assert_eq!(last, seen, "a commit of the old owner landed after the takeover returned");
+    assert_eq!(s.get_run("t1").await.unwrap().unwrap().state.seq, seen);
+    assert_eq!(s.events("t1", 0, 10_000).await.unwrap().len() as u64, seen);
+    s.commit(vec![fence(write("t1", "alice", false, seen + 1..=seen + 1), 2)]).await.unwrap();
 }

@@ -228,7 +228,28 @@ fn is_terminal(s: RunStatus) -> bool {
     s.is_terminal()
 }
 
+/// Refuses a message whose fences are not all current, before it writes anything. It
+/// runs in the message's savepoint, and lease changes go through this same writer
+/// thread, so no takeover can land between the check and the writes.
+fn check_fences(tx: &Connection, writes: &[RunWrite]) -> Result<()> {
+    let fences: std::collections::BTreeSet<(u32, u64)> = writes.iter().filter_map(|w| w.fence).map(|f| (f.shard, f.epoch)).collect();
+    if fences.is_empty() {
+        return Ok(());
+    }
+    let mut st = tx.prepare_cached("SELECT epoch FROM shard_leases WHERE shard = ?1").map_err(backend)?;
+    for (shard, epoch) in fences {
+        let have: Option<i64> = st.query_row([shard], |r| r.get(0)).optional().map_err(backend)?;
+        match have {
+            Some(e) if e as u64 == epoch => {}
+            Some(e) => return Err(StoreError::Fenced(format!("shard {shard} is at epoch {e}, the write holds epoch {epoch}"))),
+            None => return Err(StoreError::Fenced(format!("shard {shard} has no lease, the write holds epoch {epoch}"))),
+        }
+    }
+    Ok(())
+}
+
 fn apply_writes(tx: &Connection, writes: &[RunWrite]) -> Result<()> {
+    check_fences(tx, writes)?;
     let mut ins_run = tx
         .prepare_cached(
             "INSERT INTO runs (run_id, owner, workflow_hash, tag, parent_run_id, idempotency_key, status, active, created_at, started_at, completed_at, state)
@@ -876,6 +897,125 @@ impl Store for SqliteStore {
         .await?;
         Ok(*n.lock().unwrap_or_else(|p| p.into_inner()))
     }
+
+    async fn claim_shards(&self, owner: &str, shards: &[u32], now: i64, ttl_ms: i64) -> Result<Vec<ShardLease>> {
+        let shards = distinct(shards);
+        if shards.is_empty() {
+            return Ok(vec![]);
+        }
+        let owner = owner.to_string();
+        let expires_at = now.saturating_add(ttl_ms);
+        let held: Arc<Mutex<Vec<ShardLease>>> = Arc::default();
+        let out = held.clone();
+        // A write like any other, so it is ordered with the commits it fences.
+        self.exec(Box::new(move |tx| {
+            let mut claim = tx
+                .prepare_cached(
+                    "INSERT INTO shard_leases (shard, owner, epoch, expires_at) VALUES (?1, ?2, 1, ?3)
+                     ON CONFLICT (shard) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at,
+                         epoch = CASE WHEN shard_leases.owner = excluded.owner THEN shard_leases.epoch ELSE shard_leases.epoch + 1 END
+                     WHERE shard_leases.owner = excluded.owner OR shard_leases.expires_at <= ?4",
+                )
+                .map_err(|e| e.to_string())?;
+            let mut get = tx
+                .prepare_cached("SELECT shard, owner, epoch, expires_at FROM shard_leases WHERE shard = ?1 AND owner = ?2")
+                .map_err(|e| e.to_string())?;
+            let mut leases = Vec::new();
+            for shard in shards {
+                claim.execute(params![shard, owner, expires_at, now]).map_err(|e| e.to_string())?;
+                if let Some(l) = get.query_row(params![shard, owner], lease_row).optional().map_err(|e| e.to_string())? {
+                    leases.push(l);
+                }
+            }
+            *out.lock().unwrap_or_else(|p| p.into_inner()) = leases;
+            Ok(())
+        }))
+        .await?;
+        Ok(std::mem::take(&mut *held.lock().unwrap_or_else(|p| p.into_inner())))
+    }
+
+    async fn release_shards(&self, owner: &str, shards: &[u32]) -> Result<()> {
+        let shards = distinct(shards);
+        if shards.is_empty() {
+            return Ok(());
+        }
+        let owner = owner.to_string();
+        self.exec(Box::new(move |tx| {
+            let mut st = tx
+                .prepare_cached("UPDATE shard_leases SET expires_at = 0 WHERE shard = ?1 AND owner = ?2")
+                .map_err(|e| e.to_string())?;
+            for shard in shards {
+                st.execute(params![shard, owner]).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }))
+        .await
+    }
+
+    async fn shard_leases(&self) -> Result<Vec<ShardLease>> {
+        self.read(|c| {
+            let mut st = c.prepare_cached("SELECT shard, owner, epoch, expires_at FROM shard_leases ORDER BY shard")?;
+            st.query_map([], lease_row)?.collect()
+        })
+        .await
+    }
+
+    async fn heartbeat(&self, m: Member) -> Result<()> {
+        self.exec(Box::new(move |tx| {
+            tx.execute(
+                "INSERT INTO members (id, roles, addr, started_at, seen_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (id) DO UPDATE SET roles = excluded.roles, addr = excluded.addr,
+                     started_at = excluded.started_at, seen_at = excluded.seen_at",
+                params![m.id, m.roles, m.addr, m.started_at, m.seen_at],
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        }))
+        .await
+    }
+
+    async fn members(&self, since: i64) -> Result<Vec<Member>> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached("SELECT id, roles, addr, started_at, seen_at FROM members WHERE seen_at >= ?1 ORDER BY id")?;
+            st.query_map([since], member_row)?.collect()
+        })
+        .await
+    }
+
+    async fn leave(&self, id: &str) -> Result<()> {
+        let id = id.to_string();
+        self.exec(Box::new(move |tx| {
+            tx.execute("DELETE FROM members WHERE id = ?1", [id]).map(|_| ()).map_err(|e| e.to_string())
+        }))
+        .await
+    }
+}
+
+/// Sorted and without repeats: the order leases are returned in.
+fn distinct(shards: &[u32]) -> Vec<u32> {
+    let mut v = shards.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+fn lease_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ShardLease> {
+    Ok(ShardLease {
+        shard: r.get(0)?,
+        owner: r.get(1)?,
+        epoch: r.get::<_, i64>(2)? as u64,
+        expires_at: r.get(3)?,
+    })
+}
+
+fn member_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Member> {
+    Ok(Member {
+        id: r.get(0)?,
+        roles: r.get(1)?,
+        addr: r.get(2)?,
+        started_at: r.get(3)?,
+        seen_at: r.get(4)?,
+    })
 }
 
 const IDEM_COLS: &str = "tenant, key, request, body_hash, status, response, created_at";
@@ -973,6 +1113,106 @@ mod tests {
     }
 
     aob_store::store_conformance!(fresh());
+
+    fn create(run_id: &str, fence: Option<Fence>) -> RunWrite {
+        let state = RunState {
+            run_id: run_id.into(),
+            status: RunStatus::Running,
+            inputs: serde_json::json!({}),
+            nodes: vec![],
+            edges: vec![],
+            seq: 1,
+            paused: false,
+            error: None,
+            outputs: None,
+            created_at: 1,
+            started_at: None,
+            completed_at: None,
+            patch_seq: 0,
+            settings: Default::default(),
+        };
+        let event = aob_engine::Event {
+            seq: 1,
+            kind: "workflow_started".into(),
+            node_id: None,
+            attempt: None,
+            at: 1,
+            data: serde_json::json!({}),
+        };
+        RunWrite {
+            create: Some(NewRun {
+                owner: "alice".into(),
+                workflow_hash: "sha256:abc".into(),
+                tag: None,
+                parent_run_id: None,
+                idempotency_key: None,
+            }),
+            state_json: serde_json::to_string(&state).unwrap(),
+            events: stored_events(run_id, &[event]),
+            state,
+            current_hash: None,
+            patches: vec![],
+            fence,
+        }
+    }
+
+    /// Group commit: a stale fence fails its own message (its savepoint is rolled back),
+    /// not the other callers' messages folded into the same transaction.
+    #[tokio::test]
+    async fn a_fenced_message_fails_alone_in_its_group() {
+        let s = fresh().await;
+        assert_eq!(s.claim_shards("a", &[1], 0, 1000).await.unwrap()[0].epoch, 1);
+        // Hold the writer inside a group so the next messages queue up and share the
+        // following transaction.
+        let (release, wait) = mpsc::channel::<()>();
+        let (running, started) = mpsc::channel::<()>();
+        let (held_tx, held) = oneshot::channel();
+        let hold: Job = Box::new(move |_| {
+            let _ = running.send(());
+            let _ = wait.recv();
+            Ok(())
+        });
+        s.tx.send(Msg::Exec(hold, held_tx)).unwrap();
+        started.recv().unwrap();
+        let send = |w: RunWrite| {
+            let (tx, rx) = oneshot::channel();
+            s.tx.send(Msg::Commit(vec![w], tx)).unwrap();
+            rx
+        };
+        let good = send(create("g1", Some(Fence { shard: 1, epoch: 1 })));
+        let stale = send(create("g2", Some(Fence { shard: 1, epoch: 0 })));
+        let plain = send(create("g3", None));
+        release.send(()).unwrap();
+        held.await.unwrap().unwrap();
+        good.await.unwrap().unwrap();
+        assert!(matches!(stale.await.unwrap(), Err(StoreError::Fenced(_))));
+        plain.await.unwrap().unwrap();
+        assert!(s.get_run("g1").await.unwrap().is_some());
+        assert!(s.get_run("g2").await.unwrap().is_none());
+        assert!(s.events("g2", 0, 10).await.unwrap().is_empty());
+        assert!(s.get_run("g3").await.unwrap().is_some());
+    }
+
+    /// A database made by the previous release (user_version 5) gains the new tables.
+    #[tokio::test]
+    async fn migrates_a_database_of_the_previous_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let mut c = Connection::open(&path).unwrap();
+            let tx = c.transaction().unwrap();
+            for step in &schema::STEPS[..5] {
+                tx.execute_batch(step).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 5).unwrap();
+            tx.commit().unwrap();
+        }
+        let s = SqliteStore::open(Options::new(&path)).unwrap();
+        assert_eq!(s.claim_shards("a", &[2], 0, 10).await.unwrap().len(), 1);
+        let c = Connection::open(&path).unwrap();
+        let v: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(v as usize, schema::STEPS.len());
+    }
 
     /// More concurrent reads than pooled readers: the extra ones open their own.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

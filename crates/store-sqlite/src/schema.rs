@@ -2,7 +2,7 @@
 
 use rusqlite::Connection;
 
-const STEPS: &[&str] = &[
+pub(crate) const STEPS: &[&str] = &[
     r#"
 CREATE TABLE blobs (
     hash TEXT PRIMARY KEY,
@@ -130,6 +130,21 @@ CREATE TABLE idempotency (
     PRIMARY KEY (tenant, key)
 );
 CREATE INDEX idempotency_created ON idempotency (created_at);
+"#,
+    r#"
+CREATE TABLE shard_leases (
+    shard INTEGER PRIMARY KEY,
+    owner TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE TABLE members (
+    id TEXT PRIMARY KEY,
+    roles TEXT NOT NULL,
+    addr TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    seen_at INTEGER NOT NULL
+);
 "#,
 ];
 

@@ -54,7 +54,18 @@ fn write(run_id: &str, owner: &str, create: bool, status: RunStatus, seqs: std::
         events: stored_events(run_id, &events),
         current_hash: None,
         patches: vec![],
+        fence: None,
     }
+}
+
+fn fenced(mut w: RunWrite, shard: u32, epoch: u64) -> RunWrite {
+    w.fence = Some(Fence { shard, epoch });
+    w
+}
+
+/// `(shard, owner, epoch, expires_at)` of leases, for compact assertions.
+fn leases(l: &[ShardLease]) -> Vec<(u32, &str, u64, i64)> {
+    l.iter().map(|l| (l.shard, l.owner.as_str(), l.epoch, l.expires_at)).collect()
 }
 
 pub async fn blobs(s: &dyn Store) {
@@ -296,6 +307,107 @@ pub async fn idempotency(s: &dyn Store) {
     assert_eq!(s.claim_idempotency(rec("t2", "k", 500), 0, 0).await.unwrap(), None);
 }
 
+/// Shard leases: first claim at epoch 1, renewals keep the epoch, takeovers (after
+/// expiry or release) move it up by one, an unexpired lease of another owner is left alone.
+pub async fn shard_leases(s: &dyn Store) {
+    assert!(s.shard_leases().await.unwrap().is_empty());
+    let l = s.claim_shards("a", &[3], 1000, 100).await.unwrap();
+    assert_eq!(leases(&l), vec![(3, "a", 1, 1100)], "a first claim gets epoch 1");
+    let l = s.claim_shards("a", &[3], 1050, 100).await.unwrap();
+    assert_eq!(leases(&l), vec![(3, "a", 1, 1150)], "a renewal keeps the epoch and extends the expiry");
+    assert!(s.claim_shards("b", &[3], 1149, 100).await.unwrap().is_empty(), "a's lease has not expired");
+    assert_eq!(leases(&s.shard_leases().await.unwrap()), vec![(3, "a", 1, 1150)]);
+    let l = s.claim_shards("b", &[3], 1150, 100).await.unwrap();
+    assert_eq!(leases(&l), vec![(3, "b", 2, 1250)], "expired at expires_at: b takes it over");
+    assert!(s.claim_shards("a", &[3], 1160, 100).await.unwrap().is_empty(), "a lost it");
+    // Releasing someone else's lease changes nothing; the holder's release frees it at once.
+    s.release_shards("a", &[3]).await.unwrap();
+    assert!(s.claim_shards("c", &[3], 1170, 100).await.unwrap().is_empty());
+    s.release_shards("b", &[3]).await.unwrap();
+    let l = s.claim_shards("c", &[3], 1180, 100).await.unwrap();
+    assert_eq!(leases(&l), vec![(3, "c", 3, 1280)], "released: c claims it at once");
+    // Several shards at once, in shard order; only what c can get.
+    s.claim_shards("d", &[5], 1180, 1000).await.unwrap();
+    let l = s.claim_shards("c", &[7, 5, 3, 1], 1190, 100).await.unwrap();
+    assert_eq!(leases(&l), vec![(1, "c", 1, 1290), (3, "c", 3, 1290), (7, "c", 1, 1290)]);
+    assert_eq!(
+        leases(&s.shard_leases().await.unwrap()),
+        vec![(1, "c", 1, 1290), (3, "c", 3, 1290), (5, "d", 1, 2180), (7, "c", 1, 1290)]
+    );
+    assert!(s.claim_shards("c", &[], 1190, 100).await.unwrap().is_empty());
+    s.release_shards("c", &[]).await.unwrap();
+}
+
+/// A stale owner's write is rejected: once another process took the shard over, a
+/// commit fenced with the old epoch fails with `Fenced` and writes nothing.
+pub async fn fenced_commits(s: &dyn Store) {
+    assert_eq!(s.claim_shards("a", &[3], 1000, 100).await.unwrap()[0].epoch, 1);
+    s.commit(vec![fenced(write("f1", "alice", true, RunStatus::Running, 1..=1, 100), 3, 1)])
+        .await
+        .unwrap();
+    s.commit(vec![fenced(write("f1", "alice", false, RunStatus::Running, 2..=2, 100), 3, 1)])
+        .await
+        .unwrap();
+    assert_eq!(s.claim_shards("b", &[3], 1100, 100).await.unwrap()[0].epoch, 2);
+    let stale = fenced(write("f1", "alice", false, RunStatus::Completed, 3..=3, 100), 3, 1);
+    assert!(matches!(s.commit(vec![stale]).await, Err(StoreError::Fenced(_))));
+    let r = s.get_run("f1").await.unwrap().unwrap();
+    assert_eq!((r.state.seq, r.state.status), (2, RunStatus::Running), "the stale write changed nothing");
+    assert_eq!(s.events("f1", 0, 100).await.unwrap().len(), 2);
+    s.commit(vec![fenced(write("f1", "alice", false, RunStatus::Running, 3..=3, 100), 3, 2)])
+        .await
+        .unwrap();
+    // One stale fence fails the whole batch, good writes included.
+    let mixed = vec![
+        fenced(write("f1", "alice", false, RunStatus::Running, 4..=4, 100), 3, 2),
+        fenced(write("f2", "alice", true, RunStatus::Running, 1..=1, 100), 3, 1),
+    ];
+    assert!(matches!(s.commit(mixed).await, Err(StoreError::Fenced(_))));
+    assert!(s.get_run("f2").await.unwrap().is_none());
+    assert_eq!(s.get_run("f1").await.unwrap().unwrap().state.seq, 3);
+    assert_eq!(s.events("f1", 0, 100).await.unwrap().len(), 3);
+    // A shard nobody holds a lease on fences everything.
+    let unleased = fenced(write("f3", "alice", true, RunStatus::Running, 1..=1, 100), 9, 1);
+    assert!(matches!(s.commit(vec![unleased]).await, Err(StoreError::Fenced(_))));
+    assert!(s.get_run("f3").await.unwrap().is_none());
+    // Releasing keeps the epoch: the holder's writes still pass until someone takes over.
+    s.release_shards("b", &[3]).await.unwrap();
+    s.commit(vec![fenced(write("f1", "alice", false, RunStatus::Running, 4..=4, 100), 3, 2)])
+        .await
+        .unwrap();
+    // Unfenced writes (embedded mode) are never checked.
+    s.commit(vec![write("f1", "alice", false, RunStatus::Completed, 5..=5, 100)]).await.unwrap();
+    s.commit(vec![write("f4", "alice", true, RunStatus::Running, 1..=1, 100)]).await.unwrap();
+    let r = s.get_run("f1").await.unwrap().unwrap();
+    assert_eq!((r.state.seq, r.state.status), (5, RunStatus::Completed));
+    assert_eq!(s.events("f1", 0, 100).await.unwrap().len(), 5);
+}
+
+pub async fn members(s: &dyn Store) {
+    let m = |id: &str, addr: &str, seen_at: i64| Member {
+        id: id.into(),
+        roles: "api,engine".into(),
+        addr: addr.into(),
+        started_at: 50,
+        seen_at,
+    };
+    assert!(s.members(0).await.unwrap().is_empty());
+    s.heartbeat(m("m2", "10.0.0.2:8080", 200)).await.unwrap();
+    s.heartbeat(m("m1", "10.0.0.1:8080", 100)).await.unwrap();
+    assert_eq!(s.members(0).await.unwrap(), vec![m("m1", "10.0.0.1:8080", 100), m("m2", "10.0.0.2:8080", 200)]);
+    // A heartbeat updates the member in place.
+    s.heartbeat(m("m1", "10.0.0.9:8080", 300)).await.unwrap();
+    assert_eq!(s.members(0).await.unwrap().len(), 2);
+    assert_eq!(
+        s.members(200).await.unwrap(),
+        vec![m("m1", "10.0.0.9:8080", 300), m("m2", "10.0.0.2:8080", 200)]
+    );
+    assert_eq!(s.members(201).await.unwrap(), vec![m("m1", "10.0.0.9:8080", 300)], "seen_at >= since");
+    s.leave("m1").await.unwrap();
+    s.leave("nope").await.unwrap();
+    assert_eq!(s.members(0).await.unwrap(), vec![m("m2", "10.0.0.2:8080", 200)]);
+}
+
 /// Generates one `#[tokio::test]` per conformance check. `$make` is an async
 /// expression yielding a fresh backend (anything that derefs to `dyn Store`).
 #[macro_export]
@@ -342,6 +454,21 @@ macro_rules! store_conformance {
             async fn listing() {
                 let s = $make.await;
                 $crate::conformance::listing(&*s).await;
+            }
+            #[tokio::test]
+            async fn shard_leases() {
+                let s = $make.await;
+                $crate::conformance::shard_leases(&*s).await;
+            }
+            #[tokio::test]
+            async fn fenced_commits() {
+                let s = $make.await;
+                $crate::conformance::fenced_commits(&*s).await;
+            }
+            #[tokio::test]
+            async fn members() {
+                let s = $make.await;
+                $crate::conformance::members(&*s).await;
             }
         }
     };

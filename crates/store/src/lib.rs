@@ -23,6 +23,10 @@ pub enum StoreError {
     /// The backend is shutting down or unreachable.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// A write carried a shard lease ([`Fence`]) that is no longer current: another
+    /// process took the shard over. Nothing of the batch was written.
+    #[error("fenced: {0}")]
+    Fenced(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -43,6 +47,8 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_tag(&self, owner: &str, name: &str) -> Result<bool>;
 
     /// Writes run creations, states and events atomically (one transaction for the batch).
+    /// A write with a [`Fence`] is checked against the shard's current lease inside the
+    /// transaction: if any fence is stale, the whole batch fails with `Fenced`.
     async fn commit(&self, writes: Vec<RunWrite>) -> Result<()>;
     async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>>;
     async fn list_runs(&self, filter: RunFilter) -> Result<Vec<RunSummary>>;
@@ -86,4 +92,22 @@ pub trait Store: Send + Sync + 'static {
     async fn release_idempotency(&self, claim: &IdempotencyRecord) -> Result<()>;
     /// Deletes records created before `before`; returns how many.
     async fn purge_idempotency(&self, before: i64) -> Result<u64>;
+
+    /// Claims or renews `owner`'s leases on `shards` until `now + ttl_ms`: each shard
+    /// that has no lease, whose lease expired (`expires_at <= now`), or that `owner`
+    /// already holds. A renewal keeps the epoch; a takeover from another owner (or a
+    /// first claim) moves it up by one. Returns the leases `owner` holds among `shards`
+    /// after the call, in shard order.
+    async fn claim_shards(&self, owner: &str, shards: &[u32], now: i64, ttl_ms: i64) -> Result<Vec<ShardLease>>;
+    /// Gives up `owner`'s leases on `shards`: they expire at once, the epoch stays (the
+    /// next owner's claim moves it up). Shards `owner` does not hold are left alone.
+    async fn release_shards(&self, owner: &str, shards: &[u32]) -> Result<()>;
+    /// Every shard lease, in shard order.
+    async fn shard_leases(&self) -> Result<Vec<ShardLease>>;
+    /// Records that a process is alive (insert or update by id).
+    async fn heartbeat(&self, member: Member) -> Result<()>;
+    /// Processes whose last heartbeat is at or after `since`, by id.
+    async fn members(&self, since: i64) -> Result<Vec<Member>>;
+    /// Forgets a process (graceful shutdown).
+    async fn leave(&self, id: &str) -> Result<()>;
 }

@@ -82,6 +82,49 @@ pub struct RunWrite {
     pub current_hash: Option<String>,
     /// Run patches created or decided by this transition.
     pub patches: Vec<PatchRecord>,
+    /// The shard lease the writer holds for this run (scale-out); `None` in embedded mode.
+    pub fence: Option<Fence>,
+}
+
+/// A shard lease as written with a run: the commit is refused unless the shard's
+/// epoch is still `epoch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fence {
+    pub shard: u32,
+    pub epoch: u64,
+}
+
+/// Which process applies the transitions of a shard's runs, until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardLease {
+    pub shard: u32,
+    pub owner: String,
+    /// Moves up by one each time the shard changes hands: the fencing token.
+    pub epoch: u64,
+    pub expires_at: i64,
+}
+
+/// A live `aob` process of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub id: String,
+    /// Comma-separated roles, e.g. `api,engine,worker`.
+    pub roles: String,
+    /// The address it serves HTTP on.
+    pub addr: String,
+    pub started_at: i64,
+    pub seen_at: i64,
+}
+
+/// The shard of a run: a stable hash (FNV-1a 64) of its id, so every process and
+/// every version of the binary agrees.
+pub fn shard_of(run_id: &str, shards: u32) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in run_id.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % u64::from(shards.max(1))) as u32
 }
 
 /// A run patch: the operations, who sent them, and what became of them.
