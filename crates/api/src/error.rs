@@ -154,6 +154,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(m) => ApiError::not_found(m),
             StoreError::Unavailable(m) => ApiError::new(Code::Unavailable, m),
             StoreError::Backend(m) => ApiError::new(Code::Internal, m),
+            StoreError::Fenced(m) => ApiError::new(Code::Unavailable, m),
         }
     }
 }
@@ -166,6 +167,7 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::Invalid(m) => ApiError::new(Code::ValidationFailed, m),
             RuntimeError::Conflict(m) => ApiError::new(Code::Conflict, m),
             RuntimeError::Stopped => ApiError::new(Code::Unavailable, "the server is shutting down"),
+            RuntimeError::NotOwner(m) | RuntimeError::Unavailable(m) => ApiError::new(Code::Unavailable, m),
             e @ RuntimeError::Rejected { .. } => crate::patches::rejected(e),
         }
     }

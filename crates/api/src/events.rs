@@ -29,6 +29,9 @@ use crate::extract::Query;
 use crate::{AppState, runs};
 
 const PAGE: usize = 1000;
+/// A quiet follower re-reads the store this often: live events from other processes
+/// travel a best-effort bus, so the log has the last word.
+const RECHECK: Duration = Duration::from_secs(3);
 
 #[derive(Deserialize, Default)]
 pub struct StreamQuery {
@@ -159,6 +162,7 @@ pub(crate) async fn follow_run(store: &dyn Store, mut live: broadcast::Receiver<
                     Err(broadcast::error::RecvError::Lagged(_)) => continue 'outer,
                     Err(broadcast::error::RecvError::Closed) => return End::Closed,
                 },
+                _ = tokio::time::sleep(RECHECK) => continue 'outer,
                 _ = sink.closed() => return End::Closed,
             }
         }
@@ -195,6 +199,7 @@ pub(crate) async fn follow_owner(store: &dyn Store, mut live: broadcast::Receive
                     Err(broadcast::error::RecvError::Lagged(_)) => break,
                     Err(broadcast::error::RecvError::Closed) => return End::Closed,
                 },
+                _ = tokio::time::sleep(RECHECK) => break,
                 _ = sink.closed() => return End::Closed,
             }
         }

@@ -88,6 +88,9 @@ pub struct Options {
     pub ws: ws::WsOptions,
     /// The rate limiters' clock (monotonic when `None`).
     pub limit_clock: Option<limits::LimitClock>,
+    /// Serve the API (false: a worker- or engine-only process serves health, readiness
+    /// and metrics only).
+    pub api: bool,
 }
 
 impl Default for Options {
@@ -97,6 +100,7 @@ impl Default for Options {
             rate_limit: Default::default(),
             ws: Default::default(),
             limit_clock: None,
+            api: true,
         }
     }
 }
@@ -148,9 +152,12 @@ pub fn router(mut state: AppState, opts: &Options) -> Router {
         .route("/approvals/{id}/decide", post(approvals::decide));
     let api = guarded(api, &state);
     let seed = guarded(Router::new().route("/api/approval", post(approvals::seed)), &state);
-    Router::new()
-        .nest("/api/v1", api)
-        .merge(seed)
+    let routes = if opts.api {
+        Router::new().nest("/api/v1", api).merge(seed)
+    } else {
+        Router::new()
+    };
+    routes
         .route("/health", get(health))
         .route("/readiness", get(readiness))
         .route("/metrics", get(metrics))
@@ -228,15 +235,16 @@ async fn readiness(State(app): State<AppState>) -> impl IntoResponse {
         limit: 1,
         ..Default::default()
     };
-    match tokio::time::timeout(Duration::from_secs(2), app.rt.store.list_runs(probe)).await {
+    let checks = async {
+        app.rt.store.list_runs(probe).await.map_err(|e| e.to_string())?;
+        app.rt.check_bus().await
+    };
+    match tokio::time::timeout(Duration::from_secs(2), checks).await {
         Ok(Ok(_)) => (StatusCode::OK, axum::Json(json!({"status": "ready"}))),
-        Ok(Err(e)) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"status": "unavailable", "reason": e.to_string()})),
-        ),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "unavailable", "reason": e}))),
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"status": "unavailable", "reason": "store timeout"})),
+            axum::Json(json!({"status": "unavailable", "reason": "store or bus timeout"})),
         ),
     }
 }

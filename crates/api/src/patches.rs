@@ -45,7 +45,14 @@ pub fn rejected(e: RuntimeError) -> ApiError {
             };
             let summary = issues
                 .iter()
-                .map(|i| format!("{}: {}", if i.pointer.is_empty() { "/" } else { &i.pointer }, i.message))
+                .map(|i| {
+                    let pointer = i["pointer"].as_str().unwrap_or_default();
+                    format!(
+                        "{}: {}",
+                        if pointer.is_empty() { "/" } else { pointer },
+                        i["message"].as_str().unwrap_or_default()
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join("; ");
             ApiError::new(c, format!("patch refused ({status_code}): {summary}")).with_details(json!({"reason": status_code, "errors": issues}))

@@ -37,6 +37,35 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// Key prefix for everything aob keeps in Redis.
     pub redis_prefix: String,
+    /// What this process does when it is part of a cluster (`database_url` and
+    /// `redis_url` both set): `api`, `engine`, `worker` or `worker:<type>+<type>`, comma-separated.
+    pub roles: String,
+    pub cluster: Cluster,
+    /// How long a pulled attempt stays leased without a heartbeat (a dead worker's
+    /// attempt is redelivered after this).
+    pub visibility_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Cluster {
+    /// Shards runs are partitioned into; every process of a cluster must use the same number.
+    pub shards: u32,
+    /// How long an engine's shard lease lasts without renewal: the takeover delay when
+    /// an engine dies (renewed every third of it).
+    pub lease_ttl_ms: u64,
+    /// How long a call forwarded to another engine waits for its answer (then 503).
+    pub call_timeout_ms: u64,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            shards: 16,
+            lease_ttl_ms: 10_000,
+            call_timeout_ms: 30_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -82,6 +111,9 @@ impl Default for Config {
             database_max_connections: 16,
             redis_url: None,
             redis_prefix: "aob".into(),
+            roles: "api,engine,worker".into(),
+            cluster: Cluster::default(),
+            visibility_ms: 30_000,
         }
     }
 }
@@ -99,6 +131,8 @@ pub struct Overrides {
     pub database_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub roles: Option<String>,
 }
 
 impl Config {
@@ -121,12 +155,30 @@ impl Config {
         Ok(cfg)
     }
 
+    /// PostgreSQL and Redis both set: this process is a member of a cluster.
+    pub fn clustered(&self) -> bool {
+        self.database_url.is_some() && self.redis_url.is_some()
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
         if !matches!(self.durability.as_str(), "fsync" | "process") {
             anyhow::bail!("durability must be fsync or process, not '{}'", self.durability);
         }
         if !matches!(self.log.format.as_str(), "pretty" | "json") {
             anyhow::bail!("log.format must be pretty or json, not '{}'", self.log.format);
+        }
+        let roles = aob_runtime::Roles::parse(&self.roles).map_err(|e| anyhow::anyhow!("roles: {e}"))?;
+        if roles != aob_runtime::Roles::all() && !self.clustered() {
+            anyhow::bail!("roles other than api,engine,worker need a cluster: set database_url and redis_url");
+        }
+        if self.cluster.shards == 0 || self.cluster.shards > 4096 {
+            anyhow::bail!("cluster.shards must be between 1 and 4096, not {}", self.cluster.shards);
+        }
+        if self.cluster.lease_ttl_ms < 300 {
+            anyhow::bail!("cluster.lease_ttl_ms must be at least 300");
+        }
+        if self.visibility_ms < 100 {
+            anyhow::bail!("visibility_ms must be at least 100");
         }
         for a in &self.ssrf.allow {
             a.parse::<aob_ssrf::AllowRule>().map_err(|e| anyhow::anyhow!("ssrf.allow entry '{a}': {e}"))?;

@@ -104,9 +104,14 @@ pub struct ServeArgs {
     /// Keep state in PostgreSQL instead of the embedded SQLite store.
     #[arg(long)]
     database_url: Option<String>,
-    /// Dispatch attempts through Redis Streams instead of the in-process queue.
+    /// Dispatch attempts through Redis Streams instead of the in-process queue. With
+    /// --database-url too, this process joins a cluster (several `aob serve` share the work).
     #[arg(long)]
     redis_url: Option<String>,
+    /// What this process does in a cluster: api, engine, worker or worker:<type>+<type>,
+    /// comma-separated (default: all of them).
+    #[arg(long)]
+    roles: Option<String>,
     /// Allow outbound requests to this IP/CIDR/IP:port despite the SSRF rules (repeatable).
     #[arg(long = "ssrf-allow")]
     ssrf_allow: Vec<String>,
@@ -120,6 +125,7 @@ impl ServeArgs {
             durability: self.durability.clone(),
             database_url: self.database_url.clone(),
             redis_url: self.redis_url.clone(),
+            roles: self.roles.clone(),
         };
         config::Config::load(self.config.as_ref(), flags, &self.ssrf_allow)
     }

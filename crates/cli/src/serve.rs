@@ -1,4 +1,5 @@
-//! `aob serve`: the embedded store, the runtime and the API in one process.
+//! `aob serve`: the store, the runtime and the API; embedded (SQLite) by default, a
+//! cluster member over PostgreSQL and Redis.
 
 use std::sync::Arc;
 
@@ -51,31 +52,64 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
     let started_at = aob_runtime::Clock::now_ms(&*clock);
     let opts = aob_runtime::Options {
         max_tasks: cfg.max_tasks,
+        visibility: std::time::Duration::from_millis(cfg.visibility_ms),
         ..Default::default()
     };
     let dispatch_opts = aob_dispatch::Options {
         visibility: opts.visibility,
         ..Default::default()
     };
-    let dispatch: Arc<dyn aob_dispatch::Dispatch> = match &cfg.redis_url {
-        Some(url) => {
-            // One consumer name per process start: a restarted process must not
-            // inherit a dead one's pending entries except through XAUTOCLAIM.
-            let consumer = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
-            Arc::new(
-                aob_dispatch_redis::RedisDispatch::connect(url, &cfg.redis_prefix, &consumer, dispatch_opts)
-                    .await
-                    .context("connecting to Redis")?,
-            )
-        }
-        None => Arc::new(aob_dispatch::MemoryDispatch::new(dispatch_opts)),
-    };
-    let runtime = Runtime::start(opts, store, dispatch, guard, clock);
+    let roles = aob_runtime::Roles::parse(&cfg.roles).map_err(|e| anyhow::anyhow!("roles: {e}"))?;
     let listener = tokio::net::TcpListener::bind(&cfg.addr)
         .await
         .with_context(|| format!("binding {}", cfg.addr))?;
     let addr = listener.local_addr()?;
-    bootstrap_admin(&runtime.handle, &cfg.data_dir).await?;
+    // One name per process start: a restarted process must not inherit a dead one's
+    // pending entries (or shard leases) except through reclaim and expiry.
+    let member = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
+    let runtime = match (&cfg.redis_url, cfg.clustered()) {
+        (Some(url), true) => {
+            let work = aob_dispatch_redis::RedisDispatch::connect(url, &cfg.redis_prefix, &member, dispatch_opts)
+                .await
+                .context("connecting to Redis")?;
+            let lease_ttl = std::time::Duration::from_millis(cfg.cluster.lease_ttl_ms);
+            // Control entries of a dead engine go to the shard's next owner after one
+            // lease TTL; an entry refused that often (shards moving) is a dead letter.
+            let control_opts = aob_dispatch::Options {
+                visibility: lease_ttl,
+                max_deliveries: 50,
+            };
+            let control = aob_dispatch_redis::RedisDispatch::connect(url, &format!("{}:ctl", cfg.redis_prefix), &member, control_opts)
+                .await
+                .context("connecting to Redis")?;
+            let bus = aob_dispatch_redis::RedisBus::connect(url, &cfg.redis_prefix)
+                .await
+                .context("connecting to Redis")?;
+            let cluster = aob_runtime::ClusterOptions {
+                id: member,
+                roles: roles.clone(),
+                addr: addr.to_string(),
+                shards: cfg.cluster.shards,
+                lease_ttl,
+                call_timeout: std::time::Duration::from_millis(cfg.cluster.call_timeout_ms),
+                control: Arc::new(control),
+                bus: Arc::new(bus),
+            };
+            Runtime::start_cluster(opts, cluster, store, Arc::new(work), guard, clock)
+                .await
+                .context("joining the cluster")?
+        }
+        (Some(url), false) => {
+            let work = aob_dispatch_redis::RedisDispatch::connect(url, &cfg.redis_prefix, &member, dispatch_opts)
+                .await
+                .context("connecting to Redis")?;
+            Runtime::start(opts, store, Arc::new(work), guard, clock)
+        }
+        (None, _) => Runtime::start(opts, store, Arc::new(aob_dispatch::MemoryDispatch::new(dispatch_opts)), guard, clock),
+    };
+    if roles.api {
+        bootstrap_admin(&runtime.handle, &cfg.data_dir).await?;
+    }
     let keys = aob_api::auth::Keys::new(runtime.handle.store.clone());
     let state = aob_api::AppState::new(runtime.handle.clone(), keys, started_at);
     let api_opts = aob_api::Options {
@@ -83,6 +117,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         rate_limit: cfg.rate_limit.clone(),
         ws: cfg.ws.clone(),
         limit_clock: None,
+        api: roles.api,
     };
     let app = aob_api::router(state, &api_opts);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

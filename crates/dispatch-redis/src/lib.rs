@@ -54,6 +54,7 @@
 //! swallowed by a dedupe key that outlived its entry; a group or stream that vanished is
 //! re-created by the next push or pull. Run Redis with `maxmemory-policy noeviction`.
 
+mod bus;
 mod scripts;
 
 use std::collections::HashMap;
@@ -67,6 +68,7 @@ use tokio::time::Instant;
 
 use aob_dispatch::{Dispatch, DispatchError, Envelope, Lease, Options, Result};
 
+pub use bus::RedisBus;
 use scripts::{DEAD_SCRIPT, PULL_SCRIPT, PUSH_SCRIPT, SETTLE_SCRIPT};
 
 /// The consumer group of every queue stream.

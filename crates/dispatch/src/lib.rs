@@ -7,6 +7,7 @@
 //! run state before they are pushed, so a lost entry is re-pushed by recovery and a
 //! duplicate is dropped by the engine (it ignores completions of stale attempts).
 
+mod bus;
 pub mod conformance;
 mod memory;
 
@@ -15,6 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub use bus::{Bus, BusMessage, MemoryBus};
 pub use memory::MemoryDispatch;
 
 #[derive(Debug, thiserror::Error)]

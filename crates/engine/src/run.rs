@@ -50,7 +50,7 @@ pub enum Input {
     },
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Decision {
     pub approved: bool,
     pub comment: Option<String>,

@@ -10,8 +10,10 @@
 //! - a run's transitions are applied by exactly one loop, one at a time;
 //! - a run with nothing in flight is not kept in memory (only its next timer is).
 
+mod calls;
 mod children;
 mod clock;
+pub mod cluster;
 #[doc(hidden)]
 pub mod failpoint;
 mod hub;
@@ -21,9 +23,11 @@ mod reads;
 mod service;
 mod workers;
 
+pub use calls::PatchRequest;
 pub use clock::{Clock, SystemClock};
+pub use cluster::{ClusterOptions, Roles};
 pub use hub::{EventHub, HubEvent};
 pub use metrics::Metrics;
 pub use plans::Plans;
 pub use reads::RunReads;
-pub use service::{Handle, Options, PatchRequest, Runtime, RuntimeError, StartRun};
+pub use service::{Handle, Options, Runtime, RuntimeError, StartRun};

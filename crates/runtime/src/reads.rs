@@ -52,4 +52,11 @@ impl RunReads {
             g.runs.remove(id);
         }
     }
+
+    /// Forgets everything (the invalidations of other processes may have been lost).
+    pub fn clear(&self) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.generation += 1;
+        g.runs.clear();
+    }
 }

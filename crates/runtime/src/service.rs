@@ -11,14 +11,15 @@ use tokio_util::sync::CancellationToken;
 use aob_dispatch::{Dispatch, Envelope, Lease};
 
 use aob_engine::{Action, Decision, Input, NodeStatus, Outcome, Plan, RunSettings, RunState, RunStatus, Task, TaskId, apply, in_flight};
-use aob_exec::Executors;
 use aob_model::NodeKind;
 
 use crate::workers::{Pool, Running};
 use aob_model::Workflow;
 use aob_store::{Blob, NewRun, PatchRecord, RunWrite, Store, StoreError, stored_events};
 
-use crate::children::ChildRunner;
+use crate::calls::{Answer, Call, PatchRequest, issue_values};
+use crate::cluster::{ClusterOptions, Link, ShardChange, Shards};
+use crate::workers::Completions;
 use crate::{Clock, EventHub, HubEvent, Metrics, Plans, RunReads, failpoint};
 
 #[derive(Debug, Clone)]
@@ -53,9 +54,16 @@ pub enum RuntimeError {
     Conflict(String),
     #[error("the engine is stopping")]
     Stopped,
-    /// A patch or replay was refused; `code` names the main reason, `issues` lists all.
-    #[error("{code}: {}", issues.iter().map(|i| format!("{} {}", i.pointer, i.message)).collect::<Vec<_>>().join("; "))]
-    Rejected { code: &'static str, issues: Vec<aob_model::Issue> },
+    /// This process does not own the run's shard (any more); the call goes to the owner.
+    #[error("not the owner: {0}")]
+    NotOwner(String),
+    /// No engine answered (scale-out: the owner is down, or Redis is).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// A patch or replay was refused; `code` names the main reason, `issues` lists all
+    /// (as served: `{pointer, code, message, severity}`).
+    #[error("{code}: {}", issues.iter().map(|i| format!("{} {}", i["pointer"].as_str().unwrap_or(""), i["message"].as_str().unwrap_or(""))).collect::<Vec<_>>().join("; "))]
+    Rejected { code: &'static str, issues: Vec<Value> },
 }
 
 /// What it takes to start a run.
@@ -71,33 +79,34 @@ pub struct StartRun {
     pub settings: RunSettings,
 }
 
-/// A run patch as submitted.
-#[derive(Debug, Clone)]
-pub struct PatchRequest {
-    pub operations: Vec<Value>,
-    pub description: String,
-    pub node_id: Option<String>,
-    pub by: String,
-}
+pub(crate) type Answering = oneshot::Sender<Result<Answer, RuntimeError>>;
 
 pub(crate) enum Command {
-    Start(Box<StartRun>, oneshot::Sender<Result<RunState, RuntimeError>>),
-    Control(String, Input, oneshot::Sender<Result<RunState, RuntimeError>>),
-    /// A decision on a waiting `hitl` node: (run, node id, activation, decision).
-    Decide(String, String, u32, Decision, oneshot::Sender<Result<bool, RuntimeError>>),
-    Patch(String, PatchRequest, oneshot::Sender<Result<PatchRecord, RuntimeError>>),
-    /// Review of a pending patch: (run, seq, approve, by, reason).
-    PatchDecision(String, u64, bool, String, Option<String>, oneshot::Sender<Result<PatchRecord, RuntimeError>>),
-    /// Re-run a node of a finished run: (run, node id, config override, by, reason).
-    Replay(String, String, Option<Value>, String, String, oneshot::Sender<Result<RunState, RuntimeError>>),
+    Call(Box<Call>, Answering),
     /// An attempt finished; its lease is acknowledged once the result is committed.
     Done(String, TaskId, Outcome, Option<Lease>),
+    /// Scale-out: shards this process gained (recover their runs) and lost (forget them).
+    Shards(ShardChange, oneshot::Sender<()>),
+}
+
+/// Where calls go: the engine loop of this process, or (scale-out) the run's owner.
+#[derive(Clone)]
+pub(crate) enum Router {
+    Local(mpsc::Sender<Command>),
+    Cluster(Arc<Link>),
+}
+
+/// Sends a call to this process's engine loop and waits for its answer.
+pub(crate) async fn call_local(tx: &mpsc::Sender<Command>, call: Call) -> Result<Answer, RuntimeError> {
+    let (otx, orx) = oneshot::channel();
+    tx.send(Command::Call(Box::new(call), otx)).await.map_err(|_| RuntimeError::Stopped)?;
+    orx.await.map_err(|_| RuntimeError::Stopped)?
 }
 
 /// Cheap to clone: everything the API needs to talk to the engine.
 #[derive(Clone)]
 pub struct Handle {
-    tx: mpsc::Sender<Command>,
+    router: Router,
     pub store: Arc<dyn Store>,
     pub hub: EventHub,
     pub plans: Plans,
@@ -131,70 +140,107 @@ impl Handle {
         Ok(plan)
     }
 
+    async fn call(&self, call: Call) -> Result<Answer, RuntimeError> {
+        match &self.router {
+            Router::Local(tx) => call_local(tx, call).await,
+            Router::Cluster(link) => link.call(call).await,
+        }
+    }
+
     /// Starts a run; returns its state once the start is committed.
     pub async fn start(&self, req: StartRun) -> Result<RunState, RuntimeError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx.send(Command::Start(Box::new(req), tx)).await.map_err(|_| RuntimeError::Stopped)?;
-        rx.await.map_err(|_| RuntimeError::Stopped)?
+        // The loop finds the plan by hash; it is in the cache (and the store) already.
+        self.plans.insert(req.plan.clone());
+        self.call(Call::Start {
+            run_id: req.run_id,
+            owner: req.owner,
+            plan_hash: req.plan.hash.clone(),
+            inputs: req.inputs,
+            tag: req.tag,
+            parent_run_id: req.parent_run_id,
+            idempotency_key: req.idempotency_key,
+            settings: req.settings,
+        })
+        .await?
+        .state()
     }
 
     /// Cancel, pause or resume; returns the committed state.
     pub async fn control(&self, run_id: &str, input: Input) -> Result<RunState, RuntimeError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Control(run_id.to_string(), input, tx))
-            .await
-            .map_err(|_| RuntimeError::Stopped)?;
-        rx.await.map_err(|_| RuntimeError::Stopped)?
+        let run_id = run_id.to_string();
+        let call = match input {
+            Input::Cancel { reason } => Call::Cancel { run_id, reason },
+            Input::Pause => Call::Pause { run_id },
+            Input::Resume => Call::Resume { run_id },
+            other => return Err(RuntimeError::Invalid(format!("{other:?} is not a control input"))),
+        };
+        self.call(call).await?.state()
     }
 
     /// Decides a waiting approval. `Ok(false)`: the node was no longer waiting (decided,
     /// timed out or cancelled), and nothing changed.
     pub async fn decide(&self, run_id: &str, node_id: &str, activation: u32, decision: Decision) -> Result<bool, RuntimeError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Decide(run_id.to_string(), node_id.to_string(), activation, decision, tx))
-            .await
-            .map_err(|_| RuntimeError::Stopped)?;
-        rx.await.map_err(|_| RuntimeError::Stopped)?
+        self.call(Call::Decide {
+            run_id: run_id.to_string(),
+            node_id: node_id.to_string(),
+            activation,
+            decision,
+        })
+        .await?
+        .applied()
     }
 
     /// Validates and applies (or, under review, records) a run patch.
-    pub async fn patch(&self, run_id: &str, req: PatchRequest) -> Result<PatchRecord, RuntimeError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Patch(run_id.to_string(), req, tx))
-            .await
-            .map_err(|_| RuntimeError::Stopped)?;
-        rx.await.map_err(|_| RuntimeError::Stopped)?
+    pub async fn patch(&self, run_id: &str, request: PatchRequest) -> Result<PatchRecord, RuntimeError> {
+        self.call(Call::Patch {
+            run_id: run_id.to_string(),
+            request,
+        })
+        .await?
+        .patch()
     }
 
     /// Approves (applies, if it still applies) or rejects a pending patch.
     pub async fn decide_patch(&self, run_id: &str, seq: u64, approve: bool, by: &str, reason: Option<String>) -> Result<PatchRecord, RuntimeError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::PatchDecision(run_id.to_string(), seq, approve, by.to_string(), reason, tx))
-            .await
-            .map_err(|_| RuntimeError::Stopped)?;
-        rx.await.map_err(|_| RuntimeError::Stopped)?
+        self.call(Call::PatchDecision {
+            run_id: run_id.to_string(),
+            seq,
+            approve,
+            by: by.to_string(),
+            reason,
+        })
+        .await?
+        .patch()
     }
 
     /// Re-runs `node_id` (with an optional config override) of a finished run and
     /// everything downstream of it.
     pub async fn replay(&self, run_id: &str, node_id: &str, config: Option<Value>, by: &str, reason: &str) -> Result<RunState, RuntimeError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Replay(
-                run_id.to_string(),
-                node_id.to_string(),
-                config,
-                by.to_string(),
-                reason.to_string(),
-                tx,
-            ))
-            .await
-            .map_err(|_| RuntimeError::Stopped)?;
-        rx.await.map_err(|_| RuntimeError::Stopped)?
+        self.call(Call::Replay {
+            run_id: run_id.to_string(),
+            node_id: node_id.to_string(),
+            config,
+            by: by.to_string(),
+            reason: reason.to_string(),
+        })
+        .await?
+        .state()
+    }
+
+    /// Scale-out: whether the bus (Redis) answers; always fine in embedded mode.
+    pub async fn check_bus(&self) -> Result<(), String> {
+        match &self.router {
+            Router::Local(_) => Ok(()),
+            Router::Cluster(link) => link.opts.bus.publish("ping", vec![]).await.map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Scale-out: the shards this process holds (empty in embedded mode).
+    pub fn shards_held(&self) -> Vec<u32> {
+        match &self.router {
+            Router::Local(_) => vec![],
+            Router::Cluster(link) => link.shards.held().keys().copied().collect(),
+        }
     }
 
     /// A run as stored, served from the read cache when it is finished.
@@ -210,8 +256,9 @@ impl Handle {
             if rec.state.status.is_terminal() {
                 return Ok(rec.state);
             }
-            // Any event (or a lag, or a quiet minute) is a reason to look again.
-            let _ = tokio::time::timeout(Duration::from_secs(60), async {
+            // Any event (or a lag, or a quiet while) is a reason to look again; live
+            // events from other processes are best-effort, so the store has the last word.
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
                 loop {
                     match rx.recv().await {
                         Ok(e) if e.terminal => return,
@@ -228,61 +275,84 @@ impl Handle {
 pub struct Runtime {
     pub handle: Handle,
     shutdown: CancellationToken,
-    join: tokio::task::JoinHandle<()>,
-    workers: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Runtime {
-    /// Starts the engine loop; recovery of unfinished runs happens before the first command.
+    /// Starts the embedded runtime (engine loop and workers in this process);
+    /// recovery of unfinished runs happens before the first command.
     pub fn start(opts: Options, store: Arc<dyn Store>, dispatch: Arc<dyn Dispatch>, guard: aob_ssrf::Guard, clock: Arc<dyn Clock>) -> Runtime {
         let (tx, rx) = mpsc::channel(65_536);
-        let handle = Handle {
-            tx: tx.clone(),
-            store: store.clone(),
+        let handle = Handle::new(Router::Local(tx.clone()), store, clock);
+        let shutdown = CancellationToken::new();
+        let running = Running::default();
+        let mut tasks = vec![Pool::new(&opts, &handle, dispatch.clone(), guard, Completions::Local(tx), running.clone(), vec![]).spawn(shutdown.clone())];
+        let service = Service::new(&opts, handle.clone(), rx, dispatch, running, None);
+        tasks.push(tokio::spawn(service.run(shutdown.clone())));
+        Runtime { handle, shutdown, tasks }
+    }
+
+    /// Starts this process's part of a cluster (see [`crate::cluster`]): the engine
+    /// loop with its lease keeper and control pump when it has the engine role, workers
+    /// when it has the worker role, and in every case the router and the event relay.
+    pub async fn start_cluster(
+        opts: Options,
+        cluster: ClusterOptions,
+        store: Arc<dyn Store>,
+        dispatch: Arc<dyn Dispatch>,
+        guard: aob_ssrf::Guard,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Runtime, RuntimeError> {
+        let roles = cluster.roles.clone();
+        let (tx, rx) = mpsc::channel(65_536);
+        let link = Arc::new(Link::new(cluster, roles.engine.then(|| tx.clone())));
+        let handle = Handle::new(Router::Cluster(link.clone()), store.clone(), clock.clone());
+        let shutdown = CancellationToken::new();
+        link.listen(handle.hub.clone(), handle.reads.clone(), shutdown.clone()).await?;
+        let running = Running::default();
+        let mut tasks = Vec::new();
+        if let Some(types) = roles.worker.clone() {
+            let pool = Pool::new(
+                &opts,
+                &handle,
+                dispatch.clone(),
+                guard,
+                Completions::Cluster(link.clone()),
+                running.clone(),
+                types,
+            );
+            tasks.push(pool.spawn(shutdown.clone()));
+        }
+        if roles.engine {
+            let service = Service::new(&opts, handle.clone(), rx, dispatch, running, Some(link.clone()));
+            tasks.push(tokio::spawn(service.run(shutdown.clone())));
+            tasks.push(link.spawn_pump(tx.clone(), shutdown.clone()));
+            tasks.push(link.spawn_leases(store, clock, tx, shutdown.clone()));
+        }
+        Ok(Runtime { handle, shutdown, tasks })
+    }
+
+    /// Stops taking commands and waits for the loop to finish its current batch (and,
+    /// in a cluster, for this process's shard leases to be given up).
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Handle {
+    fn new(router: Router, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Handle {
+        Handle {
+            router,
+            store,
             hub: EventHub::new(4096),
             plans: Plans::default(),
             clock,
             reads: RunReads::default(),
             metrics: Metrics::default(),
-        };
-        let executors = Executors::new(guard).with_children(Arc::new(ChildRunner { handle: handle.clone() }));
-        let shutdown = CancellationToken::new();
-        let running = Running::default();
-        let pool = Pool {
-            dispatch: dispatch.clone(),
-            executors,
-            tx,
-            running: running.clone(),
-            max_tasks: opts.max_tasks,
-            visibility: opts.visibility,
-        };
-        let workers = pool.spawn(shutdown.clone());
-        let service = Service {
-            rx,
-            handle: handle.clone(),
-            dispatch,
-            runs: HashMap::new(),
-            timers: BTreeSet::new(),
-            wake: HashMap::new(),
-            running,
-            outbox: Vec::new(),
-            max_batch: opts.max_batch.max(1),
-        };
-        let token = shutdown.clone();
-        let join = tokio::spawn(service.run(token));
-        Runtime {
-            handle,
-            shutdown,
-            join,
-            workers,
         }
-    }
-
-    /// Stops taking commands and waits for the loop to finish its current batch.
-    pub async fn shutdown(self) {
-        self.shutdown.cancel();
-        let _ = self.join.await;
-        let _ = self.workers.await;
     }
 }
 
@@ -325,6 +395,16 @@ fn refresh_deadlines(plan: &Plan, st: &mut RunState, now: i64) {
     }
 }
 
+/// What every caller of a failed group commit is told.
+fn batch_error(e: &RuntimeError) -> RuntimeError {
+    match e {
+        RuntimeError::Conflict(m) => RuntimeError::Conflict(m.clone()),
+        RuntimeError::NotOwner(m) => RuntimeError::NotOwner(m.clone()),
+        RuntimeError::Unavailable(m) | RuntimeError::Store(StoreError::Unavailable(m)) => RuntimeError::Unavailable(m.clone()),
+        other => RuntimeError::Store(StoreError::Backend(other.to_string())),
+    }
+}
+
 /// Records that `id` takes part in this batch, keeping first-seen order.
 fn note(order: &mut Vec<String>, pending: &mut HashMap<String, Pending>, id: &str) {
     if !pending.contains_key(id) {
@@ -349,16 +429,21 @@ struct Pending {
 }
 
 enum Reply {
-    State(String, oneshot::Sender<Result<RunState, RuntimeError>>),
+    State(String, Answering),
     /// Whether the input changed the run (a decision on a node no longer waiting does not).
-    Applied(bool, oneshot::Sender<Result<bool, RuntimeError>>),
-    Patch(Box<PatchRecord>, oneshot::Sender<Result<PatchRecord, RuntimeError>>),
+    Applied(bool, Answering),
+    Patch(Box<PatchRecord>, Answering),
 }
 
 struct Service {
     rx: mpsc::Receiver<Command>,
     handle: Handle,
+    /// The work queues (attempts go out, aborted attempts' leases are released here).
     dispatch: Arc<dyn Dispatch>,
+    /// Scale-out: the shards held, the control streams (completions are acknowledged
+    /// there) and the bus (events go out there).
+    link: Option<Arc<Link>>,
+    shards: Option<Shards>,
     runs: HashMap<String, Live>,
     timers: BTreeSet<(i64, String)>,
     wake: HashMap<String, i64>,
@@ -369,8 +454,27 @@ struct Service {
 }
 
 impl Service {
+    fn new(opts: &Options, handle: Handle, rx: mpsc::Receiver<Command>, dispatch: Arc<dyn Dispatch>, running: Running, link: Option<Arc<Link>>) -> Service {
+        Service {
+            rx,
+            handle,
+            dispatch,
+            shards: link.as_ref().map(|l| l.shards.clone()),
+            link,
+            runs: HashMap::new(),
+            timers: BTreeSet::new(),
+            wake: HashMap::new(),
+            running,
+            outbox: Vec::new(),
+            max_batch: opts.max_batch.max(1),
+        }
+    }
+
     async fn run(mut self, shutdown: CancellationToken) {
-        if let Err(e) = self.recover().await {
+        // In a cluster, runs are recovered shard by shard as leases are gained.
+        if self.shards.is_none()
+            && let Err(e) = self.recover(|_| true).await
+        {
             tracing::error!(error = %e, "recovery failed");
         }
         loop {
@@ -399,7 +503,15 @@ impl Service {
                     Err(_) => break,
                 }
             }
+            // Shard changes apply between batches, never in the middle of one.
+            let (changes, cmds): (Vec<_>, Vec<_>) = cmds.into_iter().partition(|c| matches!(c, Command::Shards(..)));
             self.process(cmds).await;
+            for c in changes {
+                if let Command::Shards(change, done) = c {
+                    self.shards_changed(change).await;
+                    let _ = done.send(());
+                }
+            }
         }
         self.running.abort_all();
     }
@@ -426,10 +538,12 @@ impl Service {
         Ok(())
     }
 
-    async fn recover(&mut self) -> Result<(), RuntimeError> {
+    /// Loads the unfinished runs `pick` selects, re-dispatches their in-flight attempts
+    /// and re-arms their timers.
+    async fn recover(&mut self, pick: impl Fn(&str) -> bool) -> Result<(), RuntimeError> {
         let ids = self.handle.store.active_runs().await?;
         let mut tasks = Vec::new();
-        for id in ids {
+        for id in ids.into_iter().filter(|id| pick(id)) {
             if let Err(e) = self.load(&id).await {
                 tracing::error!(run_id = %id, error = %e, "cannot recover run");
                 continue;
@@ -457,6 +571,25 @@ impl Service {
         Ok(())
     }
 
+    /// Scale-out: forgets the runs of lost shards, recovers those of gained ones.
+    async fn shards_changed(&mut self, change: ShardChange) {
+        let Some(sh) = self.shards.clone() else { return };
+        if !change.lost.is_empty() {
+            let lost: BTreeSet<u32> = change.lost.iter().copied().collect();
+            self.runs.retain(|id, _| !lost.contains(&sh.of(id)));
+            let timed: Vec<String> = self.wake.keys().filter(|id| lost.contains(&sh.of(id))).cloned().collect();
+            for id in timed {
+                self.set_timer(&id, None);
+            }
+        }
+        if !change.gained.is_empty() {
+            let gained: BTreeSet<u32> = change.gained.iter().copied().collect();
+            if let Err(e) = self.recover(|id| gained.contains(&sh.of(id))).await {
+                tracing::error!(error = %e, "recovery of gained shards failed");
+            }
+        }
+    }
+
     fn set_timer(&mut self, run_id: &str, at: Option<i64>) {
         if let Some(old) = self.wake.remove(run_id) {
             self.timers.remove(&(old, run_id.to_string()));
@@ -472,130 +605,34 @@ impl Service {
         let mut order: Vec<String> = Vec::new();
         let mut pending: HashMap<String, Pending> = HashMap::new();
         let mut replies: Vec<Reply> = Vec::new();
+        // Leases of completions (acknowledged where they came from) and of aborted attempts.
         let mut acks: Vec<Lease> = Vec::new();
+        let mut aborted: Vec<Lease> = Vec::new();
         // (owner, idempotency key) → run id, for the starts of this batch.
         let mut keyed: HashMap<(String, String), String> = HashMap::new();
         for cmd in cmds {
             match cmd {
-                Command::Start(req, reply) => {
-                    if self.runs.contains_key(&req.run_id) || pending.contains_key(&req.run_id) {
-                        let _ = reply.send(Err(RuntimeError::Conflict(format!("run {} exists", req.run_id))));
+                Command::Call(call, reply) => {
+                    if let Some(sh) = &self.shards
+                        && !sh.owns(call.run_id())
+                    {
+                        let _ = reply.send(Err(RuntimeError::NotOwner(format!("shard {}", sh.of(call.run_id())))));
                         continue;
                     }
-                    // Two starts with one idempotency key (concurrent POSTs that both passed
-                    // the API's lookup) must not both reach the commit: the unique index
-                    // would fail the whole group commit, and with it every other run's
-                    // transition in the batch. The loop is the only writer of runs, so
-                    // checking here is enough: a duplicate in this batch answers with the
-                    // first start's run; one already stored answers Conflict, which the
-                    // API resolves to the stored run.
-                    if let Some(k) = &req.idempotency_key {
-                        let slot = (req.owner.clone(), k.clone());
-                        if let Some(first) = keyed.get(&slot) {
-                            replies.push(Reply::State(first.clone(), reply));
-                            continue;
-                        }
-                        match self.handle.store.run_by_idempotency_key(&req.owner, k).await {
-                            Ok(None) => {}
-                            Ok(Some(existing)) => {
-                                let _ = reply.send(Err(RuntimeError::Conflict(format!("idempotency key already used by run {existing}"))));
-                                continue;
-                            }
-                            Err(e) => {
-                                let _ = reply.send(Err(e.into()));
-                                continue;
-                            }
-                        }
-                        keyed.insert(slot, req.run_id.clone());
-                    }
-                    let mut state = RunState::new(req.run_id.clone(), &req.plan, req.inputs.clone(), now);
-                    state.settings = req.settings.clone();
-                    let step = apply(&req.plan, &mut state, Input::Start, now);
-                    note(&mut order, &mut pending, &req.run_id);
-                    if let Some(p) = pending.get_mut(&req.run_id) {
-                        p.create = Some(NewRun {
-                            owner: req.owner.clone(),
-                            workflow_hash: req.plan.hash.clone(),
-                            tag: req.tag.clone(),
-                            parent_run_id: req.parent_run_id.clone(),
-                            idempotency_key: req.idempotency_key.clone(),
-                        });
-                        p.events.extend(step.events);
-                        p.actions.extend(step.actions);
-                    }
-                    self.runs.insert(
-                        req.run_id.clone(),
-                        Live {
-                            plan: req.plan.clone(),
-                            state,
-                            owner: req.owner.as_str().into(),
-                        },
-                    );
-                    replies.push(Reply::State(req.run_id.clone(), reply));
+                    self.call(*call, reply, now, &mut order, &mut pending, &mut replies, &mut keyed).await;
                 }
-                Command::Control(run_id, input, reply) => {
-                    if let Err(e) = self.load(&run_id).await {
-                        let _ = reply.send(Err(e));
-                        continue;
-                    }
-                    self.step(&run_id, input, now, &mut order, &mut pending);
-                    replies.push(Reply::State(run_id, reply));
-                }
-                Command::Decide(run_id, node_id, activation, decision, reply) => {
-                    if let Err(e) = self.load(&run_id).await {
-                        let _ = reply.send(Err(e));
-                        continue;
-                    }
-                    let Some(node) = self.runs.get(&run_id).and_then(|l| l.plan.index.get(&node_id).copied()) else {
-                        let _ = reply.send(Err(RuntimeError::NotFound(format!("node {node_id} of run {run_id}"))));
-                        continue;
-                    };
-                    let input = Input::Decide {
-                        node: node as u32,
-                        activation,
-                        decision,
-                    };
-                    let applied = self.step(&run_id, input, now, &mut order, &mut pending) > 0;
-                    replies.push(Reply::Applied(applied, reply));
-                }
-                Command::Patch(run_id, req, reply) => {
-                    if let Err(e) = self.load(&run_id).await {
-                        let _ = reply.send(Err(e));
-                        continue;
-                    }
-                    match self.patch(&run_id, req, now, &mut order, &mut pending).await {
-                        Ok(rec) => replies.push(Reply::Patch(Box::new(rec), reply)),
-                        Err(e) => {
-                            let _ = reply.send(Err(e));
-                        }
-                    }
-                }
-                Command::PatchDecision(run_id, seq, approve, by, reason, reply) => {
-                    if let Err(e) = self.load(&run_id).await {
-                        let _ = reply.send(Err(e));
-                        continue;
-                    }
-                    match self.decide_patch(&run_id, seq, approve, by, reason, now, &mut order, &mut pending).await {
-                        Ok(rec) => replies.push(Reply::Patch(Box::new(rec), reply)),
-                        Err(e) => {
-                            let _ = reply.send(Err(e));
-                        }
-                    }
-                }
-                Command::Replay(run_id, node_id, config, by, reason, reply) => {
-                    if let Err(e) = self.load(&run_id).await {
-                        let _ = reply.send(Err(e));
-                        continue;
-                    }
-                    match self.replay(&run_id, &node_id, config, &by, &reason, now, &mut order, &mut pending).await {
-                        Ok(()) => replies.push(Reply::State(run_id, reply)),
-                        Err(e) => {
-                            let _ = reply.send(Err(e));
-                        }
-                    }
+                // Taken out of the batch by `run`, applied between batches.
+                Command::Shards(_, done) => {
+                    let _ = done.send(());
                 }
                 Command::Done(run_id, task, outcome, lease) => {
                     self.running.remove(&task.key(&run_id));
+                    if let Some(sh) = &self.shards
+                        && !sh.owns(&run_id)
+                    {
+                        // Not acknowledged: the shard's new owner gets it redelivered.
+                        continue;
+                    }
                     if let Some(l) = lease {
                         acks.push(l);
                     }
@@ -627,6 +664,7 @@ impl Service {
             self.ack(acks).await;
             return;
         }
+        let fenced = self.fence(&order, &pending);
 
         let mut writes = Vec::with_capacity(order.len());
         // Rendered once: the same bodies are stored and then published.
@@ -647,11 +685,15 @@ impl Service {
                 events,
                 current_hash: p.current_hash.take(),
                 patches: std::mem::take(&mut p.patches),
+                fence: fenced.as_ref().ok().and_then(|f| f.get(id).copied()),
             });
         }
         failpoint!("before_commit");
         let began = std::time::Instant::now();
-        let committed = self.handle.store.commit(writes).await;
+        let committed = match fenced {
+            Ok(_) => self.handle.store.commit(writes).await,
+            Err(e) => Err(e),
+        };
         let m = &self.handle.metrics.0;
         Metrics::add(&m.commits, 1);
         Metrics::add(&m.commit_micros, began.elapsed().as_micros() as u64);
@@ -665,6 +707,7 @@ impl Service {
             }
             let err = match e {
                 StoreError::Conflict(m) => RuntimeError::Conflict(m),
+                StoreError::Fenced(m) => RuntimeError::NotOwner(m),
                 other => RuntimeError::Store(other),
             };
             self.finish_replies(replies, Some(err));
@@ -707,16 +750,22 @@ impl Service {
                     Action::Abort(t) => {
                         if let Some((h, lease)) = self.running.remove(&t.key(id)) {
                             h.abort();
-                            acks.push(lease);
+                            aborted.push(lease);
                         }
                     }
                 }
             }
         }
         self.flush_outbox().await;
-        self.handle.hub.publish(published);
+        match &self.link {
+            Some(link) => link.publish(&published).await,
+            None => self.handle.hub.publish(published),
+        }
         self.finish_replies(replies, None);
         self.ack(acks).await;
+        for l in aborted {
+            let _ = self.dispatch.ack(&l).await;
+        }
 
         for id in &order {
             let Some(live) = self.runs.get(id) else { continue };
@@ -729,6 +778,181 @@ impl Service {
         }
         Metrics::set(&self.handle.metrics.0.runs_in_memory, self.runs.len() as u64);
         Metrics::set(&self.handle.metrics.0.timers, self.timers.len() as u64);
+    }
+
+    /// One call of a batch: applied to the run's state (not yet committed); the answer
+    /// waits in `replies` for the commit, or is sent at once when the call fails.
+    #[allow(clippy::too_many_arguments)]
+    async fn call(
+        &mut self,
+        call: Call,
+        reply: Answering,
+        now: i64,
+        order: &mut Vec<String>,
+        pending: &mut HashMap<String, Pending>,
+        replies: &mut Vec<Reply>,
+        keyed: &mut HashMap<(String, String), String>,
+    ) {
+        if let Call::Start { .. } = call {
+            return self.start(call, reply, now, order, pending, replies, keyed).await;
+        }
+        let run_id = call.run_id().to_string();
+        if let Err(e) = self.load(&run_id).await {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        let answered = match call {
+            Call::Start { .. } => return,
+            Call::Cancel { reason, .. } => {
+                self.step(&run_id, Input::Cancel { reason }, now, order, pending);
+                Ok(Reply::State(run_id, reply))
+            }
+            Call::Pause { .. } => {
+                self.step(&run_id, Input::Pause, now, order, pending);
+                Ok(Reply::State(run_id, reply))
+            }
+            Call::Resume { .. } => {
+                self.step(&run_id, Input::Resume, now, order, pending);
+                Ok(Reply::State(run_id, reply))
+            }
+            Call::Decide {
+                node_id, activation, decision, ..
+            } => {
+                let Some(node) = self.runs.get(&run_id).and_then(|l| l.plan.index.get(&node_id).copied()) else {
+                    let _ = reply.send(Err(RuntimeError::NotFound(format!("node {node_id} of run {run_id}"))));
+                    return;
+                };
+                let input = Input::Decide {
+                    node: node as u32,
+                    activation,
+                    decision,
+                };
+                let applied = self.step(&run_id, input, now, order, pending) > 0;
+                Ok(Reply::Applied(applied, reply))
+            }
+            Call::Patch { request, .. } => match self.patch(&run_id, request, now, order, pending).await {
+                Ok(rec) => Ok(Reply::Patch(Box::new(rec), reply)),
+                Err(e) => Err((e, reply)),
+            },
+            Call::PatchDecision { seq, approve, by, reason, .. } => match self.decide_patch(&run_id, seq, approve, by, reason, now, order, pending).await {
+                Ok(rec) => Ok(Reply::Patch(Box::new(rec), reply)),
+                Err(e) => Err((e, reply)),
+            },
+            Call::Replay {
+                node_id, config, by, reason, ..
+            } => match self.replay(&run_id, &node_id, config, &by, &reason, now, order, pending).await {
+                Ok(()) => Ok(Reply::State(run_id, reply)),
+                Err(e) => Err((e, reply)),
+            },
+        };
+        match answered {
+            Ok(r) => replies.push(r),
+            Err((e, reply)) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn start(
+        &mut self,
+        call: Call,
+        reply: Answering,
+        now: i64,
+        order: &mut Vec<String>,
+        pending: &mut HashMap<String, Pending>,
+        replies: &mut Vec<Reply>,
+        keyed: &mut HashMap<(String, String), String>,
+    ) {
+        let Call::Start {
+            run_id,
+            owner,
+            plan_hash,
+            inputs,
+            tag,
+            parent_run_id,
+            idempotency_key,
+            settings,
+        } = call
+        else {
+            return;
+        };
+        if self.runs.contains_key(&run_id) || pending.contains_key(&run_id) {
+            let _ = reply.send(Err(RuntimeError::Conflict(format!("run {run_id} exists"))));
+            return;
+        }
+        // Scale-out: a forwarded start can be delivered twice (its owner died before
+        // acknowledging it); the second must not reach the commit (a duplicate run id
+        // fails the whole group commit).
+        if self.shards.is_some() {
+            match self.handle.store.get_run(&run_id).await {
+                Ok(None) => {}
+                Ok(Some(_)) => {
+                    let _ = reply.send(Err(RuntimeError::Conflict(format!("run {run_id} exists"))));
+                    return;
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.into()));
+                    return;
+                }
+            }
+        }
+        let plan = match self.handle.plans.get(&*self.handle.store, &plan_hash).await {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        // Two starts with one idempotency key (concurrent POSTs that both passed the
+        // API's lookup) must not both reach the commit: the unique index would fail the
+        // whole group commit, and with it every other run's transition in the batch.
+        // The loop is the only writer of runs, so checking here is enough: a duplicate
+        // in this batch answers with the first start's run; one already stored answers
+        // Conflict, which the API resolves to the stored run.
+        if let Some(k) = &idempotency_key {
+            let slot = (owner.clone(), k.clone());
+            if let Some(first) = keyed.get(&slot) {
+                replies.push(Reply::State(first.clone(), reply));
+                return;
+            }
+            match self.handle.store.run_by_idempotency_key(&owner, k).await {
+                Ok(None) => {}
+                Ok(Some(existing)) => {
+                    let _ = reply.send(Err(RuntimeError::Conflict(format!("idempotency key already used by run {existing}"))));
+                    return;
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.into()));
+                    return;
+                }
+            }
+            keyed.insert(slot, run_id.clone());
+        }
+        let mut state = RunState::new(run_id.clone(), &plan, inputs, now);
+        state.settings = settings;
+        let step = apply(&plan, &mut state, Input::Start, now);
+        note(order, pending, &run_id);
+        if let Some(p) = pending.get_mut(&run_id) {
+            p.create = Some(NewRun {
+                owner: owner.clone(),
+                workflow_hash: plan.hash.clone(),
+                tag,
+                parent_run_id,
+                idempotency_key,
+            });
+            p.events.extend(step.events);
+            p.actions.extend(step.actions);
+        }
+        self.runs.insert(
+            run_id.clone(),
+            Live {
+                plan,
+                state,
+                owner: owner.as_str().into(),
+            },
+        );
+        replies.push(Reply::State(run_id, reply));
     }
 
     /// Applies one input; returns how many events it produced.
@@ -748,14 +972,17 @@ impl Service {
     fn patched_plan(&self, run_id: &str, ops: &[Value]) -> Result<(Arc<Plan>, Workflow), RuntimeError> {
         let live = self.runs.get(run_id).ok_or_else(|| RuntimeError::NotFound(run_id.to_string()))?;
         let doc = serde_json::to_value(&live.plan.workflow).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
-        let doc = aob_model::patch::apply(&doc, ops).map_err(|issues| RuntimeError::Rejected { code: "invalid_patch", issues })?;
+        let doc = aob_model::patch::apply(&doc, ops).map_err(|issues| RuntimeError::Rejected {
+            code: "invalid_patch",
+            issues: issue_values(issues),
+        })?;
         let (wf, _) = aob_model::validate::parse_and_validate(&doc).map_err(|issues| RuntimeError::Rejected {
             code: "validation_failed",
-            issues,
+            issues: issue_values(issues),
         })?;
         let plan = self.handle.plans.compile(wf.clone()).map_err(|issues| RuntimeError::Rejected {
             code: "validation_failed",
-            issues,
+            issues: issue_values(issues),
         })?;
         Ok((plan, wf))
     }
@@ -817,7 +1044,10 @@ impl Service {
             } else {
                 "patch_rejected"
             };
-            return Err(RuntimeError::Rejected { code, issues });
+            return Err(RuntimeError::Rejected {
+                code,
+                issues: issue_values(issues),
+            });
         }
         live.state.patch_seq += 1;
         let rec = PatchRecord {
@@ -881,7 +1111,7 @@ impl Service {
                 } else {
                     Err(RuntimeError::Rejected {
                         code: "patch_rejected",
-                        issues,
+                        issues: issue_values(issues),
                     })
                 }
             })
@@ -962,34 +1192,21 @@ impl Service {
 
     fn finish_replies(&mut self, replies: Vec<Reply>, err: Option<RuntimeError>) {
         for r in replies {
-            match r {
-                Reply::State(id, tx) => {
-                    let res = match &err {
-                        Some(RuntimeError::Conflict(m)) => Err(RuntimeError::Conflict(m.clone())),
-                        Some(e) => Err(RuntimeError::Invalid(e.to_string())),
-                        None => match self.runs.get(&id) {
-                            Some(l) => Ok(l.state.clone()),
-                            None => Err(RuntimeError::NotFound(id)),
-                        },
-                    };
-                    let _ = tx.send(res);
-                }
-                Reply::Patch(rec, tx) => {
-                    let res = match &err {
-                        Some(e) => Err(RuntimeError::Invalid(e.to_string())),
-                        None => Ok(*rec),
-                    };
-                    let _ = tx.send(res);
-                }
-                Reply::Applied(applied, tx) => {
-                    let res = match &err {
-                        Some(RuntimeError::Conflict(m)) => Err(RuntimeError::Conflict(m.clone())),
-                        Some(e) => Err(RuntimeError::Invalid(e.to_string())),
-                        None => Ok(applied),
-                    };
-                    let _ = tx.send(res);
-                }
-            }
+            let (answer, tx) = match r {
+                Reply::State(id, tx) => (
+                    match self.runs.get(&id) {
+                        Some(l) => Ok(Answer::State(Box::new(l.state.clone()))),
+                        None => Err(RuntimeError::NotFound(id)),
+                    },
+                    tx,
+                ),
+                Reply::Patch(rec, tx) => (Ok(Answer::Patch(rec)), tx),
+                Reply::Applied(applied, tx) => (Ok(Answer::Applied(applied)), tx),
+            };
+            let _ = tx.send(match &err {
+                Some(e) => Err(batch_error(e)),
+                None => answer,
+            });
         }
     }
 
@@ -1014,9 +1231,29 @@ impl Service {
         }
     }
 
+    /// Acknowledges completions once committed: on the control streams in a cluster,
+    /// on the work queue (the local workers' leases) otherwise.
     async fn ack(&self, leases: Vec<Lease>) {
+        let from = self.link.as_ref().map_or(&self.dispatch, |l| &l.opts.control);
         for l in leases {
-            let _ = self.dispatch.ack(&l).await;
+            let _ = from.ack(&l).await;
         }
+    }
+
+    /// The lease each changed run is written under (scale-out). A shard lost since its
+    /// call was accepted (the lease keeper dropped it mid-batch) fails the batch, as a
+    /// stale fence in the store would: nothing is written without a current lease.
+    fn fence(&self, order: &[String], pending: &HashMap<String, Pending>) -> Result<HashMap<String, aob_store::Fence>, StoreError> {
+        let Some(sh) = &self.shards else { return Ok(HashMap::new()) };
+        let mut out = HashMap::with_capacity(order.len());
+        for id in order.iter().filter(|id| pending.contains_key(*id)) {
+            match sh.fence(id) {
+                Some(f) => {
+                    out.insert(id.clone(), f);
+                }
+                None => return Err(StoreError::Fenced(format!("shard {} is no longer held", sh.of(id)))),
+            }
+        }
+        Ok(out)
     }
 }

@@ -15,8 +15,10 @@ use aob_dispatch::{Dispatch, Lease};
 use aob_engine::Task;
 use aob_exec::Executors;
 
+use crate::children::ChildRunner;
+use crate::cluster::Link;
 use crate::failpoint;
-use crate::service::Command;
+use crate::service::{Command, Handle, Options};
 
 /// In-flight attempts of this process by attempt key, so the engine can abort them.
 #[derive(Clone, Default)]
@@ -40,16 +42,49 @@ impl Running {
     }
 }
 
-pub struct Pool {
-    pub dispatch: Arc<dyn Dispatch>,
-    pub executors: Executors,
-    pub tx: mpsc::Sender<Command>,
-    pub running: Running,
-    pub max_tasks: usize,
-    pub visibility: Duration,
+/// Where a finished attempt goes.
+#[derive(Clone)]
+pub(crate) enum Completions {
+    /// This process's engine loop, which acknowledges the lease after the commit.
+    Local(mpsc::Sender<Command>),
+    /// The run's owner, through its shard's control stream; the work lease is
+    /// acknowledged once the completion is handed over (the owner acknowledges the
+    /// control entry after its commit).
+    Cluster(Arc<Link>),
+}
+
+pub(crate) struct Pool {
+    dispatch: Arc<dyn Dispatch>,
+    executors: Executors,
+    done: Completions,
+    running: Running,
+    max_tasks: usize,
+    visibility: Duration,
+    /// Work types pulled; every type when empty.
+    queues: Vec<String>,
 }
 
 impl Pool {
+    pub(crate) fn new(
+        opts: &Options,
+        handle: &Handle,
+        dispatch: Arc<dyn Dispatch>,
+        guard: aob_ssrf::Guard,
+        done: Completions,
+        running: Running,
+        queues: Vec<String>,
+    ) -> Pool {
+        Pool {
+            dispatch,
+            executors: Executors::new(guard).with_children(Arc::new(ChildRunner { handle: handle.clone() })),
+            done,
+            running,
+            max_tasks: opts.max_tasks,
+            visibility: opts.visibility,
+            queues,
+        }
+    }
+
     pub fn spawn(self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move { self.run(shutdown).await })
     }
@@ -59,7 +94,7 @@ impl Pool {
         loop {
             let permits = sem.available_permits().clamp(1, 256);
             let pulled = tokio::select! {
-                r = self.dispatch.pull(&[], permits, Duration::from_secs(1)) => r,
+                r = self.dispatch.pull(&self.queues, permits, Duration::from_secs(1)) => r,
                 _ = shutdown.cancelled() => return,
             };
             let leases = match pulled {
@@ -91,7 +126,7 @@ impl Pool {
 
     fn start(&self, task: Task, lease: Lease, permit: tokio::sync::OwnedSemaphorePermit) {
         let key = task.idempotency_key();
-        let (tx, executors, dispatch) = (self.tx.clone(), self.executors.clone(), self.dispatch.clone());
+        let (done, executors, dispatch, running) = (self.done.clone(), self.executors.clone(), self.dispatch.clone(), self.running.clone());
         let beat = self.visibility / 3;
         let span = tracing::info_span!("attempt", run_id = %task.run_id, node_id = %task.node_id, attempt = task.id.attempt, item = ?task.id.item);
         let held = lease.clone();
@@ -112,7 +147,21 @@ impl Pool {
                     }
                 };
                 failpoint!("after_effect");
-                let _ = tx.send(Command::Done(task.run_id.clone(), task.id, outcome, Some(held))).await;
+                match done {
+                    Completions::Local(tx) => {
+                        let _ = tx.send(Command::Done(task.run_id.clone(), task.id, outcome, Some(held))).await;
+                    }
+                    Completions::Cluster(link) => {
+                        running.remove(&task.id.key(&task.run_id));
+                        match link.complete(&task.run_id, task.id, outcome).await {
+                            Ok(()) => {
+                                let _ = dispatch.ack(&held).await;
+                            }
+                            // Kept leased: the attempt is delivered again (at-least-once).
+                            Err(e) => tracing::warn!(error = %e, "cannot hand a completion over"),
+                        }
+                    }
+                }
             }
             .instrument(span),
         );
