@@ -240,7 +240,7 @@ async fn readiness(State(app): State<AppState>) -> impl IntoResponse {
         app.rt.check_bus().await
     };
     match tokio::time::timeout(Duration::from_secs(2), checks).await {
-        Ok(Ok(_)) => (StatusCode::OK, axum::Json(json!({"status": "ready"}))),
+        Ok(Ok(_)) => (StatusCode::OK, axum::Json(json!({"status": "ready", "shards": app.rt.shards_held()}))),
         Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "unavailable", "reason": e}))),
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,

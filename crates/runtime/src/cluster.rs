@@ -337,6 +337,7 @@ impl Link {
         let mut replies = self.opts.bus.subscribe(&reply_topic(&self.opts.id)).await.map_err(unavailable)?;
         let mut events = self.opts.bus.subscribe(EVENTS).await.map_err(unavailable)?;
         let link = self.clone();
+        let engine = self.local.clone();
         let stop = shutdown.clone();
         tokio::spawn(async move {
             loop {
@@ -387,8 +388,15 @@ impl Link {
                                 .collect(),
                         );
                     }
-                    // Messages may be lost: forget every cached read.
-                    Some(BusMessage::Resync) => reads.clear(),
+                    // Redis was away: messages, queued attempts and completions may be
+                    // lost. Forget every cached read; the engine pushes its in-flight
+                    // attempts again (completions lost with Redis come back that way).
+                    Some(BusMessage::Resync) => {
+                        reads.clear();
+                        if let Some(tx) = &engine {
+                            let _ = tx.send(Command::Redispatch).await;
+                        }
+                    }
                     None => return,
                 }
             }

@@ -87,6 +87,9 @@ pub(crate) enum Command {
     Done(String, TaskId, Outcome, Option<Lease>),
     /// Scale-out: shards this process gained (recover their runs) and lost (forget them).
     Shards(ShardChange, oneshot::Sender<()>),
+    /// Scale-out: Redis came back and may have lost entries: push every in-flight
+    /// attempt again (a push of an entry that still exists is a no-op).
+    Redispatch,
 }
 
 /// Where calls go: the engine loop of this process, or (scale-out) the run's owner.
@@ -624,6 +627,16 @@ impl Service {
                 // Taken out of the batch by `run`, applied between batches.
                 Command::Shards(_, done) => {
                     let _ = done.send(());
+                }
+                Command::Redispatch => {
+                    let mut n = 0;
+                    let tasks: Vec<Task> = self.runs.values().flat_map(|l| in_flight(&l.plan, &l.state)).collect();
+                    for t in tasks {
+                        self.dispatch(t);
+                        n += 1;
+                    }
+                    tracing::info!(attempts = n, "re-pushed in-flight attempts after a Redis reconnect");
+                    self.flush_outbox().await;
                 }
                 Command::Done(run_id, task, outcome, lease) => {
                     self.running.remove(&task.key(&run_id));

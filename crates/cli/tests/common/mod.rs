@@ -483,20 +483,25 @@ impl Trap {
 }
 
 /// The endpoints the workflows in `examples/` call. Paths may carry a prefix of the
-/// caller's (`/m1/items`), so two callers sharing one stub keep separate call counts.
+/// caller's (`/m1/items`, `/m42/items`), so callers sharing one stub keep separate call counts.
 pub async fn example_stub() -> Stub {
-    Stub::start(Arc::new(|hit: &Hit, n: usize| {
-        let path = hit.path.strip_prefix("/m1").or_else(|| hit.path.strip_prefix("/m2")).unwrap_or(&hit.path);
-        match path {
-            "/items" => (200, json!({"items": [1, 2, 3]})),
-            "/store" => (201, json!({"received": serde_json::from_str::<Value>(&hit.body).unwrap_or(Value::Null)})),
-            "/score" => (200, json!({"score": 85})),
-            "/flaky" => (200, json!({"status": if n < 2 { "error" } else { "success" }})),
-            p if p.starts_with("/item/") => (200, json!({"name": format!("item-{}", &p[6..])})),
-            _ => (404, json!({"error": "no route"})),
-        }
-    }))
-    .await
+    Stub::start(Arc::new(example_answer)).await
+}
+
+/// What the example endpoints answer to `hit`, the `n`th hit on its path.
+pub fn example_answer(hit: &Hit, n: usize) -> (u16, Value) {
+    let path = match hit.path.strip_prefix("/m").and_then(|rest| rest.split_once('/')) {
+        Some((digits, rest)) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => &hit.path[hit.path.len() - rest.len() - 1..],
+        _ => &hit.path,
+    };
+    match path {
+        "/items" => (200, json!({"items": [1, 2, 3]})),
+        "/store" => (201, json!({"received": serde_json::from_str::<Value>(&hit.body).unwrap_or(Value::Null)})),
+        "/score" => (200, json!({"score": 85})),
+        "/flaky" => (200, json!({"status": if n < 2 { "error" } else { "success" }})),
+        p if p.starts_with("/item/") => (200, json!({"name": format!("item-{}", &p[6..])})),
+        _ => (404, json!({"error": "no route"})),
+    }
 }
 
 /// A workflow from `examples/`.
