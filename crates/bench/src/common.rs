@@ -54,6 +54,17 @@ pub struct ServerArgs {
     /// executable, else target/release/aob).
     #[arg(long)]
     pub aob_bin: Option<PathBuf>,
+    /// Scale-out mode: run this many `aob serve` processes over PostgreSQL and Redis
+    /// (the first `api,engine,worker`, the others `engine,worker`); the client talks
+    /// to the first. 0: the embedded mode.
+    #[arg(long, default_value_t = 0)]
+    pub cluster: usize,
+    /// PostgreSQL for `--cluster` (a fresh schema per benchmark, dropped after).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    pub database_url: String,
+    /// Redis for `--cluster` (a fresh key prefix per benchmark).
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -302,11 +313,18 @@ pub struct Bench {
     pub durability: Durability,
     server: Option<Server>,
     process: Option<Proc>,
+    /// `--cluster`: the other processes, and the schema to drop at the end.
+    members: Vec<Proc>,
+    schema: Option<(String, String)>,
+    _dirs: Vec<tempfile::TempDir>,
     _dir: tempfile::TempDir,
 }
 
 impl Bench {
     pub async fn start(args: &ServerArgs, ssrf_allow: Vec<String>) -> anyhow::Result<Bench> {
+        if args.cluster > 0 {
+            return Bench::start_cluster(args, ssrf_allow).await;
+        }
         let dir = args.tempdir()?;
         let (api, server, process) = if args.external {
             let bin = aob_bin(&args.aob_bin)?;
@@ -338,7 +356,78 @@ impl Bench {
             durability: args.durability,
             server,
             process,
+            members: vec![],
+            schema: None,
+            _dirs: vec![],
             _dir: dir,
+        })
+    }
+
+    /// `--cluster N`: N real `aob serve` processes over one PostgreSQL schema and one
+    /// Redis prefix, waiting until the engines have shared the shards out.
+    async fn start_cluster(args: &ServerArgs, ssrf_allow: Vec<String>) -> anyhow::Result<Bench> {
+        let bin = aob_bin(&args.aob_bin)?;
+        let tag = format!("{}", std::process::id());
+        let schema = format!("aob_bench_{tag}");
+        let prefix = format!("aob-bench-{tag}");
+        let mut procs = Vec::new();
+        let mut dirs = Vec::new();
+        let mut apis = Vec::new();
+        for i in 0..args.cluster {
+            let dir = args.tempdir()?;
+            let addr = format!("127.0.0.1:{}", free_port()?);
+            let api = Api::new(format!("http://{addr}"))?;
+            let roles = if i == 0 { "api,engine,worker" } else { "engine,worker" };
+            let env = [
+                ("AOB_DATABASE_URL", args.database_url.as_str()),
+                ("AOB_DATABASE_SCHEMA", schema.as_str()),
+                ("AOB_REDIS_URL", args.redis_url.as_str()),
+                ("AOB_REDIS_PREFIX", prefix.as_str()),
+                ("AOB_ROLES", roles),
+            ];
+            let (p, _) = spawn_aob_with(&bin, args.durability, dir.path(), &api, &addr, &ssrf_allow, &env).await?;
+            eprintln!("member {i}: {roles} on {addr} (pid {})", p.0.id());
+            procs.push(p);
+            apis.push(api);
+            dirs.push(dir);
+        }
+        // Wait until every engine holds a share of the shards.
+        let t = Instant::now();
+        loop {
+            let mut held = Vec::new();
+            for a in &apis {
+                let r: Value = a.http.get(format!("{}/readiness", a.url)).send().await?.json().await?;
+                held.push(r["shards"].as_array().map_or(0, Vec::len));
+            }
+            if held.iter().all(|&n| n > 0) && held.iter().sum::<usize>() == 16 {
+                eprintln!("shards per member: {held:?} after {:.1} s", t.elapsed().as_secs_f64());
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(60) {
+                bail!("shards not shared out within 60 s: {held:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let first = dirs.remove(0);
+        let api = Api {
+            wait: args.wait,
+            ..apis.remove(0)
+        }
+        .admin(first.path())?;
+        let machine = Machine::probe(first.path());
+        machine.print(Some(args.durability));
+        let mut procs = procs.into_iter();
+        let process = procs.next();
+        Ok(Bench {
+            api,
+            machine,
+            durability: args.durability,
+            server: None,
+            process,
+            members: procs.collect(),
+            schema: Some((args.database_url.clone(), schema)),
+            _dirs: dirs,
+            _dir: first,
         })
     }
 
@@ -358,6 +447,12 @@ impl Bench {
             s.runtime.shutdown().await;
         }
         self.process.take();
+        self.members.clear();
+        if let Some((url, schema)) = self.schema.take()
+            && let Err(e) = aob_store_postgres::PgStore::drop_schema(&url, &schema).await
+        {
+            eprintln!("cannot drop schema {schema}: {e}");
+        }
     }
 
     pub fn emit(&self, bench: &str, results: Value) {
@@ -428,6 +523,19 @@ pub fn free_port() -> anyhow::Result<u16> {
 /// Spawns `aob serve` on `addr` over `dir` and polls `/health` without sleeping;
 /// returns the process and the time from spawn to the first 200.
 pub async fn spawn_aob(bin: &Path, durability: Durability, dir: &Path, api: &Api, addr: &str, ssrf_allow: &[String]) -> anyhow::Result<(Proc, Duration)> {
+    spawn_aob_with(bin, durability, dir, api, addr, ssrf_allow, &[]).await
+}
+
+/// [`spawn_aob`] with extra `AOB_*` settings.
+pub async fn spawn_aob_with(
+    bin: &Path,
+    durability: Durability,
+    dir: &Path,
+    api: &Api,
+    addr: &str,
+    ssrf_allow: &[String],
+    env: &[(&str, &str)],
+) -> anyhow::Result<(Proc, Duration)> {
     let mut cmd = Command::new(bin);
     cmd.args(["serve", "--addr", addr, "--data-dir"])
         .arg(dir)
@@ -445,7 +553,7 @@ pub async fn spawn_aob(bin: &Path, durability: Durability, dir: &Path, api: &Api
             cmd.env_remove(k);
         }
     }
-    for (k, v) in NO_RATE_LIMITS_ENV {
+    for (k, v) in NO_RATE_LIMITS_ENV.iter().chain(env) {
         cmd.env(k, v);
     }
     let t = Instant::now();

@@ -44,6 +44,8 @@ struct Proc {
 /// The processes of one test over one PostgreSQL schema and one Redis prefix.
 struct Cluster {
     schema: String,
+    /// What the processes connect to (the test's PostgreSQL, or a proxy in front of it).
+    database: String,
     prefix: String,
     redis: String,
     allow: Vec<String>,
@@ -56,6 +58,7 @@ impl Cluster {
         Cluster {
             schema: format!("aob_test_{}", uuid::Uuid::new_v4().simple()),
             prefix: format!("aob-test-{}", uuid::Uuid::new_v4().simple()),
+            database: database_url(),
             redis,
             allow,
             procs: Vec::new(),
@@ -88,7 +91,7 @@ impl Cluster {
             .args(["--addr", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
             .arg(p.dir.path().join("data"))
-            .args(["--database-url", &database_url()])
+            .args(["--database-url", &self.database])
             .args(["--redis-url", &self.redis])
             .args(["--roles", &p.roles]);
         for a in &self.allow {
@@ -171,7 +174,15 @@ impl Cluster {
 
     /// Shards each process holds, from `/readiness`.
     async fn shards(&self, i: usize) -> Vec<u64> {
-        let r: Value = self.http.get(format!("{}/readiness", self.procs[i].url)).send().await.unwrap().json().await.unwrap();
+        let r: Value = self
+            .http
+            .get(format!("{}/readiness", self.procs[i].url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         r["shards"].as_array().map(|a| a.iter().filter_map(Value::as_u64).collect()).unwrap_or_default()
     }
 
@@ -341,7 +352,9 @@ async fn embedded_results(stub: &common::AsyncStub) -> BTreeMap<&'static str, Va
     let srv = common::start_server(&[stub.allow()]).await;
     let mut out = BTreeMap::new();
     for (k, name) in EXAMPLES.iter().enumerate() {
-        let id = srv.start_run(&common::example(name), inputs(name, &stub.url(&format!("/m{}", 90_000 + k)))).await;
+        let id = srv
+            .start_run(&common::example(name), inputs(name, &stub.url(&format!("/m{}", 90_000 + k))))
+            .await;
         let run = srv.wait_run(&id).await;
         assert_eq!(run["status"], "COMPLETED", "{name} in embedded mode: {run}");
         out.insert(*name, json!({"status": run["status"], "outputs": run["outputs"]}));
@@ -505,7 +518,10 @@ async fn a_redis_restart_loses_no_work() {
     let api = c.api(front);
     let mut ids = Vec::new();
     for k in 0..20 {
-        ids.push(api.start_run(&common::example("http-chain.yaml"), inputs("http-chain.yaml", &stub.url(&format!("/m{k}")))).await);
+        ids.push(
+            api.start_run(&common::example("http-chain.yaml"), inputs("http-chain.yaml", &stub.url(&format!("/m{k}"))))
+                .await,
+        );
     }
     common::wait_for("attempts in flight", 30, || stub.in_flight.load(Ordering::SeqCst) >= 2).await;
     // Redis goes away with everything it held (queued and leased attempts, completions
@@ -521,4 +537,106 @@ async fn a_redis_restart_loses_no_work() {
     }
     // The engine noticed and pushed its in-flight attempts again.
     assert!(c.logs().contains("re-pushed in-flight attempts"), "no re-push after the restart\n{}", c.logs());
+}
+
+/// A TCP proxy in front of PostgreSQL that the test can cut: `down` closes every
+/// connection through it and refuses new ones until `up`.
+struct Cut {
+    port: u16,
+    up: tokio::sync::watch::Sender<bool>,
+}
+
+impl Cut {
+    async fn start(target: (String, u16)) -> Cut {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (up, _) = tokio::sync::watch::channel(true);
+        let state = up.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut alive = state.subscribe();
+                if !*alive.borrow() {
+                    continue; // dropped: refused
+                }
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = alive.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Cut { port, up }
+    }
+
+    fn set(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_means_503_for_writes_cached_reads_served_and_nothing_lost() {
+    let db = reqwest::Url::parse(&database_url()).unwrap();
+    let cut = Cut::start((db.host_str().unwrap().to_string(), db.port().unwrap_or(5432))).await;
+    let mut through = db.clone();
+    through.set_port(Some(cut.port)).unwrap();
+    let mut c = Cluster::new(redis_url(), vec![]);
+    c.database = through.to_string();
+    let front = c.add("front", "api,engine,worker").await;
+    c.until_balanced(&[front]).await;
+    let api = c.api(front);
+    let quick = json!({"nodes": [{"id": "a", "type": "noop", "config": {"output": {"x": 1}}}], "edges": []});
+    let done = api.start_run(&quick, json!({})).await;
+    api.wait_terminal(&done, Instant::now() + Duration::from_secs(30)).await;
+    let ask = json!({"nodes": [
+        {"id": "ask", "type": "hitl", "config": {"message": "ok?"}},
+        {"id": "after", "type": "noop"}
+    ], "edges": [{"from": "ask", "to": "after"}]});
+    let waiting = api.start_run(&ask, json!({})).await;
+    let approvals = api.get("/api/v1/approvals?status=pending").await;
+    let approval = approvals["approvals"][0]["approval_id"].as_str().unwrap().to_string();
+
+    cut.set(false);
+    let r = api
+        .http
+        .post(format!("{}/api/v1/runs", api.url))
+        .json(&json!({"workflow": quick, "inputs": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "a write while PostgreSQL is down");
+    let body: Value = r.json().await.unwrap();
+    common::assert_envelope(&body, "unavailable");
+    // A finished run this process has read is still served.
+    let run = api.get(&format!("/api/v1/runs/{done}")).await;
+    assert_eq!(run["status"], "COMPLETED");
+    let ready = c.http.get(format!("{}/readiness", api.url)).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+
+    cut.set(true);
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = api
+            .http
+            .post(format!("{}/api/v1/approvals/{approval}/decide", api.url))
+            .json(&json!({"decision": "approve"}))
+            .send()
+            .await
+            .unwrap();
+        if r.status().is_success() {
+            break;
+        }
+        assert_eq!(r.status(), 503, "only unavailability may refuse the decision");
+        assert!(Instant::now() < until, "PostgreSQL back, but writes still fail");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let run = api.wait_terminal(&waiting, Instant::now() + Duration::from_secs(30)).await;
+    assert_eq!(run["status"], "COMPLETED", "{run}");
+    assert_clean_log(&waiting, &api.events(&waiting).await);
+    let again = api.start_run(&quick, json!({})).await;
+    api.wait_terminal(&again, Instant::now() + Duration::from_secs(30)).await;
 }

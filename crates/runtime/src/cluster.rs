@@ -303,6 +303,20 @@ impl Link {
             .map_err(|e| RuntimeError::Unavailable(format!("cannot hand the completion over: {e}")))
     }
 
+    /// Gives a control entry this process may not apply (its shard moved) back to the
+    /// shard's stream for the next owner. Acknowledged first: if the push then fails,
+    /// a forwarded call is lost (its caller gets 503) rather than applied twice, and a
+    /// lost completion is re-run when its attempt's deadline passes.
+    pub(crate) async fn hand_on(&self, lease: Lease) {
+        let control = &self.opts.control;
+        let _ = control.ack(&lease).await;
+        let mut env = lease.envelope;
+        env.id = format!("{}~{}", env.id, lease.delivery);
+        if let Err(e) = control.push(vec![env]).await {
+            tracing::warn!(error = %e, "cannot hand a control entry on");
+        }
+    }
+
     /// Sends committed events to every process (this one included).
     pub(crate) async fn publish(&self, events: &[Arc<HubEvent>]) {
         if events.is_empty() {
@@ -589,7 +603,9 @@ async fn answer(link: Arc<Link>, tx: mpsc::Sender<Command>, lease: Lease, from: 
         }
     };
     if let Err(RuntimeError::NotOwner(_) | RuntimeError::Stopped) = result {
-        // Not acknowledged: the shard's next owner gets the entry.
+        // The shard moved while the call waited: hand it on at once rather than
+        // leaving it to be redelivered after a visibility timeout.
+        link.hand_on(lease).await;
         return;
     }
     let reply = WireReply {

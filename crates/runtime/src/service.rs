@@ -643,7 +643,10 @@ impl Service {
                     if let Some(sh) = &self.shards
                         && !sh.owns(&run_id)
                     {
-                        // Not acknowledged: the shard's new owner gets it redelivered.
+                        // The shard moved since the entry was pulled: to its new owner.
+                        if let (Some(link), Some(l)) = (&self.link, lease) {
+                            link.hand_on(l).await;
+                        }
                         continue;
                     }
                     if let Some(l) = lease {
@@ -1247,10 +1250,14 @@ impl Service {
     /// Acknowledges completions once committed: on the control streams in a cluster,
     /// on the work queue (the local workers' leases) otherwise.
     async fn ack(&self, leases: Vec<Lease>) {
+        use futures::StreamExt;
         let from = self.link.as_ref().map_or(&self.dispatch, |l| &l.opts.control);
-        for l in leases {
-            let _ = from.ack(&l).await;
-        }
+        // Concurrently: over a network each ack is a round trip.
+        futures::stream::iter(leases)
+            .for_each_concurrent(64, |l| async move {
+                let _ = from.ack(&l).await;
+            })
+            .await;
     }
 
     /// The lease each changed run is written under (scale-out). A shard lost since its
