@@ -28,6 +28,8 @@ use crate::error::{ApiError, Code};
 pub const TTL_MS: i64 = 24 * 60 * 60 * 1000;
 /// A claim still in progress after this long is taken to be abandoned (its process died).
 const PENDING_MS: i64 = 5 * 60 * 1000;
+/// Scale-out: a claim in progress this old was left by a process that died.
+const SHARED_PENDING_MS: i64 = 2 * 60 * 1000;
 /// Largest response remembered.
 const MAX_RESPONSE: usize = 16 * 1024 * 1024;
 const MAX_KEY: usize = 255;
@@ -129,9 +131,15 @@ pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Res
         created_at: now,
     };
     // A claim still in progress that predates this process was left by one that died
-    // mid-request (kill -9): nobody will ever answer it, so a retry takes it over. One
-    // process serves a store, so every live claim was made by this process.
-    let pending_since = (now - PENDING_MS).max(app.started_at);
+    // mid-request (kill -9): nobody will ever answer it, so a retry takes it over. With
+    // one process per store every live claim was made by this process; when processes
+    // share the store, a claim is presumed abandoned only once it is older than any
+    // request can take (a forwarded call gives up after its timeout).
+    let pending_since = if app.guards.opts.shared_store {
+        now - SHARED_PENDING_MS
+    } else {
+        (now - PENDING_MS).max(app.started_at)
+    };
     match store.claim_idempotency(rec.clone(), now - TTL_MS, pending_since).await {
         Err(e) => ApiError::from(e).into_response(),
         Ok(Some(first)) if first.request != rec.request || first.body_hash != rec.body_hash => {

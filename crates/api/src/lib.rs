@@ -91,6 +91,9 @@ pub struct Options {
     /// Serve the API (false: a worker- or engine-only process serves health, readiness
     /// and metrics only).
     pub api: bool,
+    /// Other processes share the store (scale-out): a claim in progress may belong to
+    /// a live process that started before this one.
+    pub shared_store: bool,
 }
 
 impl Default for Options {
@@ -101,6 +104,7 @@ impl Default for Options {
             ws: Default::default(),
             limit_clock: None,
             api: true,
+            shared_store: false,
         }
     }
 }

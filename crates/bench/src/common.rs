@@ -315,6 +315,8 @@ pub struct Bench {
     process: Option<Proc>,
     /// `--cluster`: the other processes, and the schema to drop at the end.
     members: Vec<Proc>,
+    /// Base URLs of every process under test (for their `/metrics`).
+    urls: Vec<String>,
     schema: Option<(String, String)>,
     _dirs: Vec<tempfile::TempDir>,
     _dir: tempfile::TempDir,
@@ -357,6 +359,7 @@ impl Bench {
             server,
             process,
             members: vec![],
+            urls: vec![],
             schema: None,
             _dirs: vec![],
             _dir: dir,
@@ -408,6 +411,7 @@ impl Bench {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let urls = apis.iter().map(|a| a.url.clone()).collect();
         let first = dirs.remove(0);
         let api = Api {
             wait: args.wait,
@@ -425,6 +429,7 @@ impl Bench {
             server: None,
             process,
             members: procs.collect(),
+            urls,
             schema: Some((args.database_url.clone(), schema)),
             _dirs: dirs,
             _dir: first,
@@ -434,6 +439,32 @@ impl Bench {
     /// The server's pid when it is a separate process.
     pub fn server_pid(&self) -> Option<u32> {
         self.process.as_ref().map(|p| p.0.id())
+    }
+
+    /// Group commits of every engine so far, summed over the processes under test:
+    /// `(commits, seconds in commit)`, from their `/metrics`.
+    pub async fn commits(&self) -> (u64, f64) {
+        let urls = if self.urls.is_empty() {
+            vec![self.api.url.clone()]
+        } else {
+            self.urls.clone()
+        };
+        let (mut n, mut secs) = (0u64, 0f64);
+        for u in urls {
+            let Ok(r) = self.api.http.get(format!("{u}/metrics")).send().await else {
+                continue;
+            };
+            let text = r.text().await.unwrap_or_default();
+            for l in text.lines() {
+                let mut it = l.split_whitespace();
+                match (it.next(), it.next()) {
+                    (Some("aob_commits_total"), Some(v)) => n += v.parse::<u64>().unwrap_or(0),
+                    (Some("aob_commit_seconds_total"), Some(v)) => secs += v.parse::<f64>().unwrap_or(0.0),
+                    _ => {}
+                }
+            }
+        }
+        (n, secs)
     }
 
     pub fn cpu(&self) -> Cpu {

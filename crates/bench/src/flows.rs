@@ -63,9 +63,17 @@ pub async fn w1(name: &str, a: W1Args) -> anyhow::Result<()> {
     let tag = "bench-w1";
     b.api.put_tag(tag, &noop_chain(tag, a.nodes)).await?;
     closed_loop(&b.api, tag, a.warmup, a.concurrency).await?;
+    let (c0, s0) = b.commits().await;
     let cpu0 = b.cpu();
     let (wall, lat) = closed_loop(&b.api, tag, a.runs, a.concurrency).await?;
     let cpu = cpu0.since(a.runs, wall);
+    let (c1, s1) = b.commits().await;
+    let commits = c1.saturating_sub(c0);
+    let commit_ms = if commits > 0 { (s1 - s0) * 1000.0 / commits as f64 } else { 0.0 };
+    eprintln!(
+        "{name}: {commits} group commits, {:.1} runs per commit, {commit_ms:.2} ms per commit",
+        a.runs as f64 / commits.max(1) as f64
+    );
     let s = summarize(&lat);
     let rps = per_sec(a.runs, wall);
     eprintln!(
@@ -82,7 +90,8 @@ pub async fn w1(name: &str, a: W1Args) -> anyhow::Result<()> {
     b.emit(
         name,
         json!({"wait": a.server.wait.as_str(), "nodes": a.nodes, "runs": a.runs, "concurrency": a.concurrency, "warmup": a.warmup,
-               "wall_s": r3(wall.as_secs_f64()), "runs_per_s": r3(rps), "latency": s.json(), "cpu": cpu}),
+               "wall_s": r3(wall.as_secs_f64()), "runs_per_s": r3(rps), "latency": s.json(), "cpu": cpu,
+               "commits": commits, "commit_ms": r3(commit_ms)}),
     );
     b.stop().await;
     Ok(())

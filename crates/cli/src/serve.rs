@@ -118,6 +118,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         ws: cfg.ws.clone(),
         limit_clock: None,
         api: roles.api,
+        shared_store: cfg.clustered(),
     };
     let app = aob_api::router(state, &api_opts);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -165,6 +165,36 @@ impl RedisDispatch {
         })
     }
 
+    /// Deletes every key under `prefix` (tests, and a restore from a PostgreSQL backup);
+    /// returns how many. Nothing may be using the prefix meanwhile.
+    pub async fn purge(url: &str, prefix: &str) -> Result<u64> {
+        if prefix.is_empty() {
+            return Err(DispatchError::Unavailable("redis: refusing to purge an empty prefix".into()));
+        }
+        let client = Client::open(url).map_err(unavailable)?;
+        let mut c = client.get_multiplexed_async_connection().await.map_err(unavailable)?;
+        let mut cursor = "0".to_string();
+        let mut n = 0;
+        loop {
+            let (next, keys): (String, Vec<String>) = redis::cmd("SCAN")
+                .arg(&cursor)
+                .arg("MATCH")
+                .arg(format!("{prefix}:*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            if !keys.is_empty() {
+                n += redis::cmd("DEL").arg(&keys).query_async::<u64>(&mut c).await.map_err(unavailable)?;
+            }
+            if next == "0" {
+                return Ok(n);
+            }
+            cursor = next;
+        }
+    }
+
     pub fn prefix(&self) -> &str {
         &self.prefix
     }

@@ -238,7 +238,7 @@ impl Link {
         if let Some(tx) = &self.local
             && self.shards.owns(call.run_id())
         {
-            match call_local(tx, call.clone()).await {
+            match call_local(tx, call.clone(), false).await {
                 Err(RuntimeError::NotOwner(_)) => {}
                 other => return other,
             }
@@ -592,7 +592,7 @@ async fn tell(tx: &mpsc::Sender<Command>, change: ShardChange) {
 /// after the answer (so after the commit). The entry's lease is kept alive meanwhile.
 async fn answer(link: Arc<Link>, tx: mpsc::Sender<Command>, lease: Lease, from: String, req: u64, call: Call) {
     let control = link.opts.control.clone();
-    let work = call_local(&tx, call);
+    let work = call_local(&tx, call, lease.delivery > 1);
     tokio::pin!(work);
     let result = loop {
         tokio::select! {

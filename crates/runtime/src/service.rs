@@ -82,7 +82,9 @@ pub struct StartRun {
 pub(crate) type Answering = oneshot::Sender<Result<Answer, RuntimeError>>;
 
 pub(crate) enum Command {
-    Call(Box<Call>, Answering),
+    /// A call; `redelivered` when it comes from a control entry delivered before
+    /// (its first owner may have applied it, then died before acknowledging it).
+    Call(Box<Call>, bool, Answering),
     /// An attempt finished; its lease is acknowledged once the result is committed.
     Done(String, TaskId, Outcome, Option<Lease>),
     /// Scale-out: shards this process gained (recover their runs) and lost (forget them).
@@ -100,9 +102,11 @@ pub(crate) enum Router {
 }
 
 /// Sends a call to this process's engine loop and waits for its answer.
-pub(crate) async fn call_local(tx: &mpsc::Sender<Command>, call: Call) -> Result<Answer, RuntimeError> {
+pub(crate) async fn call_local(tx: &mpsc::Sender<Command>, call: Call, redelivered: bool) -> Result<Answer, RuntimeError> {
     let (otx, orx) = oneshot::channel();
-    tx.send(Command::Call(Box::new(call), otx)).await.map_err(|_| RuntimeError::Stopped)?;
+    tx.send(Command::Call(Box::new(call), redelivered, otx))
+        .await
+        .map_err(|_| RuntimeError::Stopped)?;
     orx.await.map_err(|_| RuntimeError::Stopped)?
 }
 
@@ -145,7 +149,7 @@ impl Handle {
 
     async fn call(&self, call: Call) -> Result<Answer, RuntimeError> {
         match &self.router {
-            Router::Local(tx) => call_local(tx, call).await,
+            Router::Local(tx) => call_local(tx, call, false).await,
             Router::Cluster(link) => link.call(call).await,
         }
     }
@@ -615,14 +619,15 @@ impl Service {
         let mut keyed: HashMap<(String, String), String> = HashMap::new();
         for cmd in cmds {
             match cmd {
-                Command::Call(call, reply) => {
+                Command::Call(call, redelivered, reply) => {
                     if let Some(sh) = &self.shards
                         && !sh.owns(call.run_id())
                     {
                         let _ = reply.send(Err(RuntimeError::NotOwner(format!("shard {}", sh.of(call.run_id())))));
                         continue;
                     }
-                    self.call(*call, reply, now, &mut order, &mut pending, &mut replies, &mut keyed).await;
+                    self.call(*call, redelivered, reply, now, &mut order, &mut pending, &mut replies, &mut keyed)
+                        .await;
                 }
                 // Taken out of the batch by `run`, applied between batches.
                 Command::Shards(_, done) => {
@@ -802,6 +807,7 @@ impl Service {
     async fn call(
         &mut self,
         call: Call,
+        redelivered: bool,
         reply: Answering,
         now: i64,
         order: &mut Vec<String>,
@@ -810,7 +816,7 @@ impl Service {
         keyed: &mut HashMap<(String, String), String>,
     ) {
         if let Call::Start { .. } = call {
-            return self.start(call, reply, now, order, pending, replies, keyed).await;
+            return self.start(call, redelivered, reply, now, order, pending, replies, keyed).await;
         }
         let run_id = call.run_id().to_string();
         if let Err(e) = self.load(&run_id).await {
@@ -873,6 +879,7 @@ impl Service {
     async fn start(
         &mut self,
         call: Call,
+        redelivered: bool,
         reply: Answering,
         now: i64,
         order: &mut Vec<String>,
@@ -900,7 +907,7 @@ impl Service {
         // Scale-out: a forwarded start can be delivered twice (its owner died before
         // acknowledging it); the second must not reach the commit (a duplicate run id
         // fails the whole group commit).
-        if self.shards.is_some() {
+        if redelivered {
             match self.handle.store.get_run(&run_id).await {
                 Ok(None) => {}
                 Ok(Some(_)) => {
