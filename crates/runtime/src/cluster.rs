@@ -183,6 +183,8 @@ fn reply_topic(process: &str) -> String {
 }
 
 const EVENTS: &str = "events";
+/// A member not seen for this many lease TTLs is removed from the member list.
+const STALE_MEMBER_TTLS: i64 = 30;
 
 /// An entry of a shard's control stream.
 #[derive(Serialize, Deserialize)]
@@ -518,11 +520,15 @@ impl Link {
                 seen_at: now,
             })
             .await?;
-        let engines = store
-            .members(now - ttl)
-            .await?
+        let members = store.members(0).await?;
+        // Processes that died without leaving (kill -9) are forgotten after a while,
+        // so the table does not grow with every restart.
+        for m in members.iter().filter(|m| m.seen_at < now - STALE_MEMBER_TTLS * ttl) {
+            store.leave(&m.id).await?;
+        }
+        let engines = members
             .iter()
-            .filter(|m| m.roles.split(',').any(|r| r == "engine"))
+            .filter(|m| m.seen_at >= now - ttl && m.roles.split(',').any(|r| r == "engine"))
             .count()
             .max(1) as u32;
         let count = self.shards.count;

@@ -105,8 +105,18 @@ fn lock_key(schema: Option<&str>) -> i64 {
     h as i64
 }
 
+/// Session settings of every connection. A process paused or partitioned in the middle
+/// of a transaction (SIGSTOP, a stalled VM) would otherwise hold its row and advisory
+/// locks until it wakes up, and with them every other process's commits and shard
+/// claims: the server ends such a transaction after `idle_in_transaction_session_timeout`
+/// (our transactions send their statements back to back, so they are never idle that
+/// long). `lock_timeout` is longer, so a waiter outlasts a paused holder, but a wait
+/// never hangs for good.
+const SESSION: [(&str, &str); 2] = [("idle_in_transaction_session_timeout", "5s"), ("lock_timeout", "15s")];
+
 fn connect_options(url: &str) -> Result<PgConnectOptions> {
-    PgConnectOptions::from_str(url).map_err(|e| StoreError::Backend(format!("invalid database url: {e}")))
+    let co = PgConnectOptions::from_str(url).map_err(|e| StoreError::Backend(format!("invalid database url: {e}")))?;
+    Ok(co.options(SESSION))
 }
 
 /// Where a URL points, without its password, for error messages.

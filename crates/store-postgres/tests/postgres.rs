@@ -440,3 +440,26 @@ async fn nothing_of_the_old_owner_lands_after_a_takeover() {
     assert_eq!(s.events("t1", 0, 10_000).await.unwrap().len() as u64, seen);
     s.commit(vec![fence(write("t1", "alice", false, seen + 1..=seen + 1), 2)]).await.unwrap();
 }
+
+/// A process paused in the middle of a transaction (SIGSTOP, a stalled VM) must not
+/// hold its locks, and with them every takeover, until it wakes up: the server ends
+/// the idle transaction (`idle_in_transaction_session_timeout`), and the claim goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_left_open_does_not_block_a_takeover_for_good() {
+    use sqlx_core::executor::Executor;
+    let s = fresh().await;
+    assert_eq!(s.claim_shards("a", &[0], 1000, 1000).await.unwrap().len(), 1);
+    // "a" froze while committing: its transaction holds the lease row FOR SHARE.
+    let mut tx = s.pool().begin().await.unwrap();
+    (&mut *tx).execute("SELECT 1 FROM shard_leases WHERE shard = 0 FOR SHARE").await.unwrap();
+    let t = Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(30), s.claim_shards("b", &[0], 5000, 1000))
+        .await
+        .expect("the takeover waited for the frozen transaction for good")
+        .unwrap();
+    assert_eq!(got.len(), 1, "b took the shard over");
+    assert_eq!(got[0].epoch, 2);
+    assert!(t.elapsed() < Duration::from_secs(15), "took {:?}", t.elapsed());
+    // The frozen transaction is gone: waking up, it can write nothing more.
+    assert!((&mut *tx).execute("SELECT 1").await.is_err(), "the idle transaction was not ended");
+}
