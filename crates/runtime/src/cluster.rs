@@ -190,8 +190,28 @@ const STALE_MEMBER_TTLS: i64 = 30;
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "wire", rename_all = "snake_case")]
 enum Wire {
-    Call { from: String, req: u64, call: Box<Call> },
-    Done { run_id: String, task: TaskId, outcome: Outcome },
+    Call {
+        from: String,
+        req: u64,
+        call: Box<Call>,
+    },
+    /// `work`: the worker's lease on the attempt, acknowledged by the owner after its
+    /// commit (the worker does not acknowledge it).
+    Done {
+        run_id: String,
+        task: TaskId,
+        outcome: Outcome,
+        #[serde(default)]
+        work: Option<WorkLease>,
+    },
+}
+
+/// A worker's lease as it travels with a completion.
+#[derive(Serialize, Deserialize)]
+struct WorkLease {
+    envelope: Envelope,
+    delivery: u32,
+    token: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -283,14 +303,20 @@ impl Link {
         }
     }
 
-    /// Hands a worker's completion to the run's owner. On error the caller keeps its
-    /// work lease, so the attempt is redelivered rather than lost.
-    pub(crate) async fn complete(&self, run_id: &str, task: TaskId, outcome: Outcome) -> Result<(), RuntimeError> {
+    /// Hands a worker's completion, with the worker's lease on the attempt, to the run's
+    /// owner, which acknowledges both after committing the result. On error the attempt
+    /// is redelivered when its lease runs out (at-least-once), never lost.
+    pub(crate) async fn complete(&self, run_id: &str, task: TaskId, outcome: Outcome, lease: &Lease) -> Result<(), RuntimeError> {
         let key = task.key(run_id);
         let wire = Wire::Done {
             run_id: run_id.to_string(),
             task,
             outcome,
+            work: Some(WorkLease {
+                envelope: lease.envelope.clone(),
+                delivery: lease.delivery,
+                token: lease.token,
+            }),
         };
         let payload = serde_json::to_value(&wire).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
         let env = Envelope {
@@ -447,8 +473,13 @@ impl Link {
                 };
                 for lease in leases {
                     match serde_json::from_value::<Wire>(lease.envelope.payload.clone()) {
-                        Ok(Wire::Done { run_id, task, outcome }) => {
-                            if tx.send(Command::Done(run_id, task, outcome, Some(lease))).await.is_err() {
+                        Ok(Wire::Done { run_id, task, outcome, work }) => {
+                            let work = work.map(|w| Lease {
+                                envelope: w.envelope,
+                                delivery: w.delivery,
+                                token: w.token,
+                            });
+                            if tx.send(Command::Done(run_id, task, outcome, Some(lease), work)).await.is_err() {
                                 return;
                             }
                         }

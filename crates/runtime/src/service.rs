@@ -85,8 +85,10 @@ pub(crate) enum Command {
     /// A call; `redelivered` when it comes from a control entry delivered before
     /// (its first owner may have applied it, then died before acknowledging it).
     Call(Box<Call>, bool, Answering),
-    /// An attempt finished; its lease is acknowledged once the result is committed.
-    Done(String, TaskId, Outcome, Option<Lease>),
+    /// An attempt finished; its leases are acknowledged once the result is committed:
+    /// the entry it came in (a local worker's lease on the attempt, or the shard
+    /// control entry) and, from a remote worker, that worker's lease on the attempt.
+    Done(String, TaskId, Outcome, Option<Lease>, Option<Lease>),
     /// Scale-out: shards this process gained (recover their runs) and lost (forget them).
     Shards(ShardChange, oneshot::Sender<()>),
     /// Scale-out: Redis came back and may have lost entries: push every in-flight
@@ -612,9 +614,10 @@ impl Service {
         let mut order: Vec<String> = Vec::new();
         let mut pending: HashMap<String, Pending> = HashMap::new();
         let mut replies: Vec<Reply> = Vec::new();
-        // Leases of completions (acknowledged where they came from) and of aborted attempts.
+        // Leases of completions (acknowledged where they came from) and leases on the
+        // work queues (remote workers' attempts, aborted attempts).
         let mut acks: Vec<Lease> = Vec::new();
-        let mut aborted: Vec<Lease> = Vec::new();
+        let mut work_acks: Vec<Lease> = Vec::new();
         // (owner, idempotency key) → run id, for the starts of this batch.
         let mut keyed: HashMap<(String, String), String> = HashMap::new();
         for cmd in cmds {
@@ -643,7 +646,7 @@ impl Service {
                     tracing::info!(attempts = n, "re-pushed in-flight attempts after a Redis reconnect");
                     self.flush_outbox().await;
                 }
-                Command::Done(run_id, task, outcome, lease) => {
+                Command::Done(run_id, task, outcome, lease, work) => {
                     self.running.remove(&task.key(&run_id));
                     if let Some(sh) = &self.shards
                         && !sh.owns(&run_id)
@@ -654,9 +657,8 @@ impl Service {
                         }
                         continue;
                     }
-                    if let Some(l) = lease {
-                        acks.push(l);
-                    }
+                    acks.extend(lease);
+                    work_acks.extend(work);
                     if let Err(e) = self.load(&run_id).await {
                         tracing::warn!(run_id = %run_id, error = %e, "completion for an unknown run");
                         continue;
@@ -682,7 +684,7 @@ impl Service {
         }
         if order.is_empty() {
             self.finish_replies(replies, None);
-            self.ack(acks).await;
+            self.ack(acks, work_acks).await;
             return;
         }
         let fenced = self.fence(&order, &pending);
@@ -771,7 +773,7 @@ impl Service {
                     Action::Abort(t) => {
                         if let Some((h, lease)) = self.running.remove(&t.key(id)) {
                             h.abort();
-                            aborted.push(lease);
+                            work_acks.push(lease);
                         }
                     }
                 }
@@ -783,10 +785,7 @@ impl Service {
             None => self.handle.hub.publish(published),
         }
         self.finish_replies(replies, None);
-        self.ack(acks).await;
-        for l in aborted {
-            let _ = self.dispatch.ack(&l).await;
-        }
+        self.ack(acks, work_acks).await;
 
         for id in &order {
             let Some(live) = self.runs.get(id) else { continue };
@@ -1256,13 +1255,14 @@ impl Service {
 
     /// Acknowledges completions once committed: on the control streams in a cluster,
     /// on the work queue (the local workers' leases) otherwise.
-    async fn ack(&self, leases: Vec<Lease>) {
+    async fn ack(&self, leases: Vec<Lease>, work: Vec<Lease>) {
         use futures::StreamExt;
         let from = self.link.as_ref().map_or(&self.dispatch, |l| &l.opts.control);
+        let pairs = leases.into_iter().map(|l| (from, l)).chain(work.into_iter().map(|l| (&self.dispatch, l)));
         // Concurrently: over a network each ack is a round trip.
-        futures::stream::iter(leases)
-            .for_each_concurrent(64, |l| async move {
-                let _ = from.ack(&l).await;
+        futures::stream::iter(pairs)
+            .for_each_concurrent(64, |(d, l)| async move {
+                let _ = d.ack(&l).await;
             })
             .await;
     }

@@ -42,14 +42,13 @@ impl Running {
     }
 }
 
-/// Where a finished attempt goes.
+/// Where a finished attempt goes. Either way the attempt's lease is acknowledged by
+/// the engine that owns the run, after it committed the result.
 #[derive(Clone)]
 pub(crate) enum Completions {
-    /// This process's engine loop, which acknowledges the lease after the commit.
+    /// This process's engine loop.
     Local(mpsc::Sender<Command>),
-    /// The run's owner, through its shard's control stream; the work lease is
-    /// acknowledged once the completion is handed over (the owner acknowledges the
-    /// control entry after its commit).
+    /// The run's owner, through its shard's control stream.
     Cluster(Arc<Link>),
 }
 
@@ -149,16 +148,13 @@ impl Pool {
                 failpoint!("after_effect");
                 match done {
                     Completions::Local(tx) => {
-                        let _ = tx.send(Command::Done(task.run_id.clone(), task.id, outcome, Some(held))).await;
+                        let _ = tx.send(Command::Done(task.run_id.clone(), task.id, outcome, Some(held), None)).await;
                     }
                     Completions::Cluster(link) => {
                         running.remove(&task.id.key(&task.run_id));
-                        match link.complete(&task.run_id, task.id, outcome).await {
-                            Ok(()) => {
-                                let _ = dispatch.ack(&held).await;
-                            }
-                            // Kept leased: the attempt is delivered again (at-least-once).
-                            Err(e) => tracing::warn!(error = %e, "cannot hand a completion over"),
+                        // The owner acknowledges `held` after its commit.
+                        if let Err(e) = link.complete(&task.run_id, task.id, outcome, &held).await {
+                            tracing::warn!(error = %e, "cannot hand a completion over");
                         }
                     }
                 }
