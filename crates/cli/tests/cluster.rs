@@ -680,3 +680,46 @@ async fn an_engine_paused_past_its_lease_is_replaced_and_runs_finish_once() {
     // The woken engine rejoins and gets its share again.
     c.until_balanced(&[front, paused]).await;
 }
+
+impl Api {
+    /// The same endpoints through the shared test support (SSE reading).
+    fn as_server(&self) -> common::TestServer {
+        common::TestServer {
+            url: self.url.clone(),
+            http: self.http.clone(),
+            server: None,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_api_process_streams_every_event_of_a_run_in_order() {
+    let stub = slow_stub(Duration::from_millis(50)).await;
+    let mut c = Cluster::new(redis_url(), vec![stub.allow()]);
+    let a = c.add("api-a", "api").await;
+    let b = c.add("api-b", "api").await;
+    let e = c.add("engine", "engine,worker").await;
+    c.until_balanced(&[e]).await;
+    let (api_a, api_b) = (c.api(a), c.api(b));
+    let name = "http-chain.yaml";
+    let id = api_a.start_run(&common::example(name), inputs(name, &stub.url("/m1"))).await;
+    // Live on both API processes, while the run goes on (neither runs it).
+    let path = format!("/api/v1/runs/{id}/events?last_event_id=0");
+    let (sa, sb) = (api_a.as_server(), api_b.as_server());
+    let (fa, fb) = tokio::join!(sa.sse_frames(&path, &[]), sb.sse_frames(&path, &[]));
+    let stored = api_b.events(&id).await;
+    assert_clean_log(&id, &stored);
+    for frames in [&fa, &fb] {
+        let ids: Vec<u64> = frames.iter().map(|f| f.id.parse().unwrap()).collect();
+        assert_eq!(ids, (1..=stored.len() as u64).collect::<Vec<_>>(), "a stream skipped or repeated events");
+        let kinds: Vec<&str> = frames.iter().map(|f| f.event.as_str()).collect();
+        let want: Vec<&str> = stored.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(kinds, want);
+    }
+    // Resume on the other process from the middle: exactly the rest.
+    let k = stored.len() / 2;
+    let rest = sb.sse_frames(&format!("/api/v1/runs/{id}/events"), &[("Last-Event-ID", &k.to_string())]).await;
+    let ids: Vec<u64> = rest.iter().map(|f| f.id.parse().unwrap()).collect();
+    assert_eq!(ids, ((k as u64 + 1)..=stored.len() as u64).collect::<Vec<_>>());
+}

@@ -499,3 +499,34 @@ async fn a_pull_on_named_queues_wakes_on_their_push() {
     assert_eq!(got.iter().map(|l| l.envelope.id.as_str()).collect::<Vec<_>>(), vec!["t"]);
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
 }
+
+/// The bus: two processes' connections see one topic's messages in publish order,
+/// topics are separate, and a subscriber whose connection is killed comes back and
+/// says `Resync` (what was published meanwhile may be lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bus_delivers_in_order_across_connections_and_resyncs_after_a_drop() {
+    use aob_dispatch::{Bus, BusMessage};
+    let keys = Keys::new();
+    let a = aob_dispatch_redis::RedisBus::connect(&keys.url, &keys.prefix).await.unwrap();
+    let b = aob_dispatch_redis::RedisBus::connect(&keys.url, &keys.prefix).await.unwrap();
+    let mut on_b = b.subscribe("events").await.unwrap();
+    let mut other = b.subscribe("other").await.unwrap();
+    for i in 0..100u8 {
+        a.publish("events", vec![i]).await.unwrap();
+    }
+    for i in 0..100u8 {
+        let m = tokio::time::timeout(Duration::from_secs(5), on_b.recv()).await.unwrap();
+        assert_eq!(m, Some(BusMessage::Message(vec![i])));
+    }
+    assert!(other.try_recv().is_err(), "a message crossed topics");
+
+    // Kill every pub/sub connection of the prefix's channel: the subscriber reconnects.
+    let client = redis::Client::open(keys.url.as_str()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let _: i64 = redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query_async(&mut c).await.unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(10), on_b.recv()).await.unwrap();
+    assert_eq!(m, Some(BusMessage::Resync));
+    a.publish("events", vec![7]).await.unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(5), on_b.recv()).await.unwrap();
+    assert_eq!(m, Some(BusMessage::Message(vec![7])));
+}
