@@ -31,7 +31,7 @@ use aob_engine::{Outcome, TaskId};
 use aob_store::{Fence, Member, Store, StoredEvent, shard_of};
 
 use crate::calls::{Answer, Call, WireError};
-use crate::service::{Command, call_local};
+use crate::service::{Command, Completion, call_local};
 use crate::{Clock, EventHub, HubEvent, RunReads, RuntimeError};
 
 /// What a process does. Every process serves `/health`, `/readiness` and `/metrics`.
@@ -202,7 +202,7 @@ enum Wire {
         task: TaskId,
         outcome: Outcome,
         #[serde(default)]
-        work: Option<WorkLease>,
+        work: Option<Box<WorkLease>>,
     },
 }
 
@@ -312,11 +312,11 @@ impl Link {
             run_id: run_id.to_string(),
             task,
             outcome,
-            work: Some(WorkLease {
+            work: Some(Box::new(WorkLease {
                 envelope: lease.envelope.clone(),
                 delivery: lease.delivery,
                 token: lease.token,
-            }),
+            })),
         };
         let payload = serde_json::to_value(&wire).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
         let env = Envelope {
@@ -479,7 +479,14 @@ impl Link {
                                 delivery: w.delivery,
                                 token: w.token,
                             });
-                            if tx.send(Command::Done(run_id, task, outcome, Some(lease), work)).await.is_err() {
+                            let done = Completion {
+                                run_id,
+                                task,
+                                outcome,
+                                lease: Some(lease),
+                                work,
+                            };
+                            if tx.send(Command::Done(Box::new(done))).await.is_err() {
                                 return;
                             }
                         }

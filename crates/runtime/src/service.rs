@@ -85,15 +85,24 @@ pub(crate) enum Command {
     /// A call; `redelivered` when it comes from a control entry delivered before
     /// (its first owner may have applied it, then died before acknowledging it).
     Call(Box<Call>, bool, Answering),
-    /// An attempt finished; its leases are acknowledged once the result is committed:
-    /// the entry it came in (a local worker's lease on the attempt, or the shard
-    /// control entry) and, from a remote worker, that worker's lease on the attempt.
-    Done(String, TaskId, Outcome, Option<Lease>, Option<Lease>),
+    /// An attempt finished.
+    Done(Box<Completion>),
     /// Scale-out: shards this process gained (recover their runs) and lost (forget them).
     Shards(ShardChange, oneshot::Sender<()>),
     /// Scale-out: Redis came back and may have lost entries: push every in-flight
     /// attempt again (a push of an entry that still exists is a no-op).
     Redispatch,
+}
+
+/// A finished attempt. Its leases are acknowledged once the result is committed: the
+/// entry it came in (a local worker's lease on the attempt, or the shard's control
+/// entry) and, from a remote worker, that worker's lease on the attempt.
+pub(crate) struct Completion {
+    pub run_id: String,
+    pub task: TaskId,
+    pub outcome: Outcome,
+    pub lease: Option<Lease>,
+    pub work: Option<Lease>,
 }
 
 /// Where calls go: the engine loop of this process, or (scale-out) the run's owner.
@@ -646,7 +655,14 @@ impl Service {
                     tracing::info!(attempts = n, "re-pushed in-flight attempts after a Redis reconnect");
                     self.flush_outbox().await;
                 }
-                Command::Done(run_id, task, outcome, lease, work) => {
+                Command::Done(done) => {
+                    let Completion {
+                        run_id,
+                        task,
+                        outcome,
+                        lease,
+                        work,
+                    } = *done;
                     self.running.remove(&task.key(&run_id));
                     if let Some(sh) = &self.shards
                         && !sh.owns(&run_id)

@@ -18,7 +18,7 @@ use aob_exec::Executors;
 use crate::children::ChildRunner;
 use crate::cluster::Link;
 use crate::failpoint;
-use crate::service::{Command, Handle, Options};
+use crate::service::{Command, Completion, Handle, Options};
 
 /// In-flight attempts of this process by attempt key, so the engine can abort them.
 #[derive(Clone, Default)]
@@ -148,7 +148,14 @@ impl Pool {
                 failpoint!("after_effect");
                 match done {
                     Completions::Local(tx) => {
-                        let _ = tx.send(Command::Done(task.run_id.clone(), task.id, outcome, Some(held), None)).await;
+                        let done = Completion {
+                            run_id: task.run_id.clone(),
+                            task: task.id,
+                            outcome,
+                            lease: Some(held),
+                            work: None,
+                        };
+                        let _ = tx.send(Command::Done(Box::new(done))).await;
                     }
                     Completions::Cluster(link) => {
                         running.remove(&task.id.key(&task.run_id));
