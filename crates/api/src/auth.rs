@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -70,28 +71,53 @@ pub fn generate(tenant: &str, user: &str, role: &str, name: &str, now: i64) -> (
 }
 
 /// Verifies keys against the store, caching records by id (revocation goes through
-/// [`Keys::forget`], so a revoked key stops working at once in this process).
+/// [`Keys::forget`], so a revoked key stops working at once in this process). When
+/// other processes share the store ([`Keys::shared`]), they may revoke a key too: a
+/// cached record is then trusted for `ttl` only.
 #[derive(Clone)]
 pub struct Keys {
     store: Arc<dyn Store>,
-    cache: Arc<Mutex<HashMap<String, ApiKey>>>,
+    cache: Arc<Mutex<HashMap<String, (ApiKey, Instant)>>>,
+    ttl: Option<Duration>,
 }
 
 impl Keys {
     pub fn new(store: Arc<dyn Store>) -> Keys {
-        Keys { store, cache: Arc::default() }
+        Keys {
+            store,
+            cache: Arc::default(),
+            ttl: None,
+        }
+    }
+
+    /// Keys of a store other processes write too: a revocation elsewhere takes effect
+    /// here within `ttl`.
+    pub fn shared(store: Arc<dyn Store>, ttl: Duration) -> Keys {
+        Keys {
+            ttl: Some(ttl),
+            ..Keys::new(store)
+        }
     }
 
     pub async fn verify(&self, presented: &str) -> Result<Option<ApiKey>, ApiError> {
         let Some(rest) = presented.strip_prefix("aob_") else { return Ok(None) };
         let Some((id, _)) = rest.split_once('_') else { return Ok(None) };
-        let cached = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned();
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .filter(|(_, at)| self.ttl.is_none_or(|ttl| at.elapsed() < ttl))
+            .map(|(k, _)| k.clone());
         let record = match cached {
             Some(k) => Some(k),
             None => {
                 let k = self.store.get_key(id).await?;
                 if let Some(k) = &k {
-                    self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), k.clone());
+                    self.cache
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(id.to_string(), (k.clone(), Instant::now()));
                 }
                 k
             }

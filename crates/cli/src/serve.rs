@@ -74,10 +74,10 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
                 .context("connecting to Redis")?;
             let lease_ttl = std::time::Duration::from_millis(cfg.cluster.lease_ttl_ms);
             // Control entries of a dead engine go to the shard's next owner after one
-            // lease TTL; an entry refused that often (shards moving) is a dead letter.
+            // lease TTL. A completion is never dead-lettered: its run would wait for it.
             let control_opts = aob_dispatch::Options {
                 visibility: lease_ttl,
-                max_deliveries: 50,
+                max_deliveries: u32::MAX,
             };
             let control = aob_dispatch_redis::RedisDispatch::connect(url, &format!("{}:ctl", cfg.redis_prefix), &member, control_opts)
                 .await
@@ -110,7 +110,12 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
     if roles.api {
         bootstrap_admin(&runtime.handle, &cfg.data_dir).await?;
     }
-    let keys = aob_api::auth::Keys::new(runtime.handle.store.clone());
+    let keys = if cfg.clustered() {
+        // Another API process may revoke a key: trust a cached one for a few seconds only.
+        aob_api::auth::Keys::shared(runtime.handle.store.clone(), std::time::Duration::from_secs(5))
+    } else {
+        aob_api::auth::Keys::new(runtime.handle.store.clone())
+    };
     let state = aob_api::AppState::new(runtime.handle.clone(), keys, started_at);
     let api_opts = aob_api::Options {
         body_limit: cfg.body_limit,

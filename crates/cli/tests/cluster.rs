@@ -723,3 +723,38 @@ async fn every_api_process_streams_every_event_of_a_run_in_order() {
     let ids: Vec<u64> = rest.iter().map(|f| f.id.parse().unwrap()).collect();
     assert_eq!(ids, ((k as u64 + 1)..=stored.len() as u64).collect::<Vec<_>>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_on_one_api_process_stops_working_on_the_others() {
+    let mut c = Cluster::new(redis_url(), vec![]);
+    let a = c.add("api-a", "api,engine,worker").await;
+    let b = c.add("api-b", "api").await;
+    c.until_balanced(&[a]).await;
+    let admin = c.api(a);
+    let r = admin
+        .http
+        .post(format!("{}/api/v1/keys", admin.url))
+        .json(&json!({"name": "temp"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let created: Value = r.json().await.unwrap();
+    let (id, plain) = (created["id"].as_str().unwrap(), created["key"].as_str().unwrap());
+    let on_b = common::client_with_key(plain);
+    let whoami = format!("{}/api/v1/whoami", c.procs[b].url);
+    assert_eq!(on_b.get(&whoami).send().await.unwrap().status(), 200, "the key works on b (and b caches it)");
+    let r = admin.http.delete(format!("{}/api/v1/keys/{id}", admin.url)).send().await.unwrap();
+    assert!(r.status().is_success(), "revoke: {}", r.status());
+    // b cached the record; it trusts it for a few seconds at most.
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = on_b.get(&whoami).send().await.unwrap().status();
+        if status == 401 {
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(Instant::now() < until, "a revoked key still works on another API process");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -469,6 +469,10 @@ struct Service {
     /// Attempts to push once the current batch is committed.
     outbox: Vec<Envelope>,
     max_batch: usize,
+    /// Scale-out: how often every in-flight attempt is pushed again (a no-op for an
+    /// attempt still queued or leased), so an attempt whose queue entry or completion
+    /// Redis lost is re-run even when its node has no deadline.
+    sweep: Option<Duration>,
 }
 
 impl Service {
@@ -478,6 +482,7 @@ impl Service {
             handle,
             dispatch,
             shards: link.as_ref().map(|l| l.shards.clone()),
+            sweep: link.as_ref().map(|_| opts.visibility.max(Duration::from_secs(1))),
             link,
             runs: HashMap::new(),
             timers: BTreeSet::new(),
@@ -495,6 +500,9 @@ impl Service {
         {
             tracing::error!(error = %e, "recovery failed");
         }
+        let mut sweep = tokio::time::interval(self.sweep.unwrap_or(Duration::from_secs(3600)));
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        sweep.reset();
         loop {
             let next = self.timers.first().map(|(t, _)| *t);
             let mut cmds = Vec::new();
@@ -513,6 +521,11 @@ impl Service {
                     None => break,
                 },
                 _ = sleep => {}
+                _ = sweep.tick(), if self.sweep.is_some() => {
+                    let n = self.redispatch().await;
+                    tracing::debug!(attempts = n, "swept in-flight attempts");
+                    continue;
+                }
                 _ = shutdown.cancelled() => break,
             }
             while cmds.len() < self.max_batch {
@@ -589,6 +602,18 @@ impl Service {
         Ok(())
     }
 
+    /// Pushes every in-flight attempt of the runs in memory again (a push of an entry
+    /// still queued or leased is a no-op); returns how many.
+    async fn redispatch(&mut self) -> usize {
+        let tasks: Vec<Task> = self.runs.values().flat_map(|l| in_flight(&l.plan, &l.state)).collect();
+        let n = tasks.len();
+        for t in tasks {
+            self.dispatch(t);
+        }
+        self.flush_outbox().await;
+        n
+    }
+
     /// Scale-out: forgets the runs of lost shards, recovers those of gained ones.
     async fn shards_changed(&mut self, change: ShardChange) {
         let Some(sh) = self.shards.clone() else { return };
@@ -646,14 +671,8 @@ impl Service {
                     let _ = done.send(());
                 }
                 Command::Redispatch => {
-                    let mut n = 0;
-                    let tasks: Vec<Task> = self.runs.values().flat_map(|l| in_flight(&l.plan, &l.state)).collect();
-                    for t in tasks {
-                        self.dispatch(t);
-                        n += 1;
-                    }
+                    let n = self.redispatch().await;
                     tracing::info!(attempts = n, "re-pushed in-flight attempts after a Redis reconnect");
-                    self.flush_outbox().await;
                 }
                 Command::Done(done) => {
                     let Completion {
@@ -673,12 +692,23 @@ impl Service {
                         }
                         continue;
                     }
+                    match self.load(&run_id).await {
+                        Ok(()) => {}
+                        Err(RuntimeError::NotFound(_)) => {
+                            tracing::warn!(run_id = %run_id, "completion for an unknown run; dropped");
+                            acks.extend(lease);
+                            work_acks.extend(work);
+                            continue;
+                        }
+                        Err(e) => {
+                            // Not acknowledged: the completion comes again, and is not lost
+                            // to a store that failed for a moment.
+                            tracing::warn!(run_id = %run_id, error = %e, "cannot load the run of a completion");
+                            continue;
+                        }
+                    }
                     acks.extend(lease);
                     work_acks.extend(work);
-                    if let Err(e) = self.load(&run_id).await {
-                        tracing::warn!(run_id = %run_id, error = %e, "completion for an unknown run");
-                        continue;
-                    }
                     self.step(&run_id, Input::Done { task, outcome }, now, &mut order, &mut pending);
                 }
             }
