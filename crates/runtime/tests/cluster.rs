@@ -67,6 +67,20 @@ async fn until_held(rt: &Runtime) {
     panic!("no shard lease within 2 s");
 }
 
+/// A start of `plan` for tenant `t`, without inputs.
+fn start(run_id: &str, plan: Arc<aob_engine::Plan>) -> StartRun {
+    StartRun {
+        run_id: run_id.into(),
+        owner: "t".into(),
+        plan,
+        inputs: json!({}),
+        tag: None,
+        parent_run_id: None,
+        idempotency_key: None,
+        settings: RunSettings::default(),
+    }
+}
+
 fn approve(by: &str) -> Decision {
     Decision {
         approved: true,
@@ -97,20 +111,7 @@ async fn a_member_that_lost_its_lease_cannot_commit_and_the_new_holder_takes_ove
     .unwrap();
     let plan = a.handle.register(wf, "t").await.unwrap();
     let run_id = "run-fenced".to_string();
-    let st = a
-        .handle
-        .start(StartRun {
-            run_id: run_id.clone(),
-            owner: "t".into(),
-            plan,
-            inputs: json!({}),
-            tag: None,
-            parent_run_id: None,
-            idempotency_key: None,
-            settings: RunSettings::default(),
-        })
-        .await
-        .unwrap();
+    let st = a.handle.start(start(&run_id, plan)).await.unwrap();
     assert_eq!(st.status, RunStatus::WaitingForApproval);
     let before = s.store.get_run(&run_id).await.unwrap().unwrap();
     let events_before = s.store.events(&run_id, 0, 1000).await.unwrap().len();
@@ -177,20 +178,7 @@ async fn calls_reach_the_owner_from_a_member_without_the_shard() {
     .unwrap();
     let plan = front.handle.register(wf, "t").await.unwrap();
     let mut live = front.handle.hub.subscribe_run("r-front");
-    front
-        .handle
-        .start(StartRun {
-            run_id: "r-front".into(),
-            owner: "t".into(),
-            plan,
-            inputs: json!({}),
-            tag: None,
-            parent_run_id: None,
-            idempotency_key: None,
-            settings: RunSettings::default(),
-        })
-        .await
-        .unwrap();
+    front.handle.start(start("r-front", plan)).await.unwrap();
     let done = front.handle.wait_terminal("r-front").await.unwrap();
     assert_eq!(done.status, RunStatus::Completed, "{:?}", done.error);
     // The owner's events reached the front member's hub through the bus, in order.
