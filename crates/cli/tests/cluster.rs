@@ -19,13 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-fn database_url() -> String {
-    std::env::var("AOB_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-fn redis_url() -> String {
-    std::env::var("AOB_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
+use common::{EXAMPLES, database_url, example_inputs as inputs, redis_url};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -305,26 +299,6 @@ async fn slow_stub(delay: Duration) -> common::AsyncStub {
         })
     }))
     .await
-}
-
-const EXAMPLES: [&str; 7] = [
-    "http-chain.yaml",
-    "branch-join.yaml",
-    "loop-retry.yaml",
-    "map-fanout.yaml",
-    "transform-pipeline.yaml",
-    "subworkflow.yaml",
-    "demo.yaml",
-];
-
-fn inputs(name: &str, base: &str) -> Value {
-    let mut v = match name {
-        "map-fanout.yaml" => json!({"ids": [5, 3, 9, 1]}),
-        "subworkflow.yaml" => json!({"words": ["x", "y"]}),
-        _ => json!({}),
-    };
-    v["base_url"] = json!(base);
-    v
 }
 
 /// The log is 1..=n, exactly one terminal event and it is last, and no node completed

@@ -6,13 +6,7 @@ mod common;
 
 use serde_json::{Value, json};
 
-fn database_url() -> String {
-    std::env::var("AOB_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-fn redis_url() -> String {
-    std::env::var("AOB_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
+use common::{database_url, redis_url};
 
 /// Drops the test's schema however the test ends.
 struct Schema(String);
@@ -31,13 +25,7 @@ impl Drop for Schema {
 
 /// Outputs, status, and the event log without ids and times, in a comparable order.
 async fn outcome(srv: &common::TestServer, name: &str, base_url: &str) -> (Value, Vec<(String, String, u64)>) {
-    let mut inputs = match name {
-        "map-fanout.yaml" => json!({"ids": [5, 3, 9, 1]}),
-        "subworkflow.yaml" => json!({"words": ["x", "y"]}),
-        _ => json!({}),
-    };
-    inputs["base_url"] = json!(base_url);
-    let id = srv.start_run(&common::example(name), inputs).await;
+    let id = srv.start_run(&common::example(name), common::example_inputs(name, base_url)).await;
     let events = srv.events_until_end(&id, None).await;
     common::assert_gapless(&events);
     let run = srv.get(&format!("/api/v1/runs/{id}")).await.1;
@@ -73,15 +61,7 @@ async fn examples_match_embedded_mode_over_postgres_and_redis() {
         cfg.redis_prefix = p;
     })
     .await;
-    for name in [
-        "http-chain.yaml",
-        "branch-join.yaml",
-        "loop-retry.yaml",
-        "map-fanout.yaml",
-        "transform-pipeline.yaml",
-        "subworkflow.yaml",
-        "demo.yaml",
-    ] {
+    for name in common::EXAMPLES {
         let a = outcome(&embedded, name, &format!("{base}/m1")).await;
         let b = outcome(&scaled, name, &format!("{base}/m2")).await;
         assert_eq!(a.0["status"], "COMPLETED", "{name}: {}", a.0);

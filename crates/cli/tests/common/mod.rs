@@ -504,6 +504,38 @@ pub fn example_answer(hit: &Hit, n: usize) -> (u16, Value) {
     }
 }
 
+/// Every workflow in `examples/` that the example stub serves.
+pub const EXAMPLES: [&str; 7] = [
+    "http-chain.yaml",
+    "branch-join.yaml",
+    "loop-retry.yaml",
+    "map-fanout.yaml",
+    "transform-pipeline.yaml",
+    "subworkflow.yaml",
+    "demo.yaml",
+];
+
+/// The inputs an example runs with, calling the stub at `base`.
+pub fn example_inputs(name: &str, base: &str) -> Value {
+    let mut v = match name {
+        "map-fanout.yaml" => json!({"ids": [5, 3, 9, 1]}),
+        "subworkflow.yaml" => json!({"words": ["x", "y"]}),
+        _ => json!({}),
+    };
+    v["base_url"] = json!(base);
+    v
+}
+
+/// The PostgreSQL the tests use (`AOB_TEST_DATABASE_URL`).
+pub fn database_url() -> String {
+    std::env::var("AOB_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// The Redis the tests use (`AOB_TEST_REDIS_URL`).
+pub fn redis_url() -> String {
+    std::env::var("AOB_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
 /// A workflow from `examples/`.
 pub fn example(name: &str) -> Value {
     aob_cli::commands::read_doc(&std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples").join(name)).unwrap()
