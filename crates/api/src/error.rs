@@ -120,6 +120,16 @@ impl ApiError {
     pub fn not_found(what: impl Into<String>) -> ApiError {
         ApiError::new(Code::NotFound, format!("{} not found", what.into()))
     }
+    /// A request beyond a quota: 413 for sizes, 400 otherwise, with the limit's stable code
+    /// in `details.limit`.
+    pub fn limit(e: aob_limits::LimitError) -> ApiError {
+        let code = match e {
+            aob_limits::LimitError::TooLarge { .. } => Code::PayloadTooLarge,
+            _ => Code::BadRequest,
+        };
+        ApiError::new(code, e.to_string()).with_details(json!({"limit": e.code()}))
+    }
+
     pub fn validation(issues: &[aob_model::Issue]) -> ApiError {
         let errors: Vec<&aob_model::Issue> = issues.iter().filter(|i| i.severity == aob_model::Severity::Error).collect();
         let summary = errors

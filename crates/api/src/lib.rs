@@ -94,6 +94,8 @@ pub struct Options {
     /// Other processes share the store (scale-out): a claim in progress may belong to
     /// a live process that started before this one.
     pub shared_store: bool,
+    /// Quotas on what callers send (depth, sizes, validation work).
+    pub limits: Arc<aob_limits::Limits>,
 }
 
 impl Default for Options {
@@ -105,6 +107,7 @@ impl Default for Options {
             limit_clock: None,
             api: true,
             shared_store: false,
+            limits: Arc::new(aob_limits::Limits::default()),
         }
     }
 }

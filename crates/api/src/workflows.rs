@@ -6,7 +6,6 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use aob_model::validate::parse_and_validate;
 use aob_store::TagUpdate;
 
 use crate::auth::{Caller, GLOBAL_OWNER};
@@ -27,6 +26,16 @@ pub fn workflow_doc(v: &Value) -> ApiResult<Value> {
         }
         _ => Err(ApiError::bad_request("workflow must be an object (or YAML text)")),
     }
+}
+
+/// Parses and validates a document within the caller's tenant limits, off the async
+/// workers: validation compiles every expression, on threads of its own.
+pub async fn validated(app: &AppState, caller: &Caller, doc: Value) -> ApiResult<(aob_model::Workflow, Vec<aob_model::Issue>)> {
+    let limits = app.guards.opts.limits.for_tenant(&caller.owner);
+    tokio::task::spawn_blocking(move || aob_model::validate::parse_and_validate_with(&doc, &limits))
+        .await
+        .map_err(|_| ApiError::new(Code::Internal, "validation stopped unexpectedly"))?
+        .map_err(|issues| ApiError::validation(&issues))
 }
 
 pub fn check_tag_name(name: &str) -> ApiResult<()> {
@@ -116,7 +125,7 @@ pub async fn create(State(app): State<AppState>, caller: Caller, Json(body): Jso
     }
     let owner = if body.global { GLOBAL_OWNER.to_string() } else { caller.owner.clone() };
     let doc = workflow_doc(&body.workflow.ok_or_else(|| ApiError::bad_request("workflow is required"))?)?;
-    let (wf, warnings) = parse_and_validate(&doc).map_err(|issues| ApiError::validation(&issues))?;
+    let (wf, warnings) = validated(&app, &caller, doc).await?;
     let (nodes, edges) = (wf.nodes.len(), wf.edges.len());
     let plan = app.rt.register(wf, &owner).await?;
     let existed = app.rt.store.get_tag(&owner, &tag).await?.is_some();
@@ -221,11 +230,15 @@ pub struct ValidateBody {
 }
 
 /// Validates without storing anything.
-pub async fn validate(_caller: Caller, Json(body): Json<ValidateBody>) -> ApiResult<axum::Json<Value>> {
+pub async fn validate(State(app): State<AppState>, caller: Caller, Json(body): Json<ValidateBody>) -> ApiResult<axum::Json<Value>> {
     let doc = workflow_doc(&body.workflow.ok_or_else(|| ApiError::bad_request("workflow is required"))?)?;
-    let issues = match parse_and_validate(&doc) {
+    let issues = match validated(&app, &caller, doc).await {
         Ok((_, w)) => w,
-        Err(e) => e,
+        // The report as validation made it (already capped).
+        Err(e) if e.code == Code::ValidationFailed && e.details.get("errors").is_some() => {
+            return Ok(axum::Json(json!({"valid": false, "errors": e.details["errors"], "warnings": e.details["warnings"]})));
+        }
+        Err(e) => return Err(e),
     };
     let valid = !aob_model::validate::has_errors(&issues);
     let errors: Vec<_> = issues.iter().filter(|i| i.severity == aob_model::Severity::Error).collect();

@@ -44,6 +44,13 @@ pub struct Config {
     /// How long a pulled attempt stays leased without a heartbeat (a dead worker's
     /// attempt is redelivered after this).
     pub visibility_ms: u64,
+    /// Quotas on what users send and what their workflows do (OPERATIONS.md, "Limits
+    /// and quotas"); `[limits]` in the file, `AOB_LIMITS__<NAME>` in the environment.
+    pub limits: aob_limits::Limits,
+    /// The `aob` binary that runs jq programs in a process of their own (`aob __jq`).
+    /// `aob serve` uses itself; without one, jq runs in the server process and a
+    /// program that never ends cannot be stopped.
+    pub jq_sandbox: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -114,6 +121,8 @@ impl Default for Config {
             roles: "api,engine,worker".into(),
             cluster: Cluster::default(),
             visibility_ms: 30_000,
+            limits: aob_limits::Limits::default(),
+            jq_sandbox: None,
         }
     }
 }
@@ -180,6 +189,7 @@ impl Config {
         if self.visibility_ms < 100 {
             anyhow::bail!("visibility_ms must be at least 100");
         }
+        self.limits.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
         for a in &self.ssrf.allow {
             a.parse::<aob_ssrf::AllowRule>().map_err(|e| anyhow::anyhow!("ssrf.allow entry '{a}': {e}"))?;
         }

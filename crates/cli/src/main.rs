@@ -148,6 +148,10 @@ fn init_tracing(cfg: &config::Config) {
 }
 
 fn main() {
+    // The jq sandbox: a child process of the server, answered before anything else starts.
+    if std::env::args_os().nth(1).is_some_and(|a| a == aob_exec::sandbox::JQ_SUBCOMMAND) {
+        std::process::exit(aob_exec::sandbox::jq_child_main());
+    }
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -182,8 +186,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     let fmt = cli.output;
     match cli.command {
         Command::Serve(args) => {
-            let cfg = args.load()?;
+            let mut cfg = args.load()?;
             init_tracing(&cfg);
+            if cfg.jq_sandbox.is_none() {
+                cfg.jq_sandbox = std::env::current_exe().ok();
+            }
             serve::run(cfg).await?;
             Ok(exit::OK)
         }

@@ -50,9 +50,12 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
     let guard = aob_ssrf::Guard::new(policy);
     let clock = Arc::new(SystemClock);
     let started_at = aob_runtime::Clock::now_ms(&*clock);
+    let limits = Arc::new(cfg.limits.clone());
     let opts = aob_runtime::Options {
         max_tasks: cfg.max_tasks,
         visibility: std::time::Duration::from_millis(cfg.visibility_ms),
+        limits: limits.clone(),
+        jq_sandbox: cfg.jq_sandbox.clone(),
         ..Default::default()
     };
     let dispatch_opts = aob_dispatch::Options {
@@ -124,6 +127,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         limit_clock: None,
         api: roles.api,
         shared_store: cfg.clustered(),
+        limits,
     };
     let app = aob_api::router(state, &api_opts);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

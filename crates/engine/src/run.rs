@@ -96,6 +96,7 @@ pub fn apply(plan: &Plan, st: &mut RunState, input: Input, now: i64) -> Step {
         st,
         now,
         step: Step::default(),
+        inline: 0,
     };
     if let Input::Replay { node, by, reason } = &input {
         if m.st.status.is_terminal() && (*node as usize) < m.plan.nodes.len() {
@@ -137,6 +138,7 @@ pub fn apply(plan: &Plan, st: &mut RunState, input: Input, now: i64) -> Step {
     m.advance();
     m.refresh_status();
     m.check_done();
+    m.check_event_limit();
     m.step
 }
 
@@ -152,6 +154,7 @@ pub fn in_flight(plan: &Plan, st: &RunState) -> Vec<Task> {
         st: &mut st.clone(),
         now: 0,
         step: Step::default(),
+        inline: 0,
     };
     for (i, n) in st.nodes.iter().enumerate() {
         if n.status != NodeStatus::Running {
@@ -185,6 +188,8 @@ struct Machine<'a> {
     st: &'a mut RunState,
     now: i64,
     step: Step,
+    /// Inline nodes begun in this transition (see `RunSettings::inline_steps`).
+    inline: u64,
 }
 
 impl Machine<'_> {
@@ -503,11 +508,48 @@ impl Machine<'_> {
                 if self.st.status.is_terminal() {
                     return;
                 }
-                if self.st.nodes[i].status == NodeStatus::Ready {
-                    self.begin(i);
+                if self.st.nodes[i].status != NodeStatus::Ready {
+                    continue;
                 }
+                if self.plan.nodes[i].kind.is_inline() {
+                    if self.inline >= self.st.settings.inline_steps() {
+                        self.yield_ready();
+                        return;
+                    }
+                    self.inline += 1;
+                }
+                self.st.nodes[i].due_at = None;
+                self.begin(i);
             }
         }
+    }
+
+    /// Leaves the ready nodes for a later transition: a timer due now (`due_at` of a
+    /// ready node) brings the run back after the engine has served other runs, and
+    /// survives a restart like any timer.
+    fn yield_ready(&mut self) {
+        let now = self.now;
+        for n in &mut self.st.nodes {
+            if n.status == NodeStatus::Ready {
+                n.due_at = Some(now);
+            }
+        }
+    }
+
+    /// A run that has appended its quota of events fails; the failure's own events are
+    /// the last it appends.
+    fn check_event_limit(&mut self) {
+        let max = self.st.settings.max_events();
+        if self.st.status.is_terminal() || self.st.seq < max {
+            return;
+        }
+        self.stop_all();
+        let error = json!({"code": "event_limit_exceeded", "message": format!("the run appended {} events; the limit is {max}", self.st.seq)});
+        self.st.error = Some(error.clone());
+        self.st.status = RunStatus::Failed;
+        self.st.paused = false;
+        self.st.completed_at = Some(self.now);
+        self.emit("workflow_failed", None, None, json!({"error": error}));
     }
 
     fn scope_value(&self, i: usize) -> Option<&Value> {
@@ -632,6 +674,13 @@ impl Machine<'_> {
                     }
                 };
                 let count = items.len();
+                let max = self.st.settings.max_map_items();
+                if count as u64 > max {
+                    return self.fail_early(
+                        i,
+                        TaskError::new("too_many_items", format!("map items resolved to {count} items; the limit is {max}"), false),
+                    );
+                }
                 let n = &mut self.st.nodes[i];
                 n.status = NodeStatus::Running;
                 n.attempt = 1;

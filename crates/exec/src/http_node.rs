@@ -23,7 +23,7 @@ pub fn guard_error(e: FetchError) -> TaskError {
     TaskError::new(code, e.to_string(), retryable)
 }
 
-pub async fn run(guard: &Guard, task: &Task) -> Result<Value, TaskError> {
+pub async fn run(guard: &Guard, task: &Task, limits: &aob_limits::Limits) -> Result<Value, TaskError> {
     let cfg: HttpConfig = serde_json::from_value(task.config.clone()).map_err(|e| TaskError::new("invalid_config", format!("http config: {e}"), false))?;
     let method = aob_model::validate::http_method(&cfg.method)
         .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok())
@@ -67,7 +67,8 @@ pub async fn run(guard: &Guard, task: &Task) -> Result<Value, TaskError> {
         headers,
         body,
         timeout: Some(Duration::from_millis(timeout)),
-        max_response_bytes: cfg.max_response_bytes,
+        // Validation refuses larger values; a workflow stored under a higher limit is capped.
+        max_response_bytes: Some(cfg.max_response_bytes.unwrap_or(limits.response_bytes).min(limits.response_bytes)),
         follow_redirects: cfg.follow_redirects,
     };
     let started = Instant::now();

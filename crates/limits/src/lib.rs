@@ -229,6 +229,20 @@ impl Limits {
         out
     }
 
+    /// The largest quota any tenant has: what a stored workflow may have been validated
+    /// against, so what the engine accepts when it compiles one again.
+    pub fn widest(&self) -> Limits {
+        let mut out = self.clone();
+        for t in self.tenants.values() {
+            out.loop_iterations = out.loop_iterations.max(t.loop_iterations.unwrap_or(0));
+            out.map_items = out.map_items.max(t.map_items.unwrap_or(0));
+            out.events_per_run = out.events_per_run.max(t.events_per_run.unwrap_or(0));
+            out.workflow_nodes = out.workflow_nodes.max(t.workflow_nodes.unwrap_or(0));
+        }
+        out.tenants = BTreeMap::new();
+        out
+    }
+
     /// Refuses JSON text nested deeper than `json_depth`, before anything parses it.
     pub fn check_text(&self, text: &[u8]) -> Result<(), LimitError> {
         let depth = depth_of_text(text);

@@ -30,6 +30,9 @@ pub struct Options {
     pub max_batch: usize,
     /// How long a pulled attempt stays leased without a heartbeat.
     pub visibility: Duration,
+    pub limits: Arc<aob_limits::Limits>,
+    /// The `aob` binary jq programs run in (`aob __jq`); in this process when `None`.
+    pub jq_sandbox: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -38,6 +41,8 @@ impl Default for Options {
             max_tasks: 512,
             max_batch: 1024,
             visibility: Duration::from_secs(30),
+            limits: Arc::new(aob_limits::Limits::default()),
+            jq_sandbox: None,
         }
     }
 }
@@ -131,9 +136,15 @@ pub struct Handle {
     pub clock: Arc<dyn Clock>,
     pub reads: RunReads,
     pub metrics: Metrics,
+    limits: Arc<aob_limits::Limits>,
 }
 
 impl Handle {
+    /// The quotas of this server.
+    pub fn limits(&self) -> &aob_limits::Limits {
+        &self.limits
+    }
+
     /// Validates, stores (content-addressed) and compiles a workflow, and lets `owner` read it.
     pub async fn register(&self, wf: Workflow, owner: &str) -> Result<Arc<Plan>, RuntimeError> {
         let plan = self
@@ -169,6 +180,7 @@ impl Handle {
     pub async fn start(&self, req: StartRun) -> Result<RunState, RuntimeError> {
         // The loop finds the plan by hash; it is in the cache (and the store) already.
         self.plans.insert(req.plan.clone());
+        let settings = req.settings.with_limits(&self.limits.for_tenant(&req.owner));
         self.call(Call::Start {
             run_id: req.run_id,
             owner: req.owner,
@@ -177,7 +189,7 @@ impl Handle {
             tag: req.tag,
             parent_run_id: req.parent_run_id,
             idempotency_key: req.idempotency_key,
-            settings: req.settings,
+            settings,
         })
         .await?
         .state()
@@ -301,7 +313,7 @@ impl Runtime {
     /// recovery of unfinished runs happens before the first command.
     pub fn start(opts: Options, store: Arc<dyn Store>, dispatch: Arc<dyn Dispatch>, guard: aob_ssrf::Guard, clock: Arc<dyn Clock>) -> Runtime {
         let (tx, rx) = mpsc::channel(65_536);
-        let handle = Handle::new(Router::Local(tx.clone()), store, clock);
+        let handle = Handle::new(Router::Local(tx.clone()), store, clock, opts.limits.clone());
         let shutdown = CancellationToken::new();
         let running = Running::default();
         let mut tasks = vec![Pool::new(&opts, &handle, dispatch.clone(), guard, Completions::Local(tx), running.clone(), vec![]).spawn(shutdown.clone())];
@@ -324,7 +336,7 @@ impl Runtime {
         let roles = cluster.roles.clone();
         let (tx, rx) = mpsc::channel(65_536);
         let link = Arc::new(Link::new(cluster, roles.engine.then(|| tx.clone())));
-        let handle = Handle::new(Router::Cluster(link.clone()), store.clone(), clock.clone());
+        let handle = Handle::new(Router::Cluster(link.clone()), store.clone(), clock.clone(), opts.limits.clone());
         let shutdown = CancellationToken::new();
         link.listen(handle.hub.clone(), handle.reads.clone(), shutdown.clone()).await?;
         let running = Running::default();
@@ -361,12 +373,13 @@ impl Runtime {
 }
 
 impl Handle {
-    fn new(router: Router, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Handle {
+    fn new(router: Router, store: Arc<dyn Store>, clock: Arc<dyn Clock>, limits: Arc<aob_limits::Limits>) -> Handle {
         Handle {
             router,
             store,
             hub: EventHub::new(4096),
-            plans: Plans::default(),
+            plans: Plans::new(&limits),
+            limits,
             clock,
             reads: RunReads::default(),
             metrics: Metrics::default(),
@@ -1040,11 +1053,12 @@ impl Service {
     fn patched_plan(&self, run_id: &str, ops: &[Value]) -> Result<(Arc<Plan>, Workflow), RuntimeError> {
         let live = self.runs.get(run_id).ok_or_else(|| RuntimeError::NotFound(run_id.to_string()))?;
         let doc = serde_json::to_value(&live.plan.workflow).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
-        let doc = aob_model::patch::apply(&doc, ops).map_err(|issues| RuntimeError::Rejected {
+        let limits = self.handle.plans.limits();
+        let doc = aob_model::patch::apply_with(&doc, ops, limits).map_err(|issues| RuntimeError::Rejected {
             code: "invalid_patch",
             issues: issue_values(issues),
         })?;
-        let (wf, _) = aob_model::validate::parse_and_validate(&doc).map_err(|issues| RuntimeError::Rejected {
+        let (wf, _) = aob_model::validate::parse_and_validate_with(&doc, limits).map_err(|issues| RuntimeError::Rejected {
             code: "validation_failed",
             issues: issue_values(issues),
         })?;

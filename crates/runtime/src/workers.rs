@@ -73,9 +73,15 @@ impl Pool {
         running: Running,
         queues: Vec<String>,
     ) -> Pool {
+        let mut executors = Executors::new(guard)
+            .with_children(Arc::new(ChildRunner { handle: handle.clone() }))
+            .with_limits(opts.limits.clone());
+        if let Some(exe) = &opts.jq_sandbox {
+            executors = executors.with_jq(Arc::new(aob_exec::sandbox::ProcessJq::new(exe.clone())));
+        }
         Pool {
             dispatch,
-            executors: Executors::new(guard).with_children(Arc::new(ChildRunner { handle: handle.clone() })),
+            executors,
             done,
             running,
             max_tasks: opts.max_tasks,
