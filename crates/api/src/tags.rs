@@ -110,8 +110,9 @@ pub async fn patch(
     let mut doc = blob.content;
     let limits = app.guards.opts.limits.for_tenant(&caller.owner);
     if patch.0.len() > limits.patch_operations {
-        return Err(ApiError::bad_request(format!("a patch may have at most {} operations", limits.patch_operations))
-            .with_details(json!({"limit": "too_large"})));
+        return Err(
+            ApiError::bad_request(format!("a patch may have at most {} operations", limits.patch_operations)).with_details(json!({"limit": "too_large"})),
+        );
     }
     // One operation at a time, measuring the document after each: `copy` must not
     // amplify a small request into a huge document.

@@ -236,7 +236,9 @@ pub async fn validate(State(app): State<AppState>, caller: Caller, Json(body): J
         Ok((_, w)) => w,
         // The report as validation made it (already capped).
         Err(e) if e.code == Code::ValidationFailed && e.details.get("errors").is_some() => {
-            return Ok(axum::Json(json!({"valid": false, "errors": e.details["errors"], "warnings": e.details["warnings"]})));
+            return Ok(axum::Json(
+                json!({"valid": false, "errors": e.details["errors"], "warnings": e.details["warnings"]}),
+            ));
         }
         Err(e) => return Err(e),
     };

@@ -73,15 +73,18 @@ impl ProcessJq {
         let (out, status) = match tokio::time::timeout(limit, work).await {
             Ok(r) => r,
             // Dropping the future drops the child handle, which kills it (kill_on_drop).
-            Err(_) => return Err(format!("jq_timeout: the jq program ran longer than {} ms and was stopped", limits.jq_timeout_ms)),
+            Err(_) => {
+                return Err(format!(
+                    "jq_timeout: the jq program ran longer than {} ms and was stopped",
+                    limits.jq_timeout_ms
+                ));
+            }
         };
         let out = out.map_err(|e| format!("jq_unavailable: reading the jq sandbox: {e}"))?;
         match status {
             Ok(s) if s.success() => {}
             _ => {
-                return Err(
-                    "jq_resource_exhausted: the jq program was stopped (it overflowed its stack or used more memory or CPU than allowed)".into(),
-                );
+                return Err("jq_resource_exhausted: the jq program was stopped (it overflowed its stack or used more memory or CPU than allowed)".into());
             }
         }
         if out.len() > limits.output_bytes {

@@ -220,13 +220,15 @@ mod tests {
     #[test]
     fn copies_cannot_amplify_a_document() {
         let doc = json!({"nodes": [{"id": "a", "type": "noop", "config": {"output": "x".repeat(10_000)}}], "edges": []});
-        let ops: Vec<Value> = (0..60).map(|_| json!({"op": "copy", "from": "/nodes", "path": "/nodes/0/config/more"})).collect();
+        let ops: Vec<Value> = (0..60)
+            .map(|_| json!({"op": "copy", "from": "/nodes", "path": "/nodes/0/config/more"}))
+            .collect();
         let issues = apply(&doc, &ops).unwrap_err();
         assert!(issues.iter().any(|i| i.code == "too_large" || i.code == "too_deep"), "{issues:?}");
         let many: Vec<Value> = (0..500).map(|_| json!({"op": "test", "path": "/edges", "value": []})).collect();
         assert_eq!(apply(&doc, &many).unwrap_err()[0].code, "too_large");
         let mut d = doc.clone();
-        let copy = vec![json!({"op": "copy", "from": "", "path": "/x"}); 40];
+        let copy: Vec<Value> = (0..40).map(|i| json!({"op": "copy", "from": "", "path": format!("/x{i}")})).collect();
         assert!(apply_rfc6902(&mut d, &copy, &Limits::default()).is_err());
     }
 }

@@ -124,6 +124,10 @@ mod tests {
             plans.compile(wf).unwrap();
         }
         let cache = plans.cache.lock().unwrap();
-        assert!(cache.bytes <= 4_000 && cache.plans.len() < 50 && !cache.plans.is_empty(), "{} bytes", cache.bytes);
+        assert!(
+            cache.bytes <= 4_000 && cache.plans.len() < 50 && !cache.plans.is_empty(),
+            "{} bytes",
+            cache.bytes
+        );
     }
 }
