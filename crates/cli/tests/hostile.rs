@@ -34,6 +34,10 @@ fn client(key: &str) -> reqwest::Client {
 impl Server {
     /// `aob serve` on a fresh port and data dir, with `env` (`AOB_LIMITS__…`) set.
     async fn start(env: &[(&str, &str)]) -> Server {
+        Server::start_with(env, &[]).await
+    }
+
+    async fn start_with(env: &[(&str, &str)], args: &[String]) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_aob"));
@@ -41,7 +45,8 @@ impl Server {
             .args(["--addr", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
             .arg(dir.path().join("data"))
-            .args(["--durability", "process"]);
+            .args(["--durability", "process"])
+            .args(args);
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("AOB_") {
                 cmd.env_remove(&k);
@@ -391,4 +396,64 @@ async fn runaway_runs_fail_with_stable_codes() {
     }
     srv.bystander_starts_quickly(&bob).await;
     srv.assert_alive("the restart");
+}
+
+/// A loopback HTTP server that answers every request after `delay`.
+async fn slow_server(delay: Duration) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let _ = sock.read(&mut buf).await;
+                tokio::time::sleep(delay).await;
+                let _ = sock
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}")
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// One tenant's slow attempts and parked subworkflows fill far more than the worker
+/// slots; another tenant's runs still go through at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenant_cannot_starve_another() {
+    let slow = slow_server(Duration::from_secs(20)).await;
+    let fast = slow_server(Duration::from_millis(0)).await;
+    let args = vec!["--ssrf-allow".to_string(), "127.0.0.1".to_string()];
+    let mut srv = Server::start_with(&[("AOB_MAX_TASKS", "8")], &args).await;
+    let mallory = srv.key("acme", "member").await;
+    let bob = srv.key("bravo", "member").await;
+
+    // 40 slow calls and 40 child runs that wait, against 8 worker slots.
+    let calls = json!({"nodes": [{"id": "m", "type": "map", "config": {
+        "items": (0..40).collect::<Vec<_>>(), "concurrency": 40,
+        "node": {"type": "http", "config": {"url": format!("http://{slow}/slow")}}}}]});
+    let children = json!({"nodes": [{"id": "m", "type": "map", "config": {
+        "items": (0..40).collect::<Vec<_>>(), "concurrency": 40,
+        "node": {"type": "subworkflow", "config": {"workflow": {"nodes": [{"id": "w", "type": "wait", "config": {"duration_ms": 60000}}]}}}}}]});
+    let hogs = [
+        srv.start_run(&mallory, &calls, json!({})).await,
+        srv.start_run(&mallory, &children, json!({})).await,
+    ];
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let quick = json!({"nodes": [{"id": "h", "type": "http", "config": {"url": format!("http://{fast}/fast")}}]});
+    for _ in 0..3 {
+        let began = Instant::now();
+        let id = srv.start_run(&bob, &quick, json!({})).await;
+        let run = srv.wait_terminal(&bob, &id).await;
+        assert_eq!(run["status"], "COMPLETED", "{run}");
+        let took = began.elapsed();
+        assert!(took < Duration::from_secs(5), "another tenant's one-call run took {took:?}");
+    }
+    for id in hogs {
+        let r = mallory.post(format!("{}/api/v1/runs/{id}/cancel", srv.url)).send().await.unwrap();
+        assert!(r.status().is_success());
+    }
+    srv.assert_alive("the starvation attempt");
 }

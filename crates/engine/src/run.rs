@@ -791,6 +791,7 @@ impl Machine<'_> {
             config,
             input: self.node_input(i),
             timeout_ms: node.timeout_ms,
+            owner: String::new(),
         })
     }
 
@@ -822,6 +823,7 @@ impl Machine<'_> {
             config,
             input: item,
             timeout_ms: node.timeout_ms,
+            owner: String::new(),
         })
     }
 

@@ -330,6 +330,10 @@ pub struct Task {
     /// The node's input: its single predecessor's output, an object of them, or the run inputs.
     pub input: Value,
     pub timeout_ms: Option<u64>,
+    /// The run's tenant, set by the runtime when it dispatches (workers share their
+    /// slots fairly between tenants); the engine leaves it empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
 }
 
 impl Task {

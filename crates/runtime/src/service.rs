@@ -1292,7 +1292,10 @@ impl Service {
         }
     }
 
-    fn dispatch(&mut self, task: Task) {
+    fn dispatch(&mut self, mut task: Task) {
+        if let Some(live) = self.runs.get(&task.run_id) {
+            task.owner = live.owner.to_string();
+        }
         let id = task.idempotency_key();
         let queue = format!("{:?}", task.kind).to_ascii_lowercase();
         match serde_json::to_value(&task) {

@@ -35,6 +35,15 @@ impl Running {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).remove(key)
     }
 
+    /// Attempts executing or waiting for a slot.
+    pub fn len(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn abort_all(&self) {
         for (_, (h, _)) in self.inner.lock().unwrap_or_else(|p| p.into_inner()).drain() {
             h.abort();
@@ -61,6 +70,50 @@ pub(crate) struct Pool {
     visibility: Duration,
     /// Work types pulled; every type when empty.
     queues: Vec<String>,
+    slots: Slots,
+}
+
+/// Worker slots, shared fairly: `all` bounds the attempts executing in this process,
+/// and each tenant may hold at most its share of them, so one tenant's slow attempts
+/// never leave another tenant without a slot. An attempt waiting for its tenant's
+/// share holds no slot; a `subworkflow` attempt holds none at all (it only waits for
+/// its child run, whose own attempts take slots).
+#[derive(Clone)]
+struct Slots {
+    all: Arc<Semaphore>,
+    tenants: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
+    limits: Arc<aob_limits::Limits>,
+    max_tasks: usize,
+}
+
+/// Attempts pulled but waiting for their tenant's share, at most this many per slot
+/// (then the pool stops pulling until they drain).
+const PARKED_PER_SLOT: usize = 16;
+
+impl Slots {
+    fn tenant(&self, owner: &str) -> Arc<Semaphore> {
+        let mut map = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+        // Tenants with nothing running hold no semaphore for long.
+        if map.len() > 10_000 {
+            map.retain(|_, s| Arc::strong_count(s) > 1);
+        }
+        map.entry(owner.to_string())
+            .or_insert_with(|| {
+                let pct = self.limits.for_tenant(owner).tenant_share_percent as usize;
+                Arc::new(Semaphore::new((self.max_tasks * pct / 100).max(1)))
+            })
+            .clone()
+    }
+
+    /// Waits for the tenant's share, then for a slot; `None` for kinds that hold none.
+    async fn acquire(&self, task: &Task) -> Option<(tokio::sync::OwnedSemaphorePermit, tokio::sync::OwnedSemaphorePermit)> {
+        if task.kind == aob_model::NodeKind::Subworkflow {
+            return None;
+        }
+        let share = self.tenant(&task.owner).acquire_owned().await.ok()?;
+        let slot = self.all.clone().acquire_owned().await.ok()?;
+        Some((share, slot))
+    }
 }
 
 impl Pool {
@@ -79,7 +132,14 @@ impl Pool {
         if let Some(exe) = &opts.jq_sandbox {
             executors = executors.with_jq(Arc::new(aob_exec::sandbox::ProcessJq::new(exe.clone())));
         }
+        let max_tasks = opts.max_tasks.max(1);
         Pool {
+            slots: Slots {
+                all: Arc::new(Semaphore::new(max_tasks)),
+                tenants: Default::default(),
+                limits: opts.limits.clone(),
+                max_tasks,
+            },
             dispatch,
             executors,
             done,
@@ -95,9 +155,19 @@ impl Pool {
     }
 
     async fn run(self, shutdown: CancellationToken) {
-        let sem = Arc::new(Semaphore::new(self.max_tasks.max(1)));
+        let parked_cap = self.max_tasks.max(1) * PARKED_PER_SLOT;
         loop {
-            let permits = sem.available_permits().clamp(1, 256);
+            // Pull only when a slot is free and the parked attempts are few.
+            let free = tokio::select! {
+                p = self.slots.all.clone().acquire_owned() => p,
+                _ = shutdown.cancelled() => return,
+            };
+            drop(free);
+            if self.running.len() >= self.max_tasks + parked_cap {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            let permits = self.slots.all.available_permits().clamp(1, 256);
             let pulled = tokio::select! {
                 r = self.dispatch.pull(&self.queues, permits, Duration::from_secs(1)) => r,
                 _ = shutdown.cancelled() => return,
@@ -111,11 +181,6 @@ impl Pool {
                 }
             };
             for lease in leases {
-                let permit = tokio::select! {
-                    p = sem.clone().acquire_owned() => p,
-                    _ = shutdown.cancelled() => return,
-                };
-                let Ok(permit) = permit else { return };
                 let task: Task = match serde_json::from_value(lease.envelope.payload.clone()) {
                     Ok(t) => t,
                     Err(e) => {
@@ -124,21 +189,24 @@ impl Pool {
                         continue;
                     }
                 };
-                self.start(task, lease, permit);
+                self.start(task, lease);
             }
         }
     }
 
-    fn start(&self, task: Task, lease: Lease, permit: tokio::sync::OwnedSemaphorePermit) {
+    fn start(&self, task: Task, lease: Lease) {
         let key = task.idempotency_key();
         let (done, executors, dispatch, running) = (self.done.clone(), self.executors.clone(), self.dispatch.clone(), self.running.clone());
+        let slots = self.slots.clone();
         let beat = self.visibility / 3;
         let span = tracing::info_span!("attempt", run_id = %task.run_id, node_id = %task.node_id, attempt = task.id.attempt, item = ?task.id.item);
         let held = lease.clone();
         let h = tokio::spawn(
             async move {
-                let _permit = permit;
-                let work = executors.execute(&task);
+                let work = async {
+                    let _slot = slots.acquire(&task).await;
+                    executors.execute(&task).await
+                };
                 tokio::pin!(work);
                 // Keep the lease while the attempt runs, however long it takes.
                 let outcome = loop {
