@@ -35,7 +35,7 @@ fn paths(wf: &Value) -> Value {
         json!({
             "/health": {"get": op("Liveness", "200")},
             "/readiness": {"get": op("Readiness (store reachable)", "200")},
-            "/metrics": {"get": op("Prometheus metrics of the engine loop (text format)", "200")},
+            "/metrics": {"get": op("Prometheus metrics of the engine loop (text format); platform admins or the metrics token (Authorization: Bearer)", "200")},
             "/openapi.json": {"get": op("This document", "200")},
             "/api/v1/version": {"get": op("Server version", "200")},
             "/api/v1/schema/workflow": {"get": op("JSON Schema of workflow documents", "200")},

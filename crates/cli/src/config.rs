@@ -44,6 +44,9 @@ pub struct Config {
     /// How long a pulled attempt stays leased without a heartbeat (a dead worker's
     /// attempt is redelivered after this).
     pub visibility_ms: u64,
+    /// A bearer token a metrics scraper may read `/metrics` with (at least 16
+    /// characters); without it only platform admins' keys may.
+    pub metrics_token: Option<aob_api::auth::ScrapeToken>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -114,6 +117,7 @@ impl Default for Config {
             roles: "api,engine,worker".into(),
             cluster: Cluster::default(),
             visibility_ms: 30_000,
+            metrics_token: None,
         }
     }
 }
@@ -179,6 +183,9 @@ impl Config {
         }
         if self.visibility_ms < 100 {
             anyhow::bail!("visibility_ms must be at least 100");
+        }
+        if self.metrics_token.as_ref().is_some_and(|t| !t.is_strong()) {
+            anyhow::bail!("metrics_token must be at least {} characters", aob_api::auth::SCRAPE_TOKEN_MIN_LEN);
         }
         for a in &self.ssrf.allow {
             a.parse::<aob_ssrf::AllowRule>().map_err(|e| anyhow::anyhow!("ssrf.allow entry '{a}': {e}"))?;
