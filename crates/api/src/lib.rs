@@ -96,6 +96,8 @@ pub struct Options {
     pub shared_store: bool,
     /// A bearer token that may read `/metrics` (besides platform admins' keys).
     pub metrics_token: Option<auth::ScrapeToken>,
+    /// Under patch review, the author of a run patch may not approve it (four eyes).
+    pub forbid_self_approval: bool,
 }
 
 impl Default for Options {
@@ -108,6 +110,7 @@ impl Default for Options {
             api: true,
             shared_store: false,
             metrics_token: None,
+            forbid_self_approval: false,
         }
     }
 }

@@ -47,6 +47,14 @@ pub struct Config {
     /// A bearer token a metrics scraper may read `/metrics` with (at least 16
     /// characters); without it only platform admins' keys may.
     pub metrics_token: Option<aob_api::auth::ScrapeToken>,
+    pub patches: Patches,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Patches {
+    /// Under patch review, refuse (403) a user approving a run patch they wrote.
+    pub forbid_self_approval: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -118,6 +126,7 @@ impl Default for Config {
             cluster: Cluster::default(),
             visibility_ms: 30_000,
             metrics_token: None,
+            patches: Patches::default(),
         }
     }
 }

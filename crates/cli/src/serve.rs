@@ -125,6 +125,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         api: roles.api,
         shared_store: cfg.clustered(),
         metrics_token: cfg.metrics_token.clone(),
+        forbid_self_approval: cfg.patches.forbid_self_approval,
     };
     let app = aob_api::router(state, &api_opts);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -463,3 +463,28 @@ async fn admin_key_is_never_written_through_a_symlink() {
     let _ = server.serve.await;
     server.runtime.shutdown().await;
 }
+
+#[tokio::test]
+async fn with_four_eyes_a_patch_author_cannot_approve_their_own_patch() {
+    let srv = common::start_server_with(tempfile::tempdir().unwrap(), |cfg| cfg.patches.forbid_self_approval = true).await;
+    let held = json!({
+        "nodes": [{"id": "prep", "type": "noop"}, {"id": "gate", "type": "hitl", "config": {"message": "go?"}}],
+        "edges": [{"from": "prep", "to": "gate"}]
+    });
+    let (s, v) = srv.post("/api/v1/runs", &json!({"workflow": held, "patch_review": true})).await;
+    assert_eq!(s, 201, "{v}");
+    let id = v["run_id"].as_str().unwrap().to_string();
+    let ops = json!([{"op": "add_node", "node": {"id": "extra", "type": "noop"}}, {"op": "add_edge", "edge": {"from": "gate", "to": "extra"}}]);
+    let (s, p) = srv.post(&format!("/api/v1/runs/{id}/patches"), &json!({"operations": ops})).await;
+    assert_eq!((s, p["status"].as_str(), p["author"].as_str()), (201, Some("pending"), Some("admin")), "{p}");
+
+    let (s, v) = srv.post(&format!("/api/v1/runs/{id}/patches/1/approve"), &json!({})).await;
+    assert_eq!(s, 403, "{v}");
+    common::assert_envelope(&v, "forbidden");
+    assert_eq!(srv.get(&format!("/api/v1/runs/{id}/patches/1")).await.1["status"], "pending");
+
+    let (reviewer, _) = key(&srv, "default", "rita", "member").await;
+    let rita = common::client_with_key(&reviewer);
+    let (s, v) = call(&rita, &srv, Method::POST, &format!("/api/v1/runs/{id}/patches/1/approve"), Some(json!({}))).await;
+    assert_eq!((s, v["status"].as_str(), v["decided_by"].as_str()), (200, Some("applied"), Some("rita")), "{v}");
+}
