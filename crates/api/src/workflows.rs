@@ -48,7 +48,7 @@ pub fn check_tag_name(name: &str) -> ApiResult<()> {
 }
 
 /// Which namespace a tag name is looked up in: the caller's tenant, the global one
-/// (`_global_`, readable by every tenant, written by admins), or both, the tenant's own
+/// (`_global_`, readable by every tenant, written by platform admins), or both, the tenant's own
 /// tag shadowing a global one of the same name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -89,12 +89,13 @@ pub async fn resolve(app: &AppState, owner: &str, name: &str, scope: Scope) -> A
     found.ok_or_else(|| ApiError::not_found(format!("workflow '{name}'")))
 }
 
-/// Global tags are changed by admins only.
+/// Global tags are changed by platform admins only: every tenant runs them, so a tenant
+/// admin changing one would change what other tenants execute.
 pub fn check_write(caller: &Caller, t: &aob_store::Tag) -> ApiResult<()> {
-    if t.owner == GLOBAL_OWNER && !caller.is_admin() {
+    if t.owner == GLOBAL_OWNER && !caller.is_platform_admin() {
         return Err(ApiError::new(
             Code::Forbidden,
-            format!("workflow '{}' is global; only admins change global workflows", t.name),
+            format!("workflow '{}' is global; only platform admins change global workflows", t.name),
         ));
     }
     Ok(())
@@ -111,7 +112,7 @@ pub fn tag_view(t: &aob_store::Tag) -> Value {
 pub struct CreateWorkflow {
     tag_name: Option<String>,
     workflow: Option<Value>,
-    /// Store under the global namespace (admins only).
+    /// Store under the global namespace (platform admins only).
     #[serde(default)]
     global: bool,
     description: Option<String>,
@@ -120,8 +121,8 @@ pub struct CreateWorkflow {
 pub async fn create(State(app): State<AppState>, caller: Caller, Json(body): Json<CreateWorkflow>) -> ApiResult<impl IntoResponse> {
     let tag = body.tag_name.ok_or_else(|| ApiError::bad_request("tag_name is required"))?;
     check_tag_name(&tag)?;
-    if body.global && !caller.is_admin() {
-        return Err(ApiError::new(Code::Forbidden, "only admins create global workflows"));
+    if body.global && !caller.is_platform_admin() {
+        return Err(ApiError::new(Code::Forbidden, "only platform admins create global workflows"));
     }
     let owner = if body.global { GLOBAL_OWNER.to_string() } else { caller.owner.clone() };
     let doc = workflow_doc(&body.workflow.ok_or_else(|| ApiError::bad_request("workflow is required"))?)?;

@@ -51,6 +51,17 @@ pub struct Config {
     /// `aob serve` uses itself; without one, jq runs in the server process and a
     /// program that never ends cannot be stopped.
     pub jq_sandbox: Option<PathBuf>,
+    /// A bearer token a metrics scraper may read `/metrics` with (at least 16
+    /// characters); without it only platform admins' keys may.
+    pub metrics_token: Option<aob_api::auth::ScrapeToken>,
+    pub patches: Patches,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Patches {
+    /// Under patch review, refuse (403) a user approving a run patch they wrote.
+    pub forbid_self_approval: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -123,6 +134,8 @@ impl Default for Config {
             visibility_ms: 30_000,
             limits: aob_limits::Limits::default(),
             jq_sandbox: None,
+            metrics_token: None,
+            patches: Patches::default(),
         }
     }
 }
@@ -190,6 +203,9 @@ impl Config {
             anyhow::bail!("visibility_ms must be at least 100");
         }
         self.limits.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        if self.metrics_token.as_ref().is_some_and(|t| !t.is_strong()) {
+            anyhow::bail!("metrics_token must be at least {} characters", aob_api::auth::SCRAPE_TOKEN_MIN_LEN);
+        }
         for a in &self.ssrf.allow {
             a.parse::<aob_ssrf::AllowRule>().map_err(|e| anyhow::anyhow!("ssrf.allow entry '{a}': {e}"))?;
         }

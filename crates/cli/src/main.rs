@@ -196,7 +196,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Config(ConfigCmd::Dump(args)) => {
             let cfg = args.load()?;
-            output::print(fmt, &serde_json::to_value(&cfg)?);
+            let mut dump = serde_json::to_value(&cfg)?;
+            // A dump is for reading and pasting into tickets: the scrape secret stays out.
+            if dump["metrics_token"].is_string() {
+                dump["metrics_token"] = serde_json::Value::String("<redacted>".into());
+            }
+            output::print(fmt, &dump);
             Ok(exit::OK)
         }
         Command::Run(cmd) => commands::run(cmd, &client, fmt).await,

@@ -13,6 +13,13 @@ use crate::state::*;
 /// executor enforces the timeout itself, this only catches attempts that vanished.
 const DEADLINE_GRACE_MS: i64 = 5_000;
 
+/// `ms` milliseconds after `now`, saturating: validation bounds workflow durations,
+/// but a stored run of an older version may carry any `u64`, and `as i64` would wrap
+/// a huge one into the past.
+fn later(now: i64, ms: u64) -> i64 {
+    now.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX))
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     Start,
@@ -638,7 +645,7 @@ impl Machine<'_> {
             }
             NodeConfig::Wait(w) => {
                 let due = match (w.duration_ms, &w.until) {
-                    (Some(ms), _) => Ok(self.now.saturating_add(ms as i64)),
+                    (Some(ms), _) => Ok(later(self.now, ms)),
                     (None, Some(u)) => match self.resolve(&Value::String(u.clone()), None) {
                         Ok(Value::String(s)) => aob_model::config::parse_instant_ms(&s).ok_or_else(|| format!("until '{s}' is not an RFC 3339 instant")),
                         Ok(Value::Number(n)) => n.as_i64().ok_or_else(|| "until is not an integer".to_string()),
@@ -718,7 +725,7 @@ impl Machine<'_> {
                         return self.fail_early(i, TaskError::new("reference_error", e.to_string(), false));
                     }
                 };
-                let due = h.timeout_ms.map(|t| self.now.saturating_add(t as i64));
+                let due = h.timeout_ms.map(|t| later(self.now, t));
                 let activation = self.st.nodes[i].activation;
                 let id = approval_id(&self.st.run_id, i, activation);
                 let n = &mut self.st.nodes[i];
@@ -828,9 +835,7 @@ impl Machine<'_> {
     }
 
     fn deadline(&self, i: usize) -> Option<i64> {
-        self.plan.nodes[i]
-            .timeout_ms
-            .map(|t| self.now.saturating_add(t as i64).saturating_add(DEADLINE_GRACE_MS))
+        self.plan.nodes[i].timeout_ms.map(|t| later(self.now, t).saturating_add(DEADLINE_GRACE_MS))
     }
 
     fn dispatch_attempt(&mut self, i: usize) {
@@ -957,8 +962,8 @@ impl Machine<'_> {
                     let delay = policy.as_ref().map_or(0, |p| crate::retry_delay_ms(p, attempt, &seed));
                     s.status = NodeStatus::Retrying;
                     s.deadline = None;
-                    s.due_at = Some(now.saturating_add(delay as i64));
-                    let data = json!({"item": it, "error": e.to_value(), "delay_ms": delay, "next_attempt_at_ms": now.saturating_add(delay as i64)});
+                    s.due_at = Some(later(now, delay));
+                    let data = json!({"item": it, "error": e.to_value(), "delay_ms": delay, "next_attempt_at_ms": later(now, delay)});
                     self.emit("node_retrying", Some(i), Some(attempt), data);
                 } else {
                     s.status = NodeStatus::Failed;
@@ -1011,7 +1016,7 @@ impl Machine<'_> {
         if e.retryable && attempt < self.plan.nodes[i].max_attempts() {
             let seed = format!("{}:{}:{}", self.st.run_id, i, n.activation);
             let delay = self.plan.nodes[i].retry.as_ref().map_or(0, |p| crate::retry_delay_ms(p, attempt, &seed));
-            let due = self.now.saturating_add(delay as i64);
+            let due = later(self.now, delay);
             let n = &mut self.st.nodes[i];
             n.status = NodeStatus::Retrying;
             n.deadline = None;
@@ -1274,5 +1279,17 @@ fn json_kind(v: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::later;
+
+    #[test]
+    fn deadlines_saturate_instead_of_wrapping_into_the_past() {
+        assert_eq!(later(1_000, 500), 1_500);
+        assert_eq!(later(1_000, u64::MAX), i64::MAX);
+        assert_eq!(later(i64::MAX - 1, 10), i64::MAX);
     }
 }

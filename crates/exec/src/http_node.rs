@@ -102,3 +102,21 @@ pub async fn run(guard: &Guard, task: &Task, limits: &aob_limits::Limits) -> Res
         "duration_ms": elapsed,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    /// Validation refuses exactly the headers the guard drops at run time, so a
+    /// workflow that validates never has a header silently removed.
+    #[test]
+    fn validation_and_the_guard_agree_on_forbidden_headers() {
+        let mut refused = aob_transform::FORBIDDEN_REQUEST_HEADERS.to_vec();
+        let mut dropped = aob_ssrf::DROPPED_REQUEST_HEADERS.to_vec();
+        refused.sort_unstable();
+        dropped.sort_unstable();
+        assert_eq!(refused, dropped);
+        for name in dropped {
+            assert!(aob_transform::forbidden_request_header(&name.to_ascii_uppercase()), "{name}");
+        }
+        assert!(!aob_transform::forbidden_request_header("authorization"));
+    }
+}

@@ -46,6 +46,25 @@ impl Issue {
     }
 }
 
+/// Longest duration a workflow may name (timeouts, retry delays, waits): 366 days.
+/// Durations are added to an `i64` millisecond clock and turned into `Duration`s at
+/// run time; a bound far inside both ranges means that arithmetic cannot overflow,
+/// and a year and a day is longer than any timer a workflow has a use for.
+pub const MAX_DURATION_MS: u64 = 366 * 24 * 60 * 60 * 1000;
+
+/// An `invalid_config` issue at `pointer` when `ms` exceeds [`MAX_DURATION_MS`].
+fn check_duration(pointer: String, ms: Option<u64>, issues: &mut Vec<Issue>) {
+    if let Some(ms) = ms
+        && ms > MAX_DURATION_MS
+    {
+        issues.push(Issue::error(
+            pointer,
+            "invalid_config",
+            format!("{ms} ms is longer than the maximum duration of {MAX_DURATION_MS} ms (366 days)"),
+        ));
+    }
+}
+
 pub fn has_errors(issues: &[Issue]) -> bool {
     issues.iter().any(|i| i.severity == Severity::Error)
 }
@@ -210,7 +229,10 @@ fn validate_at(wf: &Workflow, base: &str, scope: &Scope<'_>) -> Vec<Issue> {
                     "backoff_multiplier must be between 1.0 and 100.0",
                 ));
             }
+            check_duration(format!("{p}/retry/backoff_ms"), Some(r.backoff_ms), &mut issues);
+            check_duration(format!("{p}/retry/max_backoff_ms"), r.max_backoff_ms, &mut issues);
         }
+        check_duration(format!("{p}/timeout_ms"), node.timeout_ms, &mut issues);
         match NodeConfig::parse(kind, &node.config) {
             Ok(cfg) => {
                 check_config(&format!("{base}/nodes/{i}/config"), &cfg, &index, scope, &mut issues);
@@ -440,6 +462,14 @@ fn check_config(p: &str, cfg: &NodeConfig, index: &HashMap<&str, usize>, scope: 
                     format!("unsupported HTTP method '{}'", h.method),
                 ));
             }
+            for name in h.headers.keys().filter(|n| aob_transform::forbidden_request_header(n)) {
+                issues.push(Issue::error(
+                    format!("{p}/headers/{}", name.replace('~', "~0").replace('/', "~1")),
+                    "invalid_config",
+                    format!("header '{name}' is managed by the HTTP client and may not be set (hop-by-hop headers and Host)"),
+                ));
+            }
+            check_duration(format!("{p}/timeout_ms"), h.timeout_ms, issues);
         }
         NodeConfig::Transform(t) => {
             for (ptr, msg) in aob_transform::validate_pipeline_with(&Value::Array(t.pipeline.clone()), limits) {
@@ -537,7 +567,7 @@ fn check_config(p: &str, cfg: &NodeConfig, index: &HashMap<&str, usize>, scope: 
             _ => issues.push(Issue::error(p.clone(), "invalid_config", "subworkflow needs exactly one of tag or workflow")),
         },
         NodeConfig::Wait(w) => match (&w.duration_ms, &w.until) {
-            (Some(_), None) => {}
+            (Some(ms), None) => check_duration(format!("{p}/duration_ms"), Some(*ms), issues),
             (None, Some(u)) => {
                 if !u.starts_with('$') && !u.contains("${") && parse_instant_ms(u).is_none() {
                     issues.push(Issue::error(
@@ -549,7 +579,8 @@ fn check_config(p: &str, cfg: &NodeConfig, index: &HashMap<&str, usize>, scope: 
             }
             _ => issues.push(Issue::error(p.clone(), "invalid_config", "wait needs exactly one of duration_ms or until")),
         },
-        NodeConfig::Noop(_) | NodeConfig::Agent(_) | NodeConfig::Hitl(_) | NodeConfig::Conditional(_) | NodeConfig::Aggregate => {}
+        NodeConfig::Hitl(h) => check_duration(format!("{p}/timeout_ms"), h.timeout_ms, issues),
+        NodeConfig::Noop(_) | NodeConfig::Agent(_) | NodeConfig::Conditional(_) | NodeConfig::Aggregate => {}
     }
 }
 
@@ -624,6 +655,58 @@ mod tests {
         });
         let got = codes(ok);
         assert!(got.is_empty(), "{got:?}");
+    }
+
+    #[test]
+    fn durations_beyond_the_maximum_are_refused_with_their_pointer() {
+        let over = MAX_DURATION_MS + 1;
+        let doc = json!({
+            "nodes": [
+                {"id": "a", "type": "http", "timeout_ms": over, "retry": {"backoff_ms": over, "max_backoff_ms": u64::MAX},
+                 "config": {"url": "https://x", "timeout_ms": over}},
+                {"id": "w", "type": "wait", "config": {"duration_ms": over}},
+                {"id": "h", "type": "hitl", "config": {"timeout_ms": over}},
+                {"id": "m", "type": "map", "config": {"items": [1], "node": {"type": "http", "config": {"url": "https://x", "timeout_ms": over}}}}
+            ],
+            "edges": [{"from": "a", "to": "w"}, {"from": "w", "to": "h"}, {"from": "h", "to": "m"}]
+        });
+        let got = codes(doc);
+        for want in [
+            "/nodes/0/timeout_ms",
+            "/nodes/0/retry/backoff_ms",
+            "/nodes/0/retry/max_backoff_ms",
+            "/nodes/0/config/timeout_ms",
+            "/nodes/1/config/duration_ms",
+            "/nodes/2/config/timeout_ms",
+            "/nodes/3/config/node/config/timeout_ms",
+        ] {
+            assert!(got.iter().any(|(c, p)| *c == "invalid_config" && p == want), "missing {want} in {got:?}");
+        }
+        let at_max = json!({"nodes": [{"id": "w", "type": "wait", "timeout_ms": MAX_DURATION_MS, "config": {"duration_ms": MAX_DURATION_MS}}]});
+        assert!(codes(at_max).is_empty());
+    }
+
+    #[test]
+    fn http_nodes_may_not_set_hop_by_hop_headers_or_host() {
+        let doc = json!({"nodes": [{"id": "a", "type": "http", "config": {"url": "https://x", "headers": {
+            "Host": "internal", "Connection": "close", "Keep-Alive": "1", "TE": "trailers", "Upgrade": "h2c",
+            "Proxy-Authorization": "x", "Trailer": "t", "Transfer-Encoding": "chunked", "Accept": "a/b", "X-Ok": "1"
+        }}}]});
+        let mut got: Vec<String> = codes(doc).into_iter().filter(|(c, _)| *c == "invalid_config").map(|(_, p)| p).collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                "/nodes/0/config/headers/Connection",
+                "/nodes/0/config/headers/Host",
+                "/nodes/0/config/headers/Keep-Alive",
+                "/nodes/0/config/headers/Proxy-Authorization",
+                "/nodes/0/config/headers/TE",
+                "/nodes/0/config/headers/Trailer",
+                "/nodes/0/config/headers/Transfer-Encoding",
+                "/nodes/0/config/headers/Upgrade",
+            ]
+        );
     }
 
     #[test]

@@ -411,7 +411,9 @@ fn refresh_deadlines(plan: &Plan, st: &mut RunState, now: i64) {
             continue;
         }
         let Some(timeout) = node.timeout_ms else { continue };
-        let fresh = now.saturating_add(timeout as i64).saturating_add(RECOVERY_DEADLINE_GRACE_MS);
+        let fresh = now
+            .saturating_add(i64::try_from(timeout).unwrap_or(i64::MAX))
+            .saturating_add(RECOVERY_DEADLINE_GRACE_MS);
         let bump = |d: &mut Option<i64>| {
             if let Some(t) = d {
                 *t = (*t).max(fresh);

@@ -40,10 +40,6 @@ impl Running {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     pub fn abort_all(&self) {
         for (_, (h, _)) in self.inner.lock().unwrap_or_else(|p| p.into_inner()).drain() {
             h.abort();

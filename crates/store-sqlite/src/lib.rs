@@ -82,13 +82,49 @@ fn open(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
     Ok(c)
 }
 
+/// The database holds every tenant's workflows, runs and key hashes: its files are the
+/// owner's only (0600). SQLite creates the `-wal` and `-shm` files with the database
+/// file's mode, so creating the database file 0600 before SQLite opens it covers them;
+/// files left by an older version are tightened.
+fn private_files(path: &Path) -> std::io::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    match opts.open(path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    #[cfg(unix)]
+    for suffix in ["", "-wal", "-shm"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = std::path::PathBuf::from(name);
+        // Never chmod through a link: it could point at someone else's file.
+        match std::fs::symlink_metadata(&file) {
+            Ok(m) if m.file_type().is_file() && m.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     pub fn open(opts: Options) -> Result<SqliteStore> {
         if let Some(dir) = opts.path.parent()
             && !dir.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(dir).map_err(backend)?;
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            builder.create(dir).map_err(backend)?;
         }
+        private_files(&opts.path).map_err(backend)?;
         let mut writer = open(&opts.path, opts.durability).map_err(backend)?;
         schema::migrate(&mut writer).map_err(backend)?;
         let mut readers = Vec::new();
@@ -1227,5 +1263,29 @@ mod tests {
             assert!(t.await.unwrap().unwrap().is_none());
         }
         assert!(s.readers.lock().unwrap().len() <= s.max_readers);
+    }
+
+    /// The database, its WAL and shared-memory files are the owner's only, whatever
+    /// the umask, and a database left world-readable by an older version is tightened.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn database_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data/aob.db");
+        let s = SqliteStore::open(Options::new(&path)).unwrap();
+        s.claim_shards("a", &[1], 0, 10).await.unwrap();
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        for suffix in ["", "-wal", "-shm"] {
+            let f = PathBuf::from(format!("{}{suffix}", path.display()));
+            assert_eq!(mode(&f), 0o600, "{}", f.display());
+        }
+
+        let old = dir.path().join("old.db");
+        drop(Connection::open(&old).unwrap());
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(SqliteStore::open(Options::new(&old)).unwrap());
+        assert_eq!(mode(&old), 0o600);
     }
 }

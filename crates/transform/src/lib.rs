@@ -25,6 +25,8 @@ mod regex_extract;
 mod table;
 mod value;
 
+pub use http::{FORBIDDEN_REQUEST_HEADERS, forbidden_request_header};
+
 use std::future::Future;
 use std::pin::Pin;
 
