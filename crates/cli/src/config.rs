@@ -44,6 +44,10 @@ pub struct Config {
     /// How long a pulled attempt stays leased without a heartbeat (a dead worker's
     /// attempt is redelivered after this).
     pub visibility_ms: u64,
+    /// An attempt that was running during this many process crashes (embedded: counted
+    /// in the data dir's attempts journal; scale-out: deliveries that were never
+    /// finished) fails with `attempt_crashed` instead of running again; 0 turns it off.
+    pub attempt_crash_limit: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -114,6 +118,7 @@ impl Default for Config {
             roles: "api,engine,worker".into(),
             cluster: Cluster::default(),
             visibility_ms: 30_000,
+            attempt_crash_limit: 3,
         }
     }
 }
