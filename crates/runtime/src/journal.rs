@@ -108,6 +108,18 @@ impl AttemptJournal {
         }
     }
 
+    /// A graceful shutdown aborted the attempts still running: none of them crashed
+    /// the process, so the journal starts over empty (the process exits without
+    /// dropping the aborted attempts' guards).
+    pub fn close(&self) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.running.clear();
+        match g.file.set_len(0) {
+            Ok(()) => g.bytes = 0,
+            Err(e) => tracing::warn!(error = %e, "cannot clear the attempts journal at shutdown"),
+        }
+    }
+
     fn append(&self, sign: char, key: &str, start: bool) {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if start {
@@ -251,5 +263,18 @@ mod tests {
         assert_eq!(j.crashes("q:1:0:1"), 1);
         drop(j.enter("q:1:0:1".into()));
         assert_eq!(j.crashes("q:1:0:1"), 0);
+        // A graceful shutdown with an attempt running counts no crash.
+        std::mem::forget(j.enter("s:1:0:1".into()));
+        j.close();
+        drop(j);
+        let j = AttemptJournal::open(dir.path()).unwrap();
+        assert_eq!(j.crashes("s:1:0:1"), 0);
+        std::mem::forget(j.enter("s:1:0:1".into()));
+        drop(j);
+        assert_eq!(
+            AttemptJournal::open(dir.path()).unwrap().crashes("s:1:0:1"),
+            1,
+            "appends after the clearing still count"
+        );
     }
 }

@@ -585,6 +585,9 @@ impl Service {
             }
         }
         self.running.abort_all();
+        if let Some(j) = &self.journal {
+            j.close();
+        }
     }
 
     async fn load(&mut self, run_id: &str) -> Result<(), RuntimeError> {
