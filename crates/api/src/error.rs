@@ -28,6 +28,9 @@ pub enum Code {
     /// 422: an `Idempotency-Key` was reused with another request.
     IdempotencyMismatch,
     Unavailable,
+    /// 507: the store is out of space; nothing was written, the same request succeeds
+    /// once space is back.
+    StorageFull,
     Internal,
 }
 
@@ -50,6 +53,7 @@ impl Code {
             Code::RateLimited => "rate_limited",
             Code::IdempotencyMismatch => "idempotency_mismatch",
             Code::Unavailable => "unavailable",
+            Code::StorageFull => "storage_full",
             Code::Internal => "internal",
         }
     }
@@ -68,11 +72,12 @@ impl Code {
             Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Code::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
-    pub const ALL: [Code; 17] = [
+    pub const ALL: [Code; 18] = [
         Code::BadRequest,
         Code::PatchRejected,
         Code::AgentLimitExceeded,
@@ -89,6 +94,7 @@ impl Code {
         Code::RateLimited,
         Code::IdempotencyMismatch,
         Code::Unavailable,
+        Code::StorageFull,
         Code::Internal,
     ];
 }
@@ -144,7 +150,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.code == Code::Internal || self.code == Code::Unavailable {
+        if matches!(self.code, Code::Internal | Code::Unavailable | Code::StorageFull) {
             tracing::error!(code = self.code.as_str(), message = %self.message, "request failed");
         }
         let headers = if self.code == Code::RateLimited {
@@ -165,6 +171,7 @@ impl From<StoreError> for ApiError {
             StoreError::Unavailable(m) => ApiError::new(Code::Unavailable, m),
             StoreError::Backend(m) => ApiError::new(Code::Internal, m),
             StoreError::Fenced(m) => ApiError::new(Code::Unavailable, m),
+            StoreError::Full(m) => ApiError::new(Code::StorageFull, format!("the store is out of space; nothing was written, retry later: {m}")),
         }
     }
 }

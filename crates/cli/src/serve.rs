@@ -50,12 +50,22 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
     let guard = aob_ssrf::Guard::new(policy);
     let clock = Arc::new(SystemClock);
     let started_at = aob_runtime::Clock::now_ms(&*clock);
+    // Embedded mode: attempts journal in the data dir (scale-out workers count
+    // redeliveries instead; their attempts come back from the shared queue).
+    let journal = if cfg.attempt_crash_limit > 0 && !cfg.clustered() {
+        let j = aob_runtime::AttemptJournal::open(&cfg.data_dir).with_context(|| format!("opening the attempts journal in {}", cfg.data_dir.display()))?;
+        Some(Arc::new(j))
+    } else {
+        None
+    };
     let limits = Arc::new(cfg.limits.clone());
     let opts = aob_runtime::Options {
         max_tasks: cfg.max_tasks,
         visibility: std::time::Duration::from_millis(cfg.visibility_ms),
         limits: limits.clone(),
         jq_sandbox: cfg.jq_sandbox.clone(),
+        crash_limit: cfg.attempt_crash_limit,
+        journal,
         ..Default::default()
     };
     let dispatch_opts = aob_dispatch::Options {

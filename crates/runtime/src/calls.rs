@@ -136,6 +136,7 @@ impl From<&RuntimeError> for WireError {
             RuntimeError::Store(aob_store::StoreError::Unavailable(m)) => ("unavailable", m.clone()),
             RuntimeError::Store(aob_store::StoreError::Conflict(m)) => ("conflict", m.clone()),
             RuntimeError::Store(aob_store::StoreError::NotFound(m)) => ("not_found", m.clone()),
+            RuntimeError::Store(aob_store::StoreError::Full(m)) => ("storage_full", m.clone()),
             RuntimeError::Store(other) => ("store", other.to_string()),
             RuntimeError::NotFound(m) => ("not_found", m.clone()),
             RuntimeError::Invalid(m) => ("invalid", m.clone()),
@@ -170,6 +171,7 @@ impl From<WireError> for RuntimeError {
             "stopped" => RuntimeError::Stopped,
             "not_owner" => RuntimeError::NotOwner(w.message),
             "unavailable" => RuntimeError::Unavailable(w.message),
+            "storage_full" => RuntimeError::Store(aob_store::StoreError::Full(w.message)),
             "rejected" => RuntimeError::Rejected {
                 code: rejection_code(w.code.as_deref().unwrap_or_default()),
                 issues: w.issues,

@@ -12,13 +12,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use aob_dispatch::{Dispatch, Lease};
-use aob_engine::Task;
+use aob_engine::{Outcome, Task, TaskError};
 use aob_exec::Executors;
+use aob_model::NodeKind;
 
 use crate::children::ChildRunner;
 use crate::cluster::Link;
-use crate::failpoint;
 use crate::service::{Command, Completion, Handle, Options};
+use crate::{AttemptJournal, failpoint};
 
 /// In-flight attempts of this process by attempt key, so the engine can abort them.
 #[derive(Clone, Default)]
@@ -67,6 +68,9 @@ pub(crate) struct Pool {
     /// Work types pulled; every type when empty.
     queues: Vec<String>,
     slots: Slots,
+    /// Crashes an attempt may have been running at before it is failed instead of run.
+    crash_limit: u32,
+    journal: Option<Arc<AttemptJournal>>,
 }
 
 /// Worker slots, shared fairly: `all` bounds the attempts executing in this process,
@@ -143,6 +147,25 @@ impl Pool {
             max_tasks: opts.max_tasks,
             visibility: opts.visibility,
             queues,
+            crash_limit: opts.crash_limit,
+            journal: opts.journal.clone(),
+        }
+    }
+
+    /// How many times the process running this attempt died while it ran. Embedded:
+    /// the attempts journal says. Scale-out: every delivery after the first is one
+    /// whose worker neither finished nor kept its lease (it died, most likely), since
+    /// a running attempt's lease is extended and a finished one's completion is acked.
+    /// A subworkflow attempt only waits for its child run, which has attempts of its
+    /// own: it is never blamed.
+    fn crashes(&self, task: &Task, lease: &Lease) -> u32 {
+        if task.kind == NodeKind::Subworkflow {
+            return 0;
+        }
+        match (&self.done, &self.journal) {
+            (Completions::Local(_), Some(j)) => j.crashes(&task.idempotency_key()),
+            (Completions::Local(_), None) => 0,
+            (Completions::Cluster(_), _) => lease.delivery.saturating_sub(1),
         }
     }
 
@@ -194,23 +217,40 @@ impl Pool {
         let key = task.idempotency_key();
         let (done, executors, dispatch, running) = (self.done.clone(), self.executors.clone(), self.dispatch.clone(), self.running.clone());
         let slots = self.slots.clone();
+        let crashes = self.crashes(&task, &lease);
+        let poisoned = self.crash_limit > 0 && crashes >= self.crash_limit;
+        // Subworkflow attempts wait for a child run and are never blamed for a crash.
+        let journal = self.journal.clone().filter(|_| task.kind != NodeKind::Subworkflow);
         let beat = self.visibility / 3;
         let span = tracing::info_span!("attempt", run_id = %task.run_id, node_id = %task.node_id, attempt = task.id.attempt, item = ?task.id.item);
         let held = lease.clone();
         let h = tokio::spawn(
             async move {
-                let work = async {
-                    let _slot = slots.acquire(&task).await;
-                    executors.execute(&task).await
-                };
-                tokio::pin!(work);
-                // Keep the lease while the attempt runs, however long it takes.
-                let outcome = loop {
-                    tokio::select! {
-                        o = &mut work => break o,
-                        _ = tokio::time::sleep(beat) => {
-                            if let Err(e) = dispatch.extend(&held).await {
-                                tracing::warn!(error = %e, "lease lost while running");
+                let outcome = if poisoned {
+                    tracing::error!(crashes, "the process died while this attempt ran; failing it instead of running it again");
+                    Outcome::Err(TaskError::new(
+                        "attempt_crashed",
+                        format!("the process died {crashes} times while this attempt was running; it is not run again"),
+                        false,
+                    ))
+                } else {
+                    let work = async {
+                        let _slot = slots.acquire(&task).await;
+                        // In the journal from when it really runs, not while it waits for a slot.
+                        let _entered = journal.as_ref().map(|j| j.enter(task.idempotency_key()));
+                        #[cfg(feature = "failpoints")]
+                        failpoint::in_attempt(&task.node_id);
+                        executors.execute(&task).await
+                    };
+                    tokio::pin!(work);
+                    // Keep the lease while the attempt runs (or waits for a slot), however long it takes.
+                    loop {
+                        tokio::select! {
+                            o = &mut work => break o,
+                            _ = tokio::time::sleep(beat) => {
+                                if let Err(e) = dispatch.extend(&held).await {
+                                    tracing::warn!(error = %e, "lease lost while running");
+                                }
                             }
                         }
                     }
