@@ -44,9 +44,9 @@ pub struct Config {
     /// How long a pulled attempt stays leased without a heartbeat (a dead worker's
     /// attempt is redelivered after this).
     pub visibility_ms: u64,
-    /// An attempt that was running during this many process crashes (embedded: counted
-    /// in the data dir's attempts journal; scale-out: deliveries that were never
-    /// finished) fails with `attempt_crashed` instead of running again; 0 turns it off.
+    /// Embedded mode: an attempt that was running during this many process crashes
+    /// (counted in the data dir's attempts journal) fails with `attempt_crashed` instead
+    /// of running again; 0 turns it off.
     pub attempt_crash_limit: u32,
 }
 
