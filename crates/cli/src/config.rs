@@ -55,9 +55,9 @@ pub struct Config {
     /// characters); without it only platform admins' keys may.
     pub metrics_token: Option<aob_api::auth::ScrapeToken>,
     pub patches: Patches,
-    /// An attempt that was running during this many process crashes (embedded: counted
-    /// in the data dir's attempts journal; scale-out: deliveries that were never
-    /// finished) fails with `attempt_crashed` instead of running again; 0 turns it off.
+    /// Embedded mode: an attempt that was running during this many process crashes
+    /// (counted in the data dir's attempts journal) fails with `attempt_crashed` instead
+    /// of running again; 0 turns it off.
     pub attempt_crash_limit: u32,
 }
 

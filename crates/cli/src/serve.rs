@@ -50,8 +50,8 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
     let guard = aob_ssrf::Guard::new(policy);
     let clock = Arc::new(SystemClock);
     let started_at = aob_runtime::Clock::now_ms(&*clock);
-    // Embedded mode: attempts journal in the data dir (scale-out workers count
-    // redeliveries instead; their attempts come back from the shared queue).
+    // Embedded mode only: the journal is per process, and in scale-out an attempt that
+    // killed one worker is redelivered to another, which cannot see that count.
     let journal = if cfg.attempt_crash_limit > 0 && !cfg.clustered() {
         let j = aob_runtime::AttemptJournal::open(&cfg.data_dir).with_context(|| format!("opening the attempts journal in {}", cfg.data_dir.display()))?;
         Some(Arc::new(j))

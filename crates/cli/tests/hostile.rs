@@ -2,6 +2,8 @@
 //! send it: deep nesting, huge graphs and expressions, recursion, amplification. Every
 //! test fails if the server process dies, and checks that another tenant's simple run
 //! still starts within a second while the hostile input is being handled.
+// Helpers outside `#[test]` functions: a failed setup is a failed test.
+#![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

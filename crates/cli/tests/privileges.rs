@@ -488,3 +488,27 @@ async fn with_four_eyes_a_patch_author_cannot_approve_their_own_patch() {
     let (s, v) = call(&rita, &srv, Method::POST, &format!("/api/v1/runs/{id}/patches/1/approve"), Some(json!({}))).await;
     assert_eq!((s, v["status"].as_str(), v["decided_by"].as_str()), (200, Some("applied"), Some("rita")), "{v}");
 }
+
+/// `AOB_METRICS_TOKEN` configures the scrape token, and `aob config dump` never shows it.
+#[tokio::test]
+async fn the_metrics_token_comes_from_the_environment_and_is_never_dumped() {
+    const TOKEN: &str = "dump-me-not-0123456789";
+    let cwd = tempfile::tempdir().unwrap();
+    let dump = |token: &'static str| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_aob"))
+            .args(["--output", "json", "config", "dump"])
+            .current_dir(cwd.path())
+            .env("AOB_METRICS_TOKEN", token)
+            .output()
+    };
+    let o = dump(TOKEN).await.unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out} {}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["metrics_token"], "<redacted>", "{out}");
+    assert!(!out.contains(TOKEN), "{out}");
+    // A weak token is a configuration error.
+    let o = dump("short").await.unwrap();
+    assert_ne!(o.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("metrics_token"));
+}

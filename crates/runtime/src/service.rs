@@ -37,7 +37,7 @@ pub struct Options {
     /// it fails with `attempt_crashed` (not retryable). 0 turns the guard off.
     pub crash_limit: u32,
     /// Embedded mode: the attempts journal in the data dir, which counts the crashes
-    /// each attempt was running at. Scale-out workers count redeliveries instead.
+    /// each attempt was running at (scale-out workers keep none).
     pub journal: Option<Arc<crate::AttemptJournal>>,
 }
 

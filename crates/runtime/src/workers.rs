@@ -152,20 +152,16 @@ impl Pool {
         }
     }
 
-    /// How many times the process running this attempt died while it ran. Embedded:
-    /// the attempts journal says. Scale-out: every delivery after the first is one
-    /// whose worker neither finished nor kept its lease (it died, most likely), since
-    /// a running attempt's lease is extended and a finished one's completion is acked.
+    /// How many times the process died while this attempt ran, as the attempts journal
+    /// of the data dir says (embedded mode). Scale-out workers have no such count: a
+    /// queue entry's redeliveries are no evidence of a crash (an engine that is slow to
+    /// commit leaves finished attempts unacknowledged too, and they are redelivered).
     /// A subworkflow attempt only waits for its child run, which has attempts of its
     /// own: it is never blamed.
-    fn crashes(&self, task: &Task, lease: &Lease) -> u32 {
-        if task.kind == NodeKind::Subworkflow {
-            return 0;
-        }
+    fn crashes(&self, task: &Task) -> u32 {
         match (&self.done, &self.journal) {
-            (Completions::Local(_), Some(j)) => j.crashes(&task.idempotency_key()),
-            (Completions::Local(_), None) => 0,
-            (Completions::Cluster(_), _) => lease.delivery.saturating_sub(1),
+            (Completions::Local(_), Some(j)) if task.kind != NodeKind::Subworkflow => j.crashes(&task.idempotency_key()),
+            _ => 0,
         }
     }
 
@@ -217,7 +213,7 @@ impl Pool {
         let key = task.idempotency_key();
         let (done, executors, dispatch, running) = (self.done.clone(), self.executors.clone(), self.dispatch.clone(), self.running.clone());
         let slots = self.slots.clone();
-        let crashes = self.crashes(&task, &lease);
+        let crashes = self.crashes(&task);
         let poisoned = self.crash_limit > 0 && crashes >= self.crash_limit;
         // Subworkflow attempts wait for a child run and are never blamed for a crash.
         let journal = self.journal.clone().filter(|_| task.kind != NodeKind::Subworkflow);
