@@ -72,6 +72,7 @@ pub struct CreatePatch {
 pub async fn create(State(app): State<AppState>, caller: Caller, Path(id): Path<String>, Json(b): Json<CreatePatch>) -> ApiResult<impl IntoResponse> {
     runs::load(&app, &caller, &id).await?;
     let req = PatchRequest {
+        prepared: None,
         operations: b.operations,
         description: b.description,
         node_id: b.node_id,

@@ -17,6 +17,17 @@ pub struct PatchRequest {
     pub description: String,
     pub node_id: Option<String>,
     pub by: String,
+    /// Set by the handle: the workflow the operations make, materialized and validated
+    /// before the request reached the engine loop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepared: Option<Prepared>,
+}
+
+/// A patch materialized off the engine loop: valid while the run is still on `base`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Prepared {
+    pub base: String,
+    pub result: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

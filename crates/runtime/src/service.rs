@@ -229,13 +229,33 @@ impl Handle {
     }
 
     /// Validates and applies (or, under review, records) a run patch.
-    pub async fn patch(&self, run_id: &str, request: PatchRequest) -> Result<PatchRecord, RuntimeError> {
+    pub async fn patch(&self, run_id: &str, mut request: PatchRequest) -> Result<PatchRecord, RuntimeError> {
+        request.prepared = Some(self.prepare_patch(run_id, &request.operations).await?);
         self.call(Call::Patch {
             run_id: run_id.to_string(),
             request,
         })
         .await?
         .patch()
+    }
+
+    /// Materializes and validates the workflow a patch makes of the run's current one,
+    /// here on the caller's side (the CPU work on a blocking thread), so the engine loop
+    /// only checks that the run is still on the same version. The new version is stored
+    /// and its plan cached, as any registered workflow.
+    async fn prepare_patch(&self, run_id: &str, ops: &[Value]) -> Result<crate::calls::Prepared, RuntimeError> {
+        let rec = self.store.get_run(run_id).await?.ok_or_else(|| RuntimeError::NotFound(run_id.to_string()))?;
+        let base = self.plans.get(&*self.store, rec.plan_hash()).await?;
+        let (plans, ops, owner) = (self.plans.clone(), ops.to_vec(), rec.owner.clone());
+        let work = base.clone();
+        let plan = tokio::task::spawn_blocking(move || materialize(&plans, &work, &ops))
+            .await
+            .map_err(|_| RuntimeError::Invalid("patch validation stopped unexpectedly".into()))??;
+        self.register(plan.workflow.clone(), &owner).await?;
+        Ok(crate::calls::Prepared {
+            base: base.hash.clone(),
+            result: plan.hash.clone(),
+        })
     }
 
     /// Approves (applies, if it still applies) or rejects a pending patch.
@@ -1139,24 +1159,24 @@ impl Service {
         n
     }
 
-    /// The workflow `ops` make of the run's current one, validated as a plan.
+    /// The workflow `ops` make of the run's current one, validated as a plan (bounded by
+    /// the limits; patches from the API arrive prepared and skip this).
     fn patched_plan(&self, run_id: &str, ops: &[Value]) -> Result<(Arc<Plan>, Workflow), RuntimeError> {
         let live = self.runs.get(run_id).ok_or_else(|| RuntimeError::NotFound(run_id.to_string()))?;
-        let doc = serde_json::to_value(&live.plan.workflow).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
-        let limits = self.handle.plans.limits();
-        let doc = aob_model::patch::apply_with(&doc, ops, limits).map_err(|issues| RuntimeError::Rejected {
-            code: "invalid_patch",
-            issues: issue_values(issues),
-        })?;
-        let (wf, _) = aob_model::validate::parse_and_validate_with(&doc, limits).map_err(|issues| RuntimeError::Rejected {
-            code: "validation_failed",
-            issues: issue_values(issues),
-        })?;
-        let plan = self.handle.plans.compile(wf.clone()).map_err(|issues| RuntimeError::Rejected {
-            code: "validation_failed",
-            issues: issue_values(issues),
-        })?;
+        let plan = materialize(&self.handle.plans, &live.plan, ops)?;
+        let wf = plan.workflow.clone();
         Ok((plan, wf))
+    }
+
+    /// The plan of a prepared patch, when the run is still on the version it was made from.
+    async fn prepared_plan(&self, run_id: &str, prepared: &crate::calls::Prepared) -> Option<(Arc<Plan>, Workflow)> {
+        let live = self.runs.get(run_id)?;
+        if live.plan.hash != prepared.base {
+            return None;
+        }
+        let plan = self.handle.plans.get(&*self.handle.store, &prepared.result).await.ok()?;
+        let wf = plan.workflow.clone();
+        Some((plan, wf))
     }
 
     /// Moves the run onto `plan` and records the patch as applied.
@@ -1206,7 +1226,15 @@ impl Service {
         order: &mut Vec<String>,
         pending: &mut HashMap<String, Pending>,
     ) -> Result<PatchRecord, RuntimeError> {
-        let (plan, wf) = self.patched_plan(run_id, &req.operations)?;
+        let prepared = match &req.prepared {
+            Some(p) => self.prepared_plan(run_id, p).await,
+            None => None,
+        };
+        let (plan, wf) = match prepared {
+            Some(done) => done,
+            // The run moved on since (another patch): materialize again, within the limits.
+            None => self.patched_plan(run_id, &req.operations)?,
+        };
         let live = self.runs.get_mut(run_id).ok_or_else(|| RuntimeError::NotFound(run_id.to_string()))?;
         let limit = live.state.settings.agent_limit.map_or(aob_engine::patch::DEFAULT_AGENT_LIMIT, |l| l as usize);
         let issues = aob_engine::patch::check(&live.plan, &live.state, &plan, limit);
@@ -1475,4 +1503,22 @@ impl Service {
         }
         Ok(out)
     }
+}
+
+/// The workflow `ops` make of `base`'s, validated and compiled within the plans' limits.
+fn materialize(plans: &Plans, base: &Plan, ops: &[Value]) -> Result<Arc<Plan>, RuntimeError> {
+    let doc = serde_json::to_value(&base.workflow).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
+    let limits = plans.limits();
+    let doc = aob_model::patch::apply_with(&doc, ops, limits).map_err(|issues| RuntimeError::Rejected {
+        code: "invalid_patch",
+        issues: issue_values(issues),
+    })?;
+    let (wf, _) = aob_model::validate::parse_and_validate_with(&doc, limits).map_err(|issues| RuntimeError::Rejected {
+        code: "validation_failed",
+        issues: issue_values(issues),
+    })?;
+    plans.compile(wf).map_err(|issues| RuntimeError::Rejected {
+        code: "validation_failed",
+        issues: issue_values(issues),
+    })
 }
