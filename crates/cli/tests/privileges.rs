@@ -407,7 +407,7 @@ async fn the_data_dir_and_its_files_are_the_owners_only() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 201);
     assert_eq!(mode(&data), 0o700);
-    for f in ["aob.db", "aob.db-wal", "aob.db-shm", "admin.key"] {
+    for f in ["aob.db", "aob.db-wal", "aob.db-shm", "admin.key", "attempts.journal"] {
         assert_eq!(mode(&data.join(f)), 0o600, "{f}");
     }
     // No temp file of the atomic write is left behind.
@@ -416,7 +416,7 @@ async fn the_data_dir_and_its_files_are_the_owners_only() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, ["admin.key", "aob.db", "aob.db-shm", "aob.db-wal"]);
+    assert_eq!(names, ["admin.key", "aob.db", "aob.db-shm", "aob.db-wal", "attempts.journal"]);
     let _ = server.stop.send(());
     let _ = server.serve.await;
     server.runtime.shutdown().await;

@@ -1047,7 +1047,13 @@ impl Machine<'_> {
             let token = if !follows {
                 Token::Skipped
             } else if let Some(c) = &e.condition {
-                let nodes = nodes_cache.get_or_insert_with(|| self.nodes_value());
+                // Every output of the run is copied only for a condition that reads `nodes`.
+                let empty = Value::Object(Map::new());
+                let nodes = if c.uses("nodes") {
+                    &*nodes_cache.get_or_insert_with(|| self.nodes_value())
+                } else {
+                    &empty
+                };
                 match c.eval(output, &self.st.inputs, nodes) {
                     Ok(true) => Token::Taken,
                     Ok(false) => Token::Skipped,
@@ -1178,7 +1184,11 @@ impl Machine<'_> {
         let iterations = self.st.nodes[i].iterations + 1;
         let go_on = match &self.plan.nodes[i].loop_condition {
             None => true,
-            Some(c) => match c.eval(&body_output, &self.st.inputs, &self.nodes_value()) {
+            Some(c) => match c.eval(
+                &body_output,
+                &self.st.inputs,
+                &if c.uses("nodes") { self.nodes_value() } else { Value::Object(Map::new()) },
+            ) {
                 Ok(b) => b,
                 Err(msg) => {
                     return self.fail_node(i, TaskError::new("condition_error", msg, false));

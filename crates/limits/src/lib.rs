@@ -155,7 +155,7 @@ impl Default for Limits {
             expression_bytes: 4_096,
             expression_depth: 32,
             cel_comprehension_depth: 2,
-            cel_cost: 10_000_000,
+            cel_cost: 1_000_000,
             jq_bytes: 16 << 10,
             jq_depth: 64,
             jq_timeout_ms: 10_000,

@@ -93,6 +93,12 @@ impl Condition {
         })
     }
 
+    /// Whether the expression reads the variable `name` (`output`, `inputs`, `nodes`):
+    /// binding `nodes` copies every output of the run, so callers skip it when unread.
+    pub fn uses(&self, name: &str) -> bool {
+        self.program.references().has_variable(name)
+    }
+
     /// Evaluates to a bool; anything else is an error naming the condition. The work the
     /// expression could do over this data is estimated first, and refused beyond the budget.
     pub fn eval(&self, output: &Value, inputs: &Value, nodes: &Value) -> Result<bool, String> {
@@ -392,5 +398,12 @@ mod tests {
         let c = Condition::compile("output.items.exists(i, i.score > 5) && size(output.items) < 20000").unwrap();
         let items: Vec<_> = (0..10_000).map(|i| json!({"score": i % 10, "name": format!("item {i}")})).collect();
         assert!(c.eval(&json!({"items": items}), &json!({}), &json!({})).unwrap());
+    }
+
+    #[test]
+    fn knows_which_variables_it_reads() {
+        assert!(Condition::compile("nodes.a.n == 1").unwrap().uses("nodes"));
+        assert!(Condition::compile("[1].exists(x, nodes.b.ok)").unwrap().uses("nodes"));
+        assert!(!Condition::compile("output.nodes == 1 && inputs.x").unwrap().uses("nodes"));
     }
 }

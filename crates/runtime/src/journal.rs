@@ -67,8 +67,7 @@ impl AttemptJournal {
         if crashes != before {
             write_counts(dir, &crashes)?;
         }
-        let file = OpenOptions::new().create(true).write(true).truncate(true).open(dir.join(JOURNAL))?;
-        drop(file);
+        drop(private_file(&dir.join(JOURNAL))?);
         let file = OpenOptions::new().append(true).open(dir.join(JOURNAL))?;
         Ok(AttemptJournal {
             dir: dir.to_path_buf(),
@@ -162,7 +161,7 @@ impl AttemptJournal {
     fn compact(&self, g: &mut Inner) -> io::Result<()> {
         let tmp = self.dir.join(format!("{JOURNAL}.tmp"));
         let body: String = g.running.iter().map(|k| format!("+{k};\n")).collect();
-        std::fs::write(&tmp, &body)?;
+        private_file(&tmp)?.write_all(body.as_bytes())?;
         std::fs::rename(&tmp, self.dir.join(JOURNAL))?;
         g.file = OpenOptions::new().append(true).open(self.dir.join(JOURNAL))?;
         g.bytes = body.len() as u64;
@@ -209,12 +208,22 @@ fn read_counts(path: &Path) -> BTreeMap<String, u32> {
     }
 }
 
+/// Creates (or empties) a file only the owner may read: like the database, the journal
+/// and the counts live in the 0700 data dir and are 0600 themselves.
+fn private_file(path: &Path) -> io::Result<File> {
+    let mut opts = OpenOptions::new();
+    opts.create(true).write(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts.open(path)
+}
+
 /// Replaces the counts file atomically and durably (temp file, fsync, rename, fsync of
 /// the directory): a count must survive the next crash, power loss included.
 fn write_counts(dir: &Path, counts: &BTreeMap<String, u32>) -> io::Result<()> {
     let tmp = dir.join(format!("{COUNTS}.tmp"));
     let body = serde_json::to_vec(counts).map_err(io::Error::other)?;
-    let mut f = File::create(&tmp)?;
+    let mut f = private_file(&tmp)?;
     f.write_all(&body)?;
     f.sync_all()?;
     std::fs::rename(&tmp, dir.join(COUNTS))?;
