@@ -115,6 +115,18 @@ impl Server {
         client(body["key"].as_str().unwrap())
     }
 
+    /// Resident memory of the server process, MiB.
+    fn rss_mib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        kib / 1024
+    }
+
     /// Fails the test if the process is gone.
     fn assert_alive(&mut self, after: &str) {
         if let Some(status) = self.child.try_wait().unwrap() {
@@ -368,6 +380,9 @@ async fn runaway_runs_fail_with_stable_codes() {
         assert_eq!(run["status"], "FAILED", "{what}: {run}");
         let text = run.to_string();
         assert!(codes.iter().any(|c| text.contains(c)), "{what}: expected one of {codes:?} in {run}");
+        // The work stayed bounded: jq's memory is its sandbox's, not the server's.
+        let rss = srv.rss_mib();
+        assert!(rss < 1024, "{what}: the server grew to {rss} MiB");
     }
     // A long loop yields between transitions: others start while it runs.
     let long = json!({"nodes": [{"id": "s", "type": "noop"}, {"id": "l", "type": "loop", "config": {"max_iterations": 400, "loop_back_to": "s"}}], "edges": [{"from": "s", "to": "l"}]});
@@ -426,7 +441,7 @@ async fn slow_server(delay: Duration) -> std::net::SocketAddr {
 async fn one_tenant_cannot_starve_another() {
     let slow = slow_server(Duration::from_secs(20)).await;
     let fast = slow_server(Duration::from_millis(0)).await;
-    let args = vec!["--ssrf-allow".to_string(), "127.0.0.1".to_string()];
+    let args: Vec<String> = [slow, fast].iter().flat_map(|a| ["--ssrf-allow".to_string(), a.to_string()]).collect();
     let mut srv = Server::start_with(&[("AOB_MAX_TASKS", "8")], &args).await;
     let mallory = srv.key("acme", "member").await;
     let bob = srv.key("bravo", "member").await;
