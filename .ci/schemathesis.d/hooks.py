@@ -72,3 +72,23 @@ def after_call(context, case, response):
         record["body"] = response.text[:500]
     with _LOCK, open(_LOG, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def self_test():
+    """The envelope check must be able to fail: run by .ci/schemathesis before the server starts."""
+    ok = '{"error": {"code": "not_found", "message": "run x not found", "details": null}}'
+    assert envelope_problem(404, ok, "application/json") is None
+    for body, ctype in [
+        (ok, "text/plain; charset=utf-8"),
+        ("Failed to parse the request body as JSON", "application/json"),
+        ('{"error": {"code": "not_found", "message": "x"}}', "application/json"),
+        ('{"error": "not_found"}', "application/json"),
+        ('{"error": {"code": "", "message": "x", "details": null}}', "application/json"),
+        ('{"message": "x"}', "application/json"),
+    ]:
+        assert envelope_problem(400, body, ctype) is not None, (body, ctype)
+
+
+if __name__ == "__main__":
+    self_test()
+    print("hooks self-test passed")
