@@ -38,8 +38,15 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// An admin of the caller's own tenant: manages that tenant's keys and resources.
     pub fn is_admin(&self) -> bool {
         self.role == ADMIN
+    }
+
+    /// An admin of the default tenant (the bootstrap key's tenant): administers the
+    /// platform itself, i.e. other tenants' keys, global workflows and metrics.
+    pub fn is_platform_admin(&self) -> bool {
+        self.is_admin() && self.owner == DEFAULT_TENANT
     }
 }
 
@@ -48,8 +55,41 @@ fn digest(key: &str) -> String {
 }
 
 /// Equal-time comparison, so a timing probe learns nothing about the stored hash.
-fn same(a: &str, b: &str) -> bool {
+pub(crate) fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The credential a metrics scraper sends (`Authorization: Bearer <token>`) instead of
+/// a platform admin's key, so Prometheus need not hold a key that can do everything.
+/// Its `Debug` never shows the token, so configuration dumps do not leak it.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct ScrapeToken(String);
+
+/// Shortest scrape token accepted: a guessable one would expose the metrics.
+pub const SCRAPE_TOKEN_MIN_LEN: usize = 16;
+
+impl ScrapeToken {
+    pub fn new(token: impl Into<String>) -> ScrapeToken {
+        ScrapeToken(token.into())
+    }
+
+    /// Whether the token is long enough to be used.
+    pub fn is_strong(&self) -> bool {
+        self.0.chars().count() >= SCRAPE_TOKEN_MIN_LEN
+    }
+
+    /// Constant-time comparison of digests, so neither the content nor the length of
+    /// the configured token leaks through timing.
+    pub fn matches(&self, presented: &str) -> bool {
+        same(&digest(&self.0), &digest(presented))
+    }
+}
+
+impl std::fmt::Debug for ScrapeToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ScrapeToken(<redacted>)")
+    }
 }
 
 /// Makes a new key; returns the plaintext (shown once) and the record to store.
@@ -130,9 +170,31 @@ impl Keys {
     }
 }
 
-/// The key presented with a request: `X-API-Key`, `Authorization: Bearer`, or (for
-/// browsers' EventSource and WebSocket, which cannot set headers) `?api_key=`.
-pub fn presented(parts: &Parts) -> Option<String> {
+/// The routes a key may be given in the query string on (`GET` only): the SSE streams
+/// and the WebSocket, because browsers' EventSource and WebSocket cannot set headers.
+/// Anywhere else a URL-borne key would end up in proxy and access logs and browser
+/// history, so it is refused rather than ignored: the client learns at once.
+const QUERY_KEY_ROUTES: [&str; 3] = ["/api/v1/runs/{id}/events", "/api/v1/events", "/api/v1/ws"];
+
+/// Whether the request carries `api_key=` in its query string.
+fn query_key(parts: &Parts) -> Option<String> {
+    parts
+        .uri
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("api_key=").map(str::to_string)))
+}
+
+/// Whether `parts` is a request on which a query-string key is accepted.
+fn query_key_allowed(parts: &Parts) -> bool {
+    parts.method == axum::http::Method::GET
+        && parts
+            .extensions
+            .get::<axum::extract::MatchedPath>()
+            .is_some_and(|m| QUERY_KEY_ROUTES.contains(&m.as_str()))
+}
+
+/// The key presented in a header: `X-API-Key` or `Authorization: Bearer`.
+pub fn header_key(parts: &Parts) -> Option<String> {
     if let Some(v) = parts.headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
         return Some(v.trim().to_string());
     }
@@ -141,10 +203,21 @@ pub fn presented(parts: &Parts) -> Option<String> {
     {
         return Some(t.trim().to_string());
     }
-    parts
-        .uri
-        .query()
-        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("api_key=").map(str::to_string)))
+    None
+}
+
+/// The key presented with a request: `X-API-Key`, `Authorization: Bearer`, or (on the
+/// streaming routes of [`QUERY_KEY_ROUTES`] only) `?api_key=`. A query-string key on
+/// any other route is an error, even next to a header key.
+pub fn presented(parts: &Parts) -> Result<Option<String>, ApiError> {
+    let in_query = query_key(parts);
+    if in_query.is_some() && !query_key_allowed(parts) {
+        return Err(ApiError::new(
+            Code::Unauthorized,
+            "API keys in the query string are accepted on the event streams only; send X-API-Key or Authorization: Bearer",
+        ));
+    }
+    Ok(header_key(parts).or(in_query))
 }
 
 /// Authenticates the request once: the caller is kept in the request's extensions, so
@@ -153,7 +226,7 @@ pub async fn caller(parts: &mut Parts, app: &AppState) -> Result<Caller, ApiErro
     if let Some(c) = parts.extensions.get::<Caller>() {
         return Ok(c.clone());
     }
-    let Some(key) = presented(parts) else {
+    let Some(key) = presented(parts)? else {
         return Err(ApiError::new(Code::Unauthorized, "an API key is required (X-API-Key or Authorization: Bearer)"));
     };
     match app.keys.verify(&key).await? {
@@ -190,5 +263,31 @@ mod tests {
         assert_eq!(k.hash, digest(&plain));
         assert!(!k.hash.contains(&plain[10..]));
         assert!(same("abc", "abc") && !same("abc", "abd") && !same("abc", "ab"));
+    }
+
+    #[test]
+    fn scrape_tokens_match_exactly_and_never_print() {
+        let t = ScrapeToken::new("s3cret-scrape-token");
+        assert!(t.matches("s3cret-scrape-token"));
+        assert!(!t.matches("s3cret-scrape-toke") && !t.matches("s3cret-scrape-token ") && !t.matches(""));
+        assert!(!format!("{t:?}").contains("s3cret"));
+        assert!(t.is_strong() && !ScrapeToken::new("short").is_strong());
+    }
+
+    fn caller(owner: &str, role: &str) -> Caller {
+        Caller {
+            owner: owner.into(),
+            user: "u".into(),
+            role: role.into(),
+            key_id: "k".into(),
+        }
+    }
+
+    #[test]
+    fn platform_admins_are_the_default_tenants_admins() {
+        assert!(caller(DEFAULT_TENANT, ADMIN).is_platform_admin());
+        assert!(!caller(DEFAULT_TENANT, MEMBER).is_platform_admin());
+        assert!(!caller("acme", ADMIN).is_platform_admin());
+        assert!(caller("acme", ADMIN).is_admin());
     }
 }

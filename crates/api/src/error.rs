@@ -28,6 +28,9 @@ pub enum Code {
     /// 422: an `Idempotency-Key` was reused with another request.
     IdempotencyMismatch,
     Unavailable,
+    /// 507: the store is out of space; nothing was written, the same request succeeds
+    /// once space is back.
+    StorageFull,
     Internal,
 }
 
@@ -50,6 +53,7 @@ impl Code {
             Code::RateLimited => "rate_limited",
             Code::IdempotencyMismatch => "idempotency_mismatch",
             Code::Unavailable => "unavailable",
+            Code::StorageFull => "storage_full",
             Code::Internal => "internal",
         }
     }
@@ -68,11 +72,12 @@ impl Code {
             Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Code::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
-    pub const ALL: [Code; 17] = [
+    pub const ALL: [Code; 18] = [
         Code::BadRequest,
         Code::PatchRejected,
         Code::AgentLimitExceeded,
@@ -89,6 +94,7 @@ impl Code {
         Code::RateLimited,
         Code::IdempotencyMismatch,
         Code::Unavailable,
+        Code::StorageFull,
         Code::Internal,
     ];
 }
@@ -120,6 +126,16 @@ impl ApiError {
     pub fn not_found(what: impl Into<String>) -> ApiError {
         ApiError::new(Code::NotFound, format!("{} not found", what.into()))
     }
+    /// A request beyond a quota: 413 for sizes, 400 otherwise, with the limit's stable code
+    /// in `details.limit`.
+    pub fn limit(e: aob_limits::LimitError) -> ApiError {
+        let code = match e {
+            aob_limits::LimitError::TooLarge { .. } => Code::PayloadTooLarge,
+            _ => Code::BadRequest,
+        };
+        ApiError::new(code, e.to_string()).with_details(json!({"limit": e.code()}))
+    }
+
     pub fn validation(issues: &[aob_model::Issue]) -> ApiError {
         let errors: Vec<&aob_model::Issue> = issues.iter().filter(|i| i.severity == aob_model::Severity::Error).collect();
         let summary = errors
@@ -134,7 +150,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.code == Code::Internal || self.code == Code::Unavailable {
+        if matches!(self.code, Code::Internal | Code::Unavailable | Code::StorageFull) {
             tracing::error!(code = self.code.as_str(), message = %self.message, "request failed");
         }
         let headers = if self.code == Code::RateLimited {
@@ -155,6 +171,7 @@ impl From<StoreError> for ApiError {
             StoreError::Unavailable(m) => ApiError::new(Code::Unavailable, m),
             StoreError::Backend(m) => ApiError::new(Code::Internal, m),
             StoreError::Fenced(m) => ApiError::new(Code::Unavailable, m),
+            StoreError::Full(m) => ApiError::new(Code::StorageFull, format!("the store is out of space; nothing was written, retry later: {m}")),
         }
     }
 }

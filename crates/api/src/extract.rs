@@ -5,14 +5,27 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
+use crate::AppState;
 use crate::error::{ApiError, Code};
 
 pub struct Json<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
+impl<T: DeserializeOwned> FromRequest<AppState> for Json<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    /// The body's nesting is measured before it is parsed: a body nested deeper than the
+    /// limit is refused without any recursive parser seeing it.
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let (parts, body) = req.into_parts();
+        let bytes = match axum::body::Bytes::from_request(Request::from_parts(parts.clone(), body), state).await {
+            Ok(b) => b,
+            Err(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(ApiError::new(Code::PayloadTooLarge, "request body is too large"));
+            }
+            Err(e) => return Err(ApiError::bad_request(e.body_text())),
+        };
+        state.guards.opts.limits.check_text(&bytes).map_err(ApiError::limit)?;
+        let req = Request::from_parts(parts, axum::body::Body::from(bytes));
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(Json(v)),
             Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::new(Code::UnsupportedMediaType, "expected Content-Type: application/json")),
@@ -47,6 +60,7 @@ pub fn optional_json<T: DeserializeOwned>(body: &[u8]) -> Result<Option<T>, ApiE
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
+    aob_limits::Limits::default().check_text(body).map_err(ApiError::limit)?;
     serde_json::from_slice(body)
         .map(Some)
         .map_err(|e| ApiError::new(Code::InvalidJson, format!("invalid JSON body: {e}")))

@@ -171,7 +171,17 @@ pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Res
             let Ok(bytes) = axum::body::to_bytes(body, MAX_RESPONSE).await else {
                 return ApiError::new(Code::Internal, "response too large to remember").into_response();
             };
-            claim.complete(status, bytes.to_vec()).await;
+            // A large answer is not kept whole: a replay gets the status and a short note,
+            // and the request is still not performed twice.
+            let max = app.guards.opts.limits.idempotency_response_bytes;
+            let remembered = if bytes.len() > max {
+                json!({"idempotent_replay": true, "message": format!("the original response ({} bytes) was larger than the {max} bytes kept for idempotency keys", bytes.len())})
+                    .to_string()
+                    .into_bytes()
+            } else {
+                bytes.to_vec()
+            };
+            claim.complete(status, remembered).await;
             Response::from_parts(parts, Body::from(bytes))
         }
     }

@@ -34,16 +34,24 @@ pub struct CreateKey {
     name: Option<String>,
     user: Option<String>,
     role: Option<String>,
-    /// Admins may create keys for any tenant; default: the caller's.
+    /// Default: the caller's. Only platform admins create keys for another tenant.
     tenant: Option<String>,
 }
 
-/// Creates a key. The plaintext is in this response only.
+/// Creates a key. The plaintext is in this response only. A tenant admin creates keys
+/// of its own tenant; a key for another tenant (a new tenant's first admin, say) needs a
+/// platform admin.
 pub async fn create(State(app): State<AppState>, caller: Caller, Json(b): Json<CreateKey>) -> ApiResult<impl IntoResponse> {
     if !caller.is_admin() {
         return Err(ApiError::new(Code::Forbidden, "only admins create API keys"));
     }
     let tenant = b.tenant.unwrap_or_else(|| caller.owner.clone());
+    if tenant != caller.owner && !caller.is_platform_admin() {
+        return Err(ApiError::new(
+            Code::Forbidden,
+            format!("only platform admins create keys for another tenant ('{tenant}')"),
+        ));
+    }
     let user = b.user.unwrap_or_else(|| caller.user.clone());
     let role = b.role.unwrap_or_else(|| MEMBER.to_string());
     let name = b.name.unwrap_or_else(|| "key".to_string());
@@ -68,11 +76,21 @@ pub async fn create(State(app): State<AppState>, caller: Caller, Json(b): Json<C
 #[derive(Deserialize, Default)]
 pub struct ListKeys {
     tenant: Option<String>,
+    /// Every tenant's keys (platform admins only).
+    #[serde(default)]
+    all: bool,
 }
 
-/// Admins list their tenant's keys (or another tenant's with `?tenant=`); members see their own.
+/// Admins list their tenant's keys; platform admins also another tenant's (`?tenant=`)
+/// or every tenant's (`?all=true`); members see their own.
 pub async fn list(State(app): State<AppState>, caller: Caller, Query(q): Query<ListKeys>) -> ApiResult<axum::Json<Value>> {
-    let keys = if caller.is_admin() {
+    let across = q.all || q.tenant.as_deref().is_some_and(|t| t != caller.owner);
+    if across && !caller.is_platform_admin() {
+        return Err(ApiError::new(Code::Forbidden, "only platform admins list other tenants' keys"));
+    }
+    let keys = if q.all {
+        app.rt.store.list_keys(None).await?
+    } else if caller.is_admin() {
         app.rt.store.list_keys(Some(q.tenant.as_deref().unwrap_or(&caller.owner))).await?
     } else {
         app.rt
@@ -87,11 +105,12 @@ pub async fn list(State(app): State<AppState>, caller: Caller, Query(q): Query<L
     Ok(axum::Json(json!({"keys": items, "count": items.len()})))
 }
 
-/// Revokes a key: admins any key of their tenant (any tenant's for the default tenant's admins), members their own.
+/// Revokes a key: admins any key of their tenant, platform admins any tenant's, members
+/// their own. Another tenant's key is answered like a missing one (404), so key ids of
+/// other tenants cannot be probed.
 pub async fn revoke(State(app): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<axum::Json<Value>> {
     let key = app.rt.store.get_key(&id).await?.ok_or_else(|| ApiError::not_found(format!("key {id}")))?;
-    let allowed =
-        (caller.is_admin() && (key.tenant == caller.owner || caller.owner == auth::DEFAULT_TENANT)) || (key.tenant == caller.owner && key.user == caller.user);
+    let allowed = caller.is_platform_admin() || (key.tenant == caller.owner && (caller.is_admin() || key.user == caller.user));
     if !allowed {
         return Err(ApiError::not_found(format!("key {id}")));
     }

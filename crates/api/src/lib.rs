@@ -94,6 +94,12 @@ pub struct Options {
     /// Other processes share the store (scale-out): a claim in progress may belong to
     /// a live process that started before this one.
     pub shared_store: bool,
+    /// Quotas on what callers send (depth, sizes, validation work).
+    pub limits: Arc<aob_limits::Limits>,
+    /// A bearer token that may read `/metrics` (besides platform admins' keys).
+    pub metrics_token: Option<auth::ScrapeToken>,
+    /// Under patch review, the author of a run patch may not approve it (four eyes).
+    pub forbid_self_approval: bool,
 }
 
 impl Default for Options {
@@ -105,6 +111,9 @@ impl Default for Options {
             limit_clock: None,
             api: true,
             shared_store: false,
+            limits: Arc::new(aob_limits::Limits::default()),
+            metrics_token: None,
+            forbid_self_approval: false,
         }
     }
 }
@@ -253,9 +262,21 @@ async fn readiness(State(app): State<AppState>) -> impl IntoResponse {
     }
 }
 
-/// Prometheus text format; needs a key like every other route (scrapers send a bearer token).
-async fn metrics(State(app): State<AppState>, _caller: auth::Caller) -> impl IntoResponse {
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.rt.metrics.render())
+/// Prometheus text format. The figures are the whole platform's (every tenant's runs),
+/// so they are for platform admins and for the configured scrape token only.
+async fn metrics(State(app): State<AppState>, req: axum::extract::Request) -> Result<impl IntoResponse, error::ApiError> {
+    let (mut parts, _) = req.into_parts();
+    let scraper = match (&app.guards.opts.metrics_token, auth::header_key(&parts)) {
+        (Some(token), Some(given)) => token.matches(&given),
+        _ => false,
+    };
+    if !scraper && !auth::caller(&mut parts, &app).await?.is_platform_admin() {
+        return Err(error::ApiError::new(
+            error::Code::Forbidden,
+            "metrics are readable by platform admins and the metrics token only",
+        ));
+    }
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], app.rt.metrics.render()))
 }
 
 async fn version(State(app): State<AppState>, _caller: auth::Caller) -> axum::Json<serde_json::Value> {

@@ -46,7 +46,7 @@ fn paths(wf: &Value) -> Value {
         json!({
             "/health": {"get": op("Liveness", "200")},
             "/readiness": {"get": op("Readiness (store reachable)", "200")},
-            "/metrics": {"get": op("Prometheus metrics of the engine loop (text format)", "200")},
+            "/metrics": {"get": op("Prometheus metrics of the engine loop (text format); platform admins or the metrics token (Authorization: Bearer)", "200")},
             "/openapi.json": {"get": op("This document", "200")},
             "/api/v1/version": {"get": op("Server version", "200")},
             "/api/v1/schema/workflow": {"get": op("JSON Schema of workflow documents", "200")},
@@ -78,8 +78,8 @@ fn paths(wf: &Value) -> Value {
             "/api/v1/events": {"get": sse(op("SSE stream of every event of the caller's runs", "200"))},
             "/api/v1/artifacts/{id}": {"get": op("A content-addressed artifact", "200")},
             "/api/v1/keys": {
-                "post": with_body(op("Create an API key (admin); the key is shown once", "201"), json!({"type": "object", "properties": {"name": {"type": "string"}, "user": {"type": "string"}, "role": {"enum": ["admin", "member"]}, "tenant": {"type": "string"}}})),
-                "get": op("List API keys", "200")
+                "post": with_body(op("Create an API key (admin; another tenant's: platform admin); the key is shown once", "201"), json!({"type": "object", "properties": {"name": {"type": "string"}, "user": {"type": "string"}, "role": {"enum": ["admin", "member"]}, "tenant": {"type": "string"}}})),
+                "get": op("List API keys (?tenant= another tenant's, ?all=true every tenant's: platform admins)", "200")
             },
             "/api/v1/keys/{id}": {"delete": op("Revoke an API key", "200")},
             "/api/v1/whoami": {"get": op("The calling key's tenant, user and role", "200")},

@@ -72,6 +72,7 @@ pub struct CreatePatch {
 pub async fn create(State(app): State<AppState>, caller: Caller, Path(id): Path<String>, Json(b): Json<CreatePatch>) -> ApiResult<impl IntoResponse> {
     runs::load(&app, &caller, &id).await?;
     let req = PatchRequest {
+        prepared: None,
         operations: b.operations,
         description: b.description,
         node_id: b.node_id,
@@ -113,6 +114,18 @@ async fn review(app: AppState, caller: Caller, id: String, seq: String, body: ax
     runs::load(&app, &caller, &id).await?;
     let seq = seq_of(&seq)?;
     let reason = optional_json::<Review>(&body)?.and_then(|r| r.reason);
+    // Review is only worth something when the reviewer is someone else; an author may
+    // still withdraw (reject) their own patch.
+    if approve
+        && app.guards.opts.forbid_self_approval
+        && let Some(p) = app.rt.store.get_patch(&id, seq).await?
+        && p.author == caller.user
+    {
+        return Err(ApiError::new(
+            Code::Forbidden,
+            format!("patch {seq} was written by {}; another user must approve it", p.author),
+        ));
+    }
     let rec = app.rt.decide_patch(&id, seq, approve, &caller.user, reason).await.map_err(rejected)?;
     if approve && rec.status != "applied" {
         return Err(ApiError::new(

@@ -9,7 +9,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use aob_engine::{Input, Plan, RunStatus};
-use aob_model::validate::parse_and_validate;
 use aob_runtime::StartRun;
 use aob_store::RunFilter;
 
@@ -161,7 +160,7 @@ pub async fn create(State(app): State<AppState>, caller: Caller, headers: Header
     let (plan, tag) = match (body.workflow, body.tag) {
         (Some(doc), None) => {
             let doc = workflow_doc(&doc)?;
-            let (wf, _) = parse_and_validate(&doc).map_err(|issues| ApiError::validation(&issues))?;
+            let (wf, _) = crate::workflows::validated(&app, &caller, doc).await?;
             // The tier is checked before anything is stored.
             app.guards.limits.check_tier(&caller, wf.agent_count())?;
             (app.rt.register(wf, &caller.owner).await?, None)
@@ -176,6 +175,7 @@ pub async fn create(State(app): State<AppState>, caller: Caller, headers: Header
     let settings = aob_engine::RunSettings {
         patch_review: body.patch_review,
         agent_limit: body.agent_limit,
+        ..Default::default()
     };
     let (status, body) = start(&app, &caller.owner, plan, tag, body.inputs, key, settings).await?;
     Ok((status, axum::Json(body)))

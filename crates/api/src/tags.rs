@@ -9,7 +9,6 @@ use axum::extract::{Path, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use aob_model::validate::parse_and_validate;
 use aob_store::{Tag, TagUpdate, TagVersion};
 
 use crate::AppState;
@@ -109,11 +108,24 @@ pub async fn patch(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("workflow {}", t.hash)))?;
     let mut doc = blob.content;
-    json_patch::patch(&mut doc, &patch).map_err(|e| {
-        ApiError::bad_request(format!("operation {} does not apply: {e}", e.operation))
-            .with_details(json!({"errors": [{"pointer": format!("/operations/{}", e.operation), "path": e.path.to_string(), "message": e.kind.to_string()}]}))
-    })?;
-    let (wf, warnings) = parse_and_validate(&doc).map_err(|issues| ApiError::validation(&issues))?;
+    let limits = app.guards.opts.limits.for_tenant(&caller.owner);
+    if patch.0.len() > limits.patch_operations {
+        return Err(
+            ApiError::bad_request(format!("a patch may have at most {} operations", limits.patch_operations)).with_details(json!({"limit": "too_large"})),
+        );
+    }
+    // One operation at a time, measuring the document after each: `copy` must not
+    // amplify a small request into a huge document.
+    for (i, op) in patch.0.iter().enumerate() {
+        json_patch::patch(&mut doc, std::slice::from_ref(op)).map_err(|e| {
+            ApiError::bad_request(format!("operation {i} does not apply: {e}"))
+                .with_details(json!({"errors": [{"pointer": format!("/operations/{i}"), "path": e.path.to_string(), "message": e.kind.to_string()}]}))
+        })?;
+        aob_model::patch::within(&doc, &limits).map_err(|e| {
+            ApiError::limit(e.clone()).with_details(json!({"limit": e.code(), "errors": [{"pointer": format!("/operations/{i}"), "message": e.to_string()}]}))
+        })?;
+    }
+    let (wf, warnings) = crate::workflows::validated(&app, &caller, doc).await?;
     let plan = app.rt.register(wf, &t.owner).await?;
     let moved = move_to(&app, &caller, &t, plan.hash.clone(), "patch", body.description.clone()).await?;
     let mut out = moved_view(&moved, Some(count), &body.description);

@@ -6,7 +6,6 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use aob_model::validate::parse_and_validate;
 use aob_store::TagUpdate;
 
 use crate::auth::{Caller, GLOBAL_OWNER};
@@ -29,6 +28,16 @@ pub fn workflow_doc(v: &Value) -> ApiResult<Value> {
     }
 }
 
+/// Parses and validates a document within the caller's tenant limits, off the async
+/// workers: validation compiles every expression, on threads of its own.
+pub async fn validated(app: &AppState, caller: &Caller, doc: Value) -> ApiResult<(aob_model::Workflow, Vec<aob_model::Issue>)> {
+    let limits = app.guards.opts.limits.for_tenant(&caller.owner);
+    tokio::task::spawn_blocking(move || aob_model::validate::parse_and_validate_with(&doc, &limits))
+        .await
+        .map_err(|_| ApiError::new(Code::Internal, "validation stopped unexpectedly"))?
+        .map_err(|issues| ApiError::validation(&issues))
+}
+
 pub fn check_tag_name(name: &str) -> ApiResult<()> {
     if name.is_empty() || name.len() > 200 || name.starts_with("_global_") || name.chars().any(|c| c.is_control()) {
         return Err(ApiError::bad_request(format!(
@@ -39,7 +48,7 @@ pub fn check_tag_name(name: &str) -> ApiResult<()> {
 }
 
 /// Which namespace a tag name is looked up in: the caller's tenant, the global one
-/// (`_global_`, readable by every tenant, written by admins), or both, the tenant's own
+/// (`_global_`, readable by every tenant, written by platform admins), or both, the tenant's own
 /// tag shadowing a global one of the same name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -80,12 +89,13 @@ pub async fn resolve(app: &AppState, owner: &str, name: &str, scope: Scope) -> A
     found.ok_or_else(|| ApiError::not_found(format!("workflow '{name}'")))
 }
 
-/// Global tags are changed by admins only.
+/// Global tags are changed by platform admins only: every tenant runs them, so a tenant
+/// admin changing one would change what other tenants execute.
 pub fn check_write(caller: &Caller, t: &aob_store::Tag) -> ApiResult<()> {
-    if t.owner == GLOBAL_OWNER && !caller.is_admin() {
+    if t.owner == GLOBAL_OWNER && !caller.is_platform_admin() {
         return Err(ApiError::new(
             Code::Forbidden,
-            format!("workflow '{}' is global; only admins change global workflows", t.name),
+            format!("workflow '{}' is global; only platform admins change global workflows", t.name),
         ));
     }
     Ok(())
@@ -102,7 +112,7 @@ pub fn tag_view(t: &aob_store::Tag) -> Value {
 pub struct CreateWorkflow {
     tag_name: Option<String>,
     workflow: Option<Value>,
-    /// Store under the global namespace (admins only).
+    /// Store under the global namespace (platform admins only).
     #[serde(default)]
     global: bool,
     description: Option<String>,
@@ -111,12 +121,12 @@ pub struct CreateWorkflow {
 pub async fn create(State(app): State<AppState>, caller: Caller, Json(body): Json<CreateWorkflow>) -> ApiResult<impl IntoResponse> {
     let tag = body.tag_name.ok_or_else(|| ApiError::bad_request("tag_name is required"))?;
     check_tag_name(&tag)?;
-    if body.global && !caller.is_admin() {
-        return Err(ApiError::new(Code::Forbidden, "only admins create global workflows"));
+    if body.global && !caller.is_platform_admin() {
+        return Err(ApiError::new(Code::Forbidden, "only platform admins create global workflows"));
     }
     let owner = if body.global { GLOBAL_OWNER.to_string() } else { caller.owner.clone() };
     let doc = workflow_doc(&body.workflow.ok_or_else(|| ApiError::bad_request("workflow is required"))?)?;
-    let (wf, warnings) = parse_and_validate(&doc).map_err(|issues| ApiError::validation(&issues))?;
+    let (wf, warnings) = validated(&app, &caller, doc).await?;
     let (nodes, edges) = (wf.nodes.len(), wf.edges.len());
     let plan = app.rt.register(wf, &owner).await?;
     let existed = app.rt.store.get_tag(&owner, &tag).await?.is_some();
@@ -221,11 +231,17 @@ pub struct ValidateBody {
 }
 
 /// Validates without storing anything.
-pub async fn validate(_caller: Caller, Json(body): Json<ValidateBody>) -> ApiResult<axum::Json<Value>> {
+pub async fn validate(State(app): State<AppState>, caller: Caller, Json(body): Json<ValidateBody>) -> ApiResult<axum::Json<Value>> {
     let doc = workflow_doc(&body.workflow.ok_or_else(|| ApiError::bad_request("workflow is required"))?)?;
-    let issues = match parse_and_validate(&doc) {
+    let issues = match validated(&app, &caller, doc).await {
         Ok((_, w)) => w,
-        Err(e) => e,
+        // The report as validation made it (already capped).
+        Err(e) if e.code == Code::ValidationFailed && e.details.get("errors").is_some() => {
+            return Ok(axum::Json(
+                json!({"valid": false, "errors": e.details["errors"], "warnings": e.details["warnings"]}),
+            ));
+        }
+        Err(e) => return Err(e),
     };
     let valid = !aob_model::validate::has_errors(&issues);
     let errors: Vec<_> = issues.iter().filter(|i| i.severity == aob_model::Severity::Error).collect();

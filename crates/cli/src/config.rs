@@ -44,6 +44,28 @@ pub struct Config {
     /// How long a pulled attempt stays leased without a heartbeat (a dead worker's
     /// attempt is redelivered after this).
     pub visibility_ms: u64,
+    /// Quotas on what users send and what their workflows do (OPERATIONS.md, "Limits
+    /// and quotas"); `[limits]` in the file, `AOB_LIMITS__<NAME>` in the environment.
+    pub limits: aob_limits::Limits,
+    /// The `aob` binary that runs jq programs in a process of their own (`aob __jq`).
+    /// `aob serve` uses itself; without one, jq runs in the server process and a
+    /// program that never ends cannot be stopped.
+    pub jq_sandbox: Option<PathBuf>,
+    /// A bearer token a metrics scraper may read `/metrics` with (at least 16
+    /// characters); without it only platform admins' keys may.
+    pub metrics_token: Option<aob_api::auth::ScrapeToken>,
+    pub patches: Patches,
+    /// Embedded mode: an attempt that was running during this many process crashes
+    /// (counted in the data dir's attempts journal) fails with `attempt_crashed` instead
+    /// of running again; 0 turns it off.
+    pub attempt_crash_limit: u32,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Patches {
+    /// Under patch review, refuse (403) a user approving a run patch they wrote.
+    pub forbid_self_approval: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -114,6 +136,11 @@ impl Default for Config {
             roles: "api,engine,worker".into(),
             cluster: Cluster::default(),
             visibility_ms: 30_000,
+            limits: aob_limits::Limits::default(),
+            jq_sandbox: None,
+            metrics_token: None,
+            patches: Patches::default(),
+            attempt_crash_limit: 3,
         }
     }
 }
@@ -179,6 +206,10 @@ impl Config {
         }
         if self.visibility_ms < 100 {
             anyhow::bail!("visibility_ms must be at least 100");
+        }
+        self.limits.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        if self.metrics_token.as_ref().is_some_and(|t| !t.is_strong()) {
+            anyhow::bail!("metrics_token must be at least {} characters", aob_api::auth::SCRAPE_TOKEN_MIN_LEN);
         }
         for a in &self.ssrf.allow {
             a.parse::<aob_ssrf::AllowRule>().map_err(|e| anyhow::anyhow!("ssrf.allow entry '{a}': {e}"))?;

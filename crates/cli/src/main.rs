@@ -148,6 +148,10 @@ fn init_tracing(cfg: &config::Config) {
 }
 
 fn main() {
+    // The jq sandbox: a child process of the server, answered before anything else starts.
+    if std::env::args_os().nth(1).is_some_and(|a| a == aob_exec::sandbox::JQ_SUBCOMMAND) {
+        std::process::exit(aob_exec::sandbox::jq_child_main());
+    }
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -182,14 +186,22 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     let fmt = cli.output;
     match cli.command {
         Command::Serve(args) => {
-            let cfg = args.load()?;
+            let mut cfg = args.load()?;
             init_tracing(&cfg);
+            if cfg.jq_sandbox.is_none() {
+                cfg.jq_sandbox = std::env::current_exe().ok();
+            }
             serve::run(cfg).await?;
             Ok(exit::OK)
         }
         Command::Config(ConfigCmd::Dump(args)) => {
             let cfg = args.load()?;
-            output::print(fmt, &serde_json::to_value(&cfg)?);
+            let mut dump = serde_json::to_value(&cfg)?;
+            // A dump is for reading and pasting into tickets: the scrape secret stays out.
+            if dump["metrics_token"].is_string() {
+                dump["metrics_token"] = serde_json::Value::String("<redacted>".into());
+            }
+            output::print(fmt, &dump);
             Ok(exit::OK)
         }
         Command::Run(cmd) => commands::run(cmd, &client, fmt).await,

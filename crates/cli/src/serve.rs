@@ -19,7 +19,7 @@ pub struct Server {
 
 /// Opens the store, recovers runs, binds the listener and starts serving.
 pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    create_data_dir(&cfg.data_dir).with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     let durability = if cfg.durability == "process" {
         Durability::Process
     } else {
@@ -50,9 +50,22 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
     let guard = aob_ssrf::Guard::new(policy);
     let clock = Arc::new(SystemClock);
     let started_at = aob_runtime::Clock::now_ms(&*clock);
+    // Embedded mode only: the journal is per process, and in scale-out an attempt that
+    // killed one worker is redelivered to another, which cannot see that count.
+    let journal = if cfg.attempt_crash_limit > 0 && !cfg.clustered() {
+        let j = aob_runtime::AttemptJournal::open(&cfg.data_dir).with_context(|| format!("opening the attempts journal in {}", cfg.data_dir.display()))?;
+        Some(Arc::new(j))
+    } else {
+        None
+    };
+    let limits = Arc::new(cfg.limits.clone());
     let opts = aob_runtime::Options {
         max_tasks: cfg.max_tasks,
         visibility: std::time::Duration::from_millis(cfg.visibility_ms),
+        limits: limits.clone(),
+        jq_sandbox: cfg.jq_sandbox.clone(),
+        crash_limit: cfg.attempt_crash_limit,
+        journal,
         ..Default::default()
     };
     let dispatch_opts = aob_dispatch::Options {
@@ -124,6 +137,9 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         limit_clock: None,
         api: roles.api,
         shared_store: cfg.clustered(),
+        limits,
+        metrics_token: cfg.metrics_token.clone(),
+        forbid_self_approval: cfg.patches.forbid_self_approval,
     };
     let app = aob_api::router(state, &api_opts);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -131,6 +147,26 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Server> {
         let _ = stopped.await;
     }));
     Ok(Server { addr, runtime, serve, stop })
+}
+
+/// Creates the data dir readable by the owner only (0700): it holds the database and
+/// the first admin key. An existing directory is left as the operator set it up, with a
+/// warning when others may read it.
+fn create_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(data_dir = %dir.display(), mode = format!("{:o}", mode & 0o777), "the data dir is accessible to other users; 0700 is recommended");
+        }
+    }
+    Ok(())
 }
 
 /// The file the first admin key is written to, readable by the owner only.
@@ -153,15 +189,45 @@ async fn bootstrap_admin(rt: &aob_runtime::Handle, data_dir: &std::path::Path) -
     Ok(())
 }
 
-fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+/// Writes a secret file atomically with mode 0600 from its creation: a temp file in the
+/// same directory (created exclusively, so it is never opened through a planted
+/// symlink), synced, then renamed over `path`. A symlink at `path` is refused: someone
+/// who can plant one wants the platform admin key written (or a file clobbered)
+/// somewhere else. The rename itself replaces a link planted after the check rather
+/// than following it.
+pub fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
     use std::io::Write;
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is a symbolic link; refusing to write a secret through it", path.display()),
+        ));
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "secret".into());
+    let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(path)?;
-    f.write_all(secret.as_bytes())?;
-    f.write_all(b"\n")
+    let written = (|| {
+        let mut f = opts.open(&tmp)?;
+        f.write_all(secret.as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    // The rename is durable once the directory entry is.
+    #[cfg(unix)]
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
 }
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
@@ -194,5 +260,44 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn secrets_are_written_0600_and_never_through_a_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("admin.key");
+        write_secret(&path, "one").unwrap_or_else(|e| panic!("{e}"));
+        write_secret(&path, "two").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(std::fs::read_to_string(&path).ok().as_deref(), Some("two\n"));
+        let mode = std::fs::metadata(&path).map(|m| m.permissions().mode() & 0o777).ok();
+        assert_eq!(mode, Some(0o600));
+        // Only the secret is left: no temp file stays behind.
+        assert_eq!(std::fs::read_dir(dir.path()).map(|d| d.count()).ok(), Some(1));
+
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, "precious").unwrap_or_else(|e| panic!("{e}"));
+        let link = dir.path().join("linked.key");
+        std::os::unix::fs::symlink(&target, &link).unwrap_or_else(|e| panic!("{e}"));
+        assert!(write_secret(&link, "three").is_err());
+        assert_eq!(std::fs::read_to_string(&target).ok().as_deref(), Some("precious"));
+        assert!(std::fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_new_data_dir_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let data = dir.path().join("a/b");
+        create_data_dir(&data).unwrap_or_else(|e| panic!("{e}"));
+        let mode = std::fs::metadata(&data).map(|m| m.permissions().mode() & 0o777).ok();
+        assert_eq!(mode, Some(0o700));
     }
 }

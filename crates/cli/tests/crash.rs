@@ -15,7 +15,7 @@
 // Test support panics on any unexpected error, helpers included.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -164,6 +164,14 @@ impl Harness {
     /// Spawns `aob serve` on a fresh port (with `failpoints` armed if given) and waits
     /// until `/health` answers.
     async fn start(&mut self, failpoints: Option<&str>) {
+        if let Err(status) = self.try_start(failpoints).await {
+            panic!("aob serve exited during startup: {status}");
+        }
+    }
+
+    /// As `start`, but a process that dies before it is healthy (an armed failure
+    /// point hit during recovery) is an answer, not a failure.
+    async fn try_start(&mut self, failpoints: Option<&str>) -> Result<(), std::process::ExitStatus> {
         assert!(self.child.is_none(), "a server is already running");
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_aob"));
@@ -209,14 +217,15 @@ impl Harness {
         let until = Instant::now() + DEADLINE;
         loop {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
-                panic!("aob serve exited during startup: {status}");
+                self.child = None;
+                return Err(status);
             }
             let health = self.http.get(format!("{}/health", self.url)).timeout(Duration::from_secs(1)).send().await;
             if health.is_ok_and(|r| r.status().is_success()) {
                 // The first start writes the bootstrap admin key; every request uses it.
                 let key = std::fs::read_to_string(self.dir.path().join("data/admin.key")).ok();
                 self.http = client(key.as_deref().map(str::trim));
-                return;
+                return Ok(());
             }
             assert!(Instant::now() < until, "aob serve not healthy within {DEADLINE:?}");
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -661,12 +670,201 @@ async fn sigkill_mid_subworkflow_reuses_the_child_run() {
 }
 
 // ---------------------------------------------------------------------------------
+// A full disk.
+
+/// A tmpfs of `size` mounted on `dir` for the test, unmounted when dropped (lazily, so
+/// even a server still holding files open cannot keep it mounted).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount tmpfs on {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+
+    /// Writes a file until the file system refuses more (ENOSPC); returns its path.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        for chunk in [1 << 20, 4096, 1] {
+            let buf = vec![0u8; chunk];
+            loop {
+                match f.write(&buf) {
+                    Ok(n) if n == chunk => {}
+                    Ok(_) => break,
+                    Err(e) if e.raw_os_error() == Some(28) => break,
+                    Err(e) => panic!("filling {}: {e}", path.display()),
+                }
+            }
+        }
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+impl Harness {
+    async fn commit_failures(&self) -> u64 {
+        let text = self.http.get(format!("{}/metrics", self.url)).send().await.unwrap().text().await.unwrap();
+        let line = text.lines().find(|l| l.starts_with("aob_commit_failures_total")).unwrap();
+        line.split_whitespace().last().unwrap().parse().unwrap()
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self.http.post(format!("{}{}", self.url, path)).json(body).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+}
+
+/// The data dir is a small tmpfs; runs wait on a timer, a retry backoff and two
+/// approvals (one with a timeout) when a filler takes every free byte. While full,
+/// writes answer 507 `storage_full` and change nothing, every due timer fails to
+/// commit, and every run stays readable with a gapless log. Once the filler is gone,
+/// without a restart, every run completes, the retry ran exactly once more, and new
+/// writes succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_writes_loses_nothing_and_every_run_completes_once_space_is_back() {
+    let stub = Stub::with_status(&[], Arc::new(|path, n| if path == "/flaky" && n == 0 { 503 } else { 200 })).await;
+    let mut srv = Harness::new("fsync", &[stub.allow()]);
+    let disk = Tmpfs::mount(&srv.dir.path().join("data"), "16m");
+    srv.start(None).await;
+
+    let wait = json!({
+        "nodes": [{"id": "pause", "type": "wait", "config": {"duration_ms": 3000}}, {"id": "after", "type": "noop"}],
+        "edges": [{"from": "pause", "to": "after"}]
+    });
+    let retry = json!({
+        "nodes": [
+            {"id": "flaky", "type": "http", "config": {"url": stub.url("/flaky"), "fail_on_status": true},
+             "retry": {"max_attempts": 3, "backoff_ms": 3000, "backoff_multiplier": 1.0}},
+            {"id": "after", "type": "noop"}
+        ],
+        "edges": [{"from": "flaky", "to": "after"}]
+    });
+    let approval = |timeout: Option<u64>| {
+        let mut ask = json!({"id": "ask", "type": "hitl", "config": {"message": "ok?"}});
+        if let Some(ms) = timeout {
+            ask["config"]["timeout_ms"] = json!(ms);
+            ask["config"]["on_timeout"] = json!("reject");
+        }
+        json!({
+            "nodes": [ask, {"id": "yes", "type": "noop"}, {"id": "no", "type": "noop"}],
+            "edges": [
+                {"from": "ask", "to": "yes", "condition": "$.approved == true"},
+                {"from": "ask", "to": "no", "condition": "!output.approved"}
+            ]
+        })
+    };
+    let waiting = srv.start_run(&wait).await;
+    let retrying = srv.start_run(&retry).await;
+    let timing_out = srv.start_run(&approval(Some(3000))).await;
+    let deciding = srv.start_run(&approval(None)).await;
+    let due = srv.wait_event(&retrying, "node_retrying", "flaky").await["data"]["next_attempt_at_ms"]
+        .as_i64()
+        .unwrap();
+    srv.wait_event(&deciding, "approval_required", "ask").await;
+    let approvals = srv.get("/api/v1/approvals?status=pending").await;
+    let decide = approvals["approvals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["run_id"] == deciding.as_str())
+        .map(|a| format!("/api/v1/approvals/{}/decide", a["approval_id"].as_str().unwrap()))
+        .unwrap();
+    let runs = [waiting.clone(), retrying.clone(), timing_out.clone(), deciding.clone()];
+    let mut logs = BTreeMap::new();
+    for id in &runs {
+        logs.insert(id.clone(), srv.events(id).await);
+    }
+    assert!(now_ms() + 1000 < due, "the retry came due before the disk was full; the test proves nothing");
+
+    let filler = disk.fill();
+    let failures = srv.commit_failures().await;
+    // A new run: refused with the catalog's error, never a 500. (The first writes may
+    // still fit in space SQLite had already taken; none can be anything but 201 or 507.)
+    let mut refused = None;
+    let mut accepted = Vec::new();
+    for _ in 0..50 {
+        let (status, body) = srv.try_start_run(&wait, None).await.unwrap();
+        match status {
+            507 => {
+                refused = Some(body);
+                break;
+            }
+            201 => accepted.push(body["run_id"].as_str().unwrap().to_string()),
+            other => panic!("a write on a full disk answered {other}: {body}"),
+        }
+    }
+    let refused = refused.expect("no write was refused on a full disk");
+    assert_eq!(refused["error"]["code"], "storage_full", "{refused}");
+    let listed = srv.run_ids().await.len();
+    let (status, body) = srv.post(&decide, &json!({"decision": "approve"})).await;
+    assert_eq!((status, &body["error"]["code"]), (507, &json!("storage_full")), "{body}");
+    assert_eq!(srv.run_ids().await.len(), listed, "a refused start left a run");
+
+    // Every timer comes due while the disk is full: their commits fail, nothing moves.
+    let last_due = due.max(now_ms() + 500);
+    wait_until("every timer to be due", || now_ms() > last_due + 500).await;
+    let until = Instant::now() + DEADLINE;
+    while srv.commit_failures().await <= failures {
+        assert!(Instant::now() < until, "no commit failed while the disk was full");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for id in &runs {
+        let run = srv.get(&format!("/api/v1/runs/{id}")).await;
+        assert!(
+            matches!(run["status"].as_str(), Some("RUNNING" | "WAITING_FOR_APPROVAL")),
+            "{id} moved on a full disk: {run}"
+        );
+        let events = srv.events(id).await;
+        assert_eq!(&events, &logs[id], "{id}: its log changed on a full disk");
+    }
+    assert_eq!(stub.count("/flaky"), 1, "the retry ran although its commit failed");
+
+    // Space is back; no restart.
+    std::fs::remove_file(filler).unwrap();
+    let (status, body) = srv.post(&decide, &json!({"decision": "approve"})).await;
+    assert_eq!(status, 200, "{body}");
+    for id in runs.iter().chain(&accepted) {
+        let run = srv.wait_terminal(id).await;
+        assert_eq!(run["status"], "COMPLETED", "{id}: {run}");
+        assert_gapless(&srv.events(id).await);
+    }
+    let timed_out = srv.get(&format!("/api/v1/runs/{timing_out}")).await;
+    assert_eq!(timed_out["outputs"]["no"]["timed_out"], true, "{timed_out}");
+    let decided = srv.get(&format!("/api/v1/runs/{deciding}")).await;
+    assert_eq!(decided["outputs"]["yes"]["approved"], true, "{decided}");
+    assert_eq!(stub.count("/flaky"), 2, "the retry ran once, after space came back");
+    let after = srv.start_run(&wait).await;
+    assert_eq!(srv.wait_terminal(&after).await["status"], "COMPLETED");
+    assert!(srv.child.as_mut().unwrap().try_wait().unwrap().is_none(), "the server died");
+    srv.kill();
+    drop(disk);
+}
+
+// ---------------------------------------------------------------------------------
 // Named failure points: the process aborts at an exact step.
 
 #[cfg(feature = "failpoints")]
 mod failpoints {
     use super::*;
-    use std::collections::BTreeMap;
 
     /// Starts one /a → /b → /c run with `failpoints` armed. /a is held until the 201
     /// is in hand, so that the abort cannot race the reply.
@@ -808,5 +1006,101 @@ mod failpoints {
         }
         let per_run: BTreeMap<&String, usize> = ids.iter().map(|id| (id, stub.keys_for("/a", id).len())).collect();
         assert!(per_run.values().any(|&n| n == 2), "some /a effect must have been lost and redone: {per_run:?}");
+    }
+
+    /// Polls until the run that is not one of `known` is terminal (then returns it), or
+    /// until the process dies (then returns how). Requests that fail because the
+    /// process is dying are not errors here.
+    async fn poisoned_run_or_exit(srv: &mut Harness, known: &[String]) -> Result<Value, std::process::ExitStatus> {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = srv.child.as_mut().unwrap().try_wait().unwrap() {
+                srv.child = None;
+                return Err(status);
+            }
+            let list = srv.http.get(format!("{}/api/v1/runs?limit=100", srv.url)).send().await;
+            if let Ok(list) = list
+                && let Ok(list) = list.json::<Value>().await
+                && let Some(id) = list["runs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|r| r["run_id"].as_str())
+                    .find(|id| !known.iter().any(|k| k == id))
+                && let Ok(r) = srv.http.get(format!("{}/api/v1/runs/{id}", srv.url)).send().await
+                && let Ok(run) = r.json::<Value>().await
+                && matches!(run["status"].as_str(), Some("COMPLETED" | "FAILED" | "CANCELLED"))
+            {
+                return Ok(run);
+            }
+            assert!(Instant::now() < until, "neither an abort nor a finished poisoned run within {DEADLINE:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// An attempt that aborts the process every time it starts (`in_attempt:boom`,
+    /// armed in every incarnation) crash-loops the server at most `attempt_crash_limit`
+    /// (3) times: then recovery's re-dispatch fails it with `attempt_crashed` instead
+    /// of running it, the run fails, and the server stays up. A run that finished
+    /// before, one waiting on a timer across the crashes and one started after all
+    /// complete.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_poisoned_attempt_is_failed_after_the_crash_limit_and_the_server_stays_up() {
+        let stub = Stub::start(&[]).await;
+        let mut srv = Harness::new("process", &[stub.allow()]);
+        let armed = Some("in_attempt:boom");
+        srv.start(armed).await;
+        let before = srv.start_run(&chain(&stub, &["/a", "/b"])).await;
+        srv.assert_completed_once(&before, &["a", "b"]).await;
+        let waiting = srv
+            .start_run(&json!({
+                "nodes": [
+                    {"id": "pause", "type": "wait", "config": {"duration_ms": 1500}},
+                    {"id": "after", "type": "http", "config": {"url": stub.url("/after")}}
+                ],
+                "edges": [{"from": "pause", "to": "after"}]
+            }))
+            .await;
+        let poisoned = chain(&stub, &["/boom", "/next"]);
+        // The process may die before it answers: the run is found by listing.
+        let _ = srv.try_start_run(&poisoned, None).await;
+        let known = [before.clone(), waiting.clone()];
+        let mut crashes = 0;
+        let run = loop {
+            let up = match crashes {
+                0 => Ok(()),
+                _ => srv.try_start(armed).await,
+            };
+            let status = match up {
+                Ok(()) => match poisoned_run_or_exit(&mut srv, &known).await {
+                    Ok(run) => break run,
+                    Err(status) => status,
+                },
+                Err(status) => status,
+            };
+            crashes += 1;
+            #[cfg(unix)]
+            {
+                use std::os::unix::process::ExitStatusExt;
+                assert_eq!(status.signal(), Some(6), "crash #{crashes}: expected SIGABRT, got {status}");
+            }
+            assert!(crashes <= 3, "the poisoned attempt crashed the server {crashes} times (limit 3)");
+        };
+        assert!(crashes >= 1, "the failure point never fired");
+        assert_eq!(run["status"], "FAILED", "{run}");
+        assert_eq!(run["error"]["code"], "attempt_crashed", "{run}");
+        let id = run["run_id"].as_str().unwrap().to_string();
+        let events = srv.events(&id).await;
+        assert_gapless(&events);
+        let failed = events.iter().find(|e| e["type"] == "node_failed" && e["node_id"] == "boom").unwrap();
+        assert_eq!(failed["data"]["error"]["code"], "attempt_crashed", "{failed}");
+        assert_eq!(stub.count("/boom"), 0, "the poisoned attempt aborts before its request");
+        assert_eq!(stub.count("/next"), 0);
+
+        // Still up, still armed: the runs around it finish, and new ones too.
+        srv.assert_completed_once(&waiting, &["pause", "after"]).await;
+        let after = srv.start_run(&chain(&stub, &["/c"])).await;
+        srv.assert_completed_once(&after, &["c"]).await;
+        assert!(srv.child.as_mut().unwrap().try_wait().unwrap().is_none(), "the server died");
     }
 }

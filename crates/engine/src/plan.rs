@@ -63,9 +63,14 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Validates and compiles. Only a valid workflow becomes a plan.
+    /// Validates (within the default limits) and compiles.
     pub fn new(workflow: Workflow) -> Result<Plan, Vec<Issue>> {
-        let issues = aob_model::validate(&workflow);
+        Plan::new_with(workflow, &aob_limits::Limits::default())
+    }
+
+    /// Validates within `limits` and compiles. Only a valid workflow becomes a plan.
+    pub fn new_with(workflow: Workflow, limits: &aob_limits::Limits) -> Result<Plan, Vec<Issue>> {
+        let issues = aob_model::validate::validate_with(&workflow, limits);
         if aob_model::validate::has_errors(&issues) {
             return Err(issues);
         }
@@ -86,7 +91,7 @@ impl Plan {
                 NodeConfig::Loop(l) => (
                     index.get(&l.loop_back_to).copied(),
                     match &l.condition {
-                        Some(c) => Some(Condition::compile(c).map_err(invalid)?),
+                        Some(c) => Some(Condition::compile_with(c, limits).map_err(invalid)?),
                         None => None,
                     },
                 ),
@@ -140,7 +145,7 @@ impl Plan {
                 continue;
             }
             let condition = match &e.condition {
-                Some(c) => Some(Condition::compile(c).map_err(invalid)?),
+                Some(c) => Some(Condition::compile_with(c, limits).map_err(invalid)?),
                 None => None,
             };
             edges.push(PlanEdge {

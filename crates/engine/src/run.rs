@@ -13,6 +13,13 @@ use crate::state::*;
 /// executor enforces the timeout itself, this only catches attempts that vanished.
 const DEADLINE_GRACE_MS: i64 = 5_000;
 
+/// `ms` milliseconds after `now`, saturating: validation bounds workflow durations,
+/// but a stored run of an older version may carry any `u64`, and `as i64` would wrap
+/// a huge one into the past.
+fn later(now: i64, ms: u64) -> i64 {
+    now.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX))
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     Start,
@@ -96,6 +103,7 @@ pub fn apply(plan: &Plan, st: &mut RunState, input: Input, now: i64) -> Step {
         st,
         now,
         step: Step::default(),
+        inline: 0,
     };
     if let Input::Replay { node, by, reason } = &input {
         if m.st.status.is_terminal() && (*node as usize) < m.plan.nodes.len() {
@@ -137,6 +145,7 @@ pub fn apply(plan: &Plan, st: &mut RunState, input: Input, now: i64) -> Step {
     m.advance();
     m.refresh_status();
     m.check_done();
+    m.check_event_limit();
     m.step
 }
 
@@ -152,6 +161,7 @@ pub fn in_flight(plan: &Plan, st: &RunState) -> Vec<Task> {
         st: &mut st.clone(),
         now: 0,
         step: Step::default(),
+        inline: 0,
     };
     for (i, n) in st.nodes.iter().enumerate() {
         if n.status != NodeStatus::Running {
@@ -185,6 +195,8 @@ struct Machine<'a> {
     st: &'a mut RunState,
     now: i64,
     step: Step,
+    /// Inline nodes begun in this transition (see `RunSettings::inline_steps`).
+    inline: u64,
 }
 
 impl Machine<'_> {
@@ -503,11 +515,48 @@ impl Machine<'_> {
                 if self.st.status.is_terminal() {
                     return;
                 }
-                if self.st.nodes[i].status == NodeStatus::Ready {
-                    self.begin(i);
+                if self.st.nodes[i].status != NodeStatus::Ready {
+                    continue;
                 }
+                if self.plan.nodes[i].kind.is_inline() {
+                    if self.inline >= self.st.settings.inline_steps() {
+                        self.yield_ready();
+                        return;
+                    }
+                    self.inline += 1;
+                }
+                self.st.nodes[i].due_at = None;
+                self.begin(i);
             }
         }
+    }
+
+    /// Leaves the ready nodes for a later transition: a timer due now (`due_at` of a
+    /// ready node) brings the run back after the engine has served other runs, and
+    /// survives a restart like any timer.
+    fn yield_ready(&mut self) {
+        let now = self.now;
+        for n in &mut self.st.nodes {
+            if n.status == NodeStatus::Ready {
+                n.due_at = Some(now);
+            }
+        }
+    }
+
+    /// A run that has appended its quota of events fails; the failure's own events are
+    /// the last it appends.
+    fn check_event_limit(&mut self) {
+        let max = self.st.settings.max_events();
+        if self.st.status.is_terminal() || self.st.seq < max {
+            return;
+        }
+        self.stop_all();
+        let error = json!({"code": "event_limit_exceeded", "message": format!("the run appended {} events; the limit is {max}", self.st.seq)});
+        self.st.error = Some(error.clone());
+        self.st.status = RunStatus::Failed;
+        self.st.paused = false;
+        self.st.completed_at = Some(self.now);
+        self.emit("workflow_failed", None, None, json!({"error": error}));
     }
 
     fn scope_value(&self, i: usize) -> Option<&Value> {
@@ -596,7 +645,7 @@ impl Machine<'_> {
             }
             NodeConfig::Wait(w) => {
                 let due = match (w.duration_ms, &w.until) {
-                    (Some(ms), _) => Ok(self.now.saturating_add(ms as i64)),
+                    (Some(ms), _) => Ok(later(self.now, ms)),
                     (None, Some(u)) => match self.resolve(&Value::String(u.clone()), None) {
                         Ok(Value::String(s)) => aob_model::config::parse_instant_ms(&s).ok_or_else(|| format!("until '{s}' is not an RFC 3339 instant")),
                         Ok(Value::Number(n)) => n.as_i64().ok_or_else(|| "until is not an integer".to_string()),
@@ -632,6 +681,13 @@ impl Machine<'_> {
                     }
                 };
                 let count = items.len();
+                let max = self.st.settings.max_map_items();
+                if count as u64 > max {
+                    return self.fail_early(
+                        i,
+                        TaskError::new("too_many_items", format!("map items resolved to {count} items; the limit is {max}"), false),
+                    );
+                }
                 let n = &mut self.st.nodes[i];
                 n.status = NodeStatus::Running;
                 n.attempt = 1;
@@ -669,7 +725,7 @@ impl Machine<'_> {
                         return self.fail_early(i, TaskError::new("reference_error", e.to_string(), false));
                     }
                 };
-                let due = h.timeout_ms.map(|t| self.now.saturating_add(t as i64));
+                let due = h.timeout_ms.map(|t| later(self.now, t));
                 let activation = self.st.nodes[i].activation;
                 let id = approval_id(&self.st.run_id, i, activation);
                 let n = &mut self.st.nodes[i];
@@ -742,6 +798,7 @@ impl Machine<'_> {
             config,
             input: self.node_input(i),
             timeout_ms: node.timeout_ms,
+            owner: String::new(),
         })
     }
 
@@ -773,13 +830,12 @@ impl Machine<'_> {
             config,
             input: item,
             timeout_ms: node.timeout_ms,
+            owner: String::new(),
         })
     }
 
     fn deadline(&self, i: usize) -> Option<i64> {
-        self.plan.nodes[i]
-            .timeout_ms
-            .map(|t| self.now.saturating_add(t as i64).saturating_add(DEADLINE_GRACE_MS))
+        self.plan.nodes[i].timeout_ms.map(|t| later(self.now, t).saturating_add(DEADLINE_GRACE_MS))
     }
 
     fn dispatch_attempt(&mut self, i: usize) {
@@ -906,8 +962,8 @@ impl Machine<'_> {
                     let delay = policy.as_ref().map_or(0, |p| crate::retry_delay_ms(p, attempt, &seed));
                     s.status = NodeStatus::Retrying;
                     s.deadline = None;
-                    s.due_at = Some(now.saturating_add(delay as i64));
-                    let data = json!({"item": it, "error": e.to_value(), "delay_ms": delay, "next_attempt_at_ms": now.saturating_add(delay as i64)});
+                    s.due_at = Some(later(now, delay));
+                    let data = json!({"item": it, "error": e.to_value(), "delay_ms": delay, "next_attempt_at_ms": later(now, delay)});
                     self.emit("node_retrying", Some(i), Some(attempt), data);
                 } else {
                     s.status = NodeStatus::Failed;
@@ -960,7 +1016,7 @@ impl Machine<'_> {
         if e.retryable && attempt < self.plan.nodes[i].max_attempts() {
             let seed = format!("{}:{}:{}", self.st.run_id, i, n.activation);
             let delay = self.plan.nodes[i].retry.as_ref().map_or(0, |p| crate::retry_delay_ms(p, attempt, &seed));
-            let due = self.now.saturating_add(delay as i64);
+            let due = later(self.now, delay);
             let n = &mut self.st.nodes[i];
             n.status = NodeStatus::Retrying;
             n.deadline = None;
@@ -991,7 +1047,13 @@ impl Machine<'_> {
             let token = if !follows {
                 Token::Skipped
             } else if let Some(c) = &e.condition {
-                let nodes = nodes_cache.get_or_insert_with(|| self.nodes_value());
+                // Every output of the run is copied only for a condition that reads `nodes`.
+                let empty = Value::Object(Map::new());
+                let nodes = if c.uses("nodes") {
+                    &*nodes_cache.get_or_insert_with(|| self.nodes_value())
+                } else {
+                    &empty
+                };
                 match c.eval(output, &self.st.inputs, nodes) {
                     Ok(true) => Token::Taken,
                     Ok(false) => Token::Skipped,
@@ -1122,7 +1184,11 @@ impl Machine<'_> {
         let iterations = self.st.nodes[i].iterations + 1;
         let go_on = match &self.plan.nodes[i].loop_condition {
             None => true,
-            Some(c) => match c.eval(&body_output, &self.st.inputs, &self.nodes_value()) {
+            Some(c) => match c.eval(
+                &body_output,
+                &self.st.inputs,
+                &if c.uses("nodes") { self.nodes_value() } else { Value::Object(Map::new()) },
+            ) {
                 Ok(b) => b,
                 Err(msg) => {
                     return self.fail_node(i, TaskError::new("condition_error", msg, false));
@@ -1223,5 +1289,17 @@ fn json_kind(v: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::later;
+
+    #[test]
+    fn deadlines_saturate_instead_of_wrapping_into_the_past() {
+        assert_eq!(later(1_000, 500), 1_500);
+        assert_eq!(later(1_000, u64::MAX), i64::MAX);
+        assert_eq!(later(i64::MAX - 1, 10), i64::MAX);
     }
 }

@@ -200,6 +200,41 @@ pub struct RunSettings {
     /// Cap on agent nodes reachable through patches (default 5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_limit: Option<u32>,
+    /// Events the run may append before it fails with `event_limit_exceeded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_events: Option<u64>,
+    /// Most items one of its map nodes may fan out over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_map_items: Option<u64>,
+    /// Inline node steps per transition before the run yields (continues in a later one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline_steps: Option<u64>,
+}
+
+impl RunSettings {
+    /// The quotas of `limits` that the engine enforces on a run.
+    pub fn with_limits(mut self, limits: &aob_limits::Limits) -> RunSettings {
+        self.max_events = Some(limits.events_per_run);
+        self.max_map_items = Some(limits.map_items as u64);
+        self.inline_steps = Some(limits.inline_steps as u64);
+        self
+    }
+
+    fn limits() -> aob_limits::Limits {
+        aob_limits::Limits::default()
+    }
+
+    pub fn max_events(&self) -> u64 {
+        self.max_events.unwrap_or_else(|| Self::limits().events_per_run)
+    }
+
+    pub fn max_map_items(&self) -> u64 {
+        self.max_map_items.unwrap_or_else(|| Self::limits().map_items as u64)
+    }
+
+    pub fn inline_steps(&self) -> u64 {
+        self.inline_steps.unwrap_or_else(|| Self::limits().inline_steps as u64)
+    }
 }
 
 impl RunState {
@@ -295,6 +330,10 @@ pub struct Task {
     /// The node's input: its single predecessor's output, an object of them, or the run inputs.
     pub input: Value,
     pub timeout_ms: Option<u64>,
+    /// The run's tenant, set by the runtime when it dispatches (workers share their
+    /// slots fairly between tenants); the engine leaves it empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
 }
 
 impl Task {

@@ -23,7 +23,7 @@ pub fn guard_error(e: FetchError) -> TaskError {
     TaskError::new(code, e.to_string(), retryable)
 }
 
-pub async fn run(guard: &Guard, task: &Task) -> Result<Value, TaskError> {
+pub async fn run(guard: &Guard, task: &Task, limits: &aob_limits::Limits) -> Result<Value, TaskError> {
     let cfg: HttpConfig = serde_json::from_value(task.config.clone()).map_err(|e| TaskError::new("invalid_config", format!("http config: {e}"), false))?;
     let method = aob_model::validate::http_method(&cfg.method)
         .and_then(|m| http::Method::from_bytes(m.as_bytes()).ok())
@@ -67,7 +67,8 @@ pub async fn run(guard: &Guard, task: &Task) -> Result<Value, TaskError> {
         headers,
         body,
         timeout: Some(Duration::from_millis(timeout)),
-        max_response_bytes: cfg.max_response_bytes,
+        // Validation refuses larger values; a workflow stored under a higher limit is capped.
+        max_response_bytes: Some(cfg.max_response_bytes.unwrap_or(limits.response_bytes).min(limits.response_bytes)),
         follow_redirects: cfg.follow_redirects,
     };
     let started = Instant::now();
@@ -100,4 +101,22 @@ pub async fn run(guard: &Guard, task: &Task) -> Result<Value, TaskError> {
         "method": method.as_str(),
         "duration_ms": elapsed,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    /// Validation refuses exactly the headers the guard drops at run time, so a
+    /// workflow that validates never has a header silently removed.
+    #[test]
+    fn validation_and_the_guard_agree_on_forbidden_headers() {
+        let mut refused = aob_transform::FORBIDDEN_REQUEST_HEADERS.to_vec();
+        let mut dropped = aob_ssrf::DROPPED_REQUEST_HEADERS.to_vec();
+        refused.sort_unstable();
+        dropped.sort_unstable();
+        assert_eq!(refused, dropped);
+        for name in dropped {
+            assert!(aob_transform::forbidden_request_header(&name.to_ascii_uppercase()), "{name}");
+        }
+        assert!(!aob_transform::forbidden_request_header("authorization"));
+    }
 }

@@ -5,6 +5,7 @@
 //! [`TaskError`] with a stable code and a retryable flag.
 
 mod http_node;
+pub mod sandbox;
 mod transform_node;
 
 use std::sync::Arc;
@@ -13,7 +14,9 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use aob_engine::{Outcome, Task, TaskError};
+use aob_limits::Limits;
 use aob_model::NodeKind;
+use aob_transform::{InProcessJq, JqRunner};
 
 pub use http_node::guard_error;
 
@@ -28,11 +31,30 @@ pub trait ChildRuns: Send + Sync + 'static {
 pub struct Executors {
     guard: aob_ssrf::Guard,
     children: Option<Arc<dyn ChildRuns>>,
+    limits: Arc<Limits>,
+    jq: Arc<dyn JqRunner>,
 }
 
 impl Executors {
+    /// Default limits, jq in this process (tests and tools; a server sets a sandbox).
     pub fn new(guard: aob_ssrf::Guard) -> Executors {
-        Executors { guard, children: None }
+        Executors {
+            guard,
+            children: None,
+            limits: Arc::new(Limits::default()),
+            jq: Arc::new(InProcessJq),
+        }
+    }
+
+    pub fn with_limits(mut self, limits: Arc<Limits>) -> Executors {
+        self.limits = limits;
+        self
+    }
+
+    /// Where `jq_transform` programs run (a [`sandbox::ProcessJq`] on a server).
+    pub fn with_jq(mut self, jq: Arc<dyn JqRunner>) -> Executors {
+        self.jq = jq;
+        self
     }
 
     pub fn with_children(mut self, children: Arc<dyn ChildRuns>) -> Executors {
@@ -53,16 +75,34 @@ impl Executors {
             },
             None => self.run(task).await,
         };
-        match result {
+        match result.and_then(|v| self.check_output(v)) {
             Ok(v) => Outcome::Ok(v),
             Err(e) => Outcome::Err(e),
         }
     }
 
+    /// An output is stored in the run state and in events: it must be readable back
+    /// (depth) and must not grow the store without bound (size).
+    fn check_output(&self, v: Value) -> Result<Value, TaskError> {
+        if let Err(e) = self.limits.check_value("the output", &v) {
+            aob_limits::drop_deep(v);
+            return Err(TaskError::new("output_too_deep", e.to_string(), false));
+        }
+        let size = serde_json::to_vec(&v).map_or(usize::MAX, |b| b.len());
+        if size > self.limits.output_bytes {
+            return Err(TaskError::new(
+                "output_too_large",
+                format!("the output is {size} bytes; the limit is {}", self.limits.output_bytes),
+                false,
+            ));
+        }
+        Ok(v)
+    }
+
     async fn run(&self, task: &Task) -> Result<Value, TaskError> {
         match task.kind {
-            NodeKind::Http => http_node::run(&self.guard, task).await,
-            NodeKind::Transform => transform_node::run(&self.guard, task).await,
+            NodeKind::Http => http_node::run(&self.guard, task, &self.limits).await,
+            NodeKind::Transform => transform_node::run(&self.guard, task, &self.limits, self.jq.clone()).await,
             // Inline kinds are normally evaluated by the engine; as map steps they run here.
             NodeKind::Noop => Ok(task.config.get("output").cloned().unwrap_or_else(|| task.input.clone())),
             NodeKind::Subworkflow => match &self.children {

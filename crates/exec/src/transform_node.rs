@@ -52,7 +52,7 @@ impl Fetcher for GuardedFetcher<'_> {
     }
 }
 
-pub async fn run(guard: &Guard, task: &Task) -> Result<Value, TaskError> {
+pub async fn run(guard: &Guard, task: &Task, limits: &aob_limits::Limits, jq: std::sync::Arc<dyn aob_transform::JqRunner>) -> Result<Value, TaskError> {
     let cfg: TransformConfig =
         serde_json::from_value(task.config.clone()).map_err(|e| TaskError::new("invalid_config", format!("transform config: {e}"), false))?;
     let input = cfg.input.clone().unwrap_or_else(|| task.input.clone());
@@ -60,20 +60,27 @@ pub async fn run(guard: &Guard, task: &Task) -> Result<Value, TaskError> {
     // one heavy pipeline cannot stall the async workers; http_request steps still
     // await on the runtime through the handle.
     let guard = guard.clone();
+    let limits = limits.clone();
     let rt = tokio::runtime::Handle::current();
     let result = tokio::task::spawn_blocking(move || {
         let fetcher = GuardedFetcher { guard: &guard };
-        rt.block_on(aob_transform::run_pipeline(&cfg.pipeline, input, &fetcher))
+        let env = aob_transform::Env {
+            fetch: &fetcher,
+            jq: &*jq,
+            limits: &limits,
+        };
+        rt.block_on(aob_transform::run_pipeline_with(&cfg.pipeline, input, &env))
     })
     .await
     .map_err(|e| TaskError::new("transform_error", format!("pipeline worker stopped: {e}"), false))?;
     result.map_err(|e| {
         let msg = e.to_string();
-        let code = if msg.contains("security_error") {
-            "security_error"
-        } else {
-            "transform_error"
-        };
-        TaskError::new(code, msg, false)
+        // The jq sandbox prefixes its failures with a stable code.
+        let code = ["security_error", "jq_timeout", "jq_resource_exhausted", "jq_unavailable", "output_too_large"]
+            .into_iter()
+            .find(|c| msg.contains(c))
+            .unwrap_or("transform_error");
+        // A sandbox that could not start may start next time.
+        TaskError::new(code, msg, code == "jq_unavailable")
     })
 }

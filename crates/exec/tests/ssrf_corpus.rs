@@ -90,6 +90,7 @@ fn task(kind: NodeKind, config: Value) -> Task {
         config,
         input: Value::Null,
         timeout_ms: Some(5_000),
+        owner: String::new(),
     }
 }
 

@@ -3,6 +3,7 @@
 //! depend on array positions (`add_node`, `add_edge`, `remove_edge`, `remove_node`,
 //! `replace_node_config`). Operations apply in order; any failure rejects the patch.
 
+use aob_limits::Limits;
 use serde_json::{Value, json};
 
 use crate::validate::Issue;
@@ -25,10 +26,24 @@ fn str_field<'a>(op: &'a Value, key: &str) -> Option<&'a str> {
     op.get(key).and_then(Value::as_str)
 }
 
-/// Applies `ops` to `doc` and returns the new document, or every problem found.
+/// Applies `ops` to `doc` within the default [`Limits`].
 pub fn apply(doc: &Value, ops: &[Value]) -> Result<Value, Vec<Issue>> {
+    apply_with(doc, ops, &Limits::default())
+}
+
+/// Applies `ops` to `doc` and returns the new document, or every problem found. At most
+/// `limits.patch_operations` operations; after each one the document must stay within
+/// `limits.workflow_bytes` and `limits.json_depth`, so `copy` cannot amplify it.
+pub fn apply_with(doc: &Value, ops: &[Value], limits: &Limits) -> Result<Value, Vec<Issue>> {
     if ops.is_empty() {
         return Err(vec![Issue::error("/operations", "invalid_patch", "a patch needs at least one operation")]);
+    }
+    if ops.len() > limits.patch_operations {
+        return Err(vec![Issue::error(
+            "/operations",
+            "too_large",
+            format!("a patch may have at most {} operations, not {}", limits.patch_operations, ops.len()),
+        )]);
     }
     let mut out = doc.clone();
     let mut issues = Vec::new();
@@ -51,8 +66,51 @@ pub fn apply(doc: &Value, ops: &[Value]) -> Result<Value, Vec<Issue>> {
         if let Err(m) = r {
             issues.push(err(i, m));
         }
+        if let Err(e) = within(&out, limits) {
+            // Later operations would work on a document already too big.
+            issues.push(Issue::error(format!("/operations/{i}"), e.code(), e.to_string()));
+            return Err(issues);
+        }
     }
     if issues.is_empty() { Ok(out) } else { Err(issues) }
+}
+
+/// Applies RFC 6902 operations one at a time within `limits` (see [`apply_with`]); the
+/// error names the failing operation.
+pub fn apply_rfc6902(doc: &mut Value, ops: &[Value], limits: &Limits) -> Result<(), Issue> {
+    if ops.len() > limits.patch_operations {
+        return Err(Issue::error(
+            "/operations",
+            "too_large",
+            format!("a patch may have at most {} operations, not {}", limits.patch_operations, ops.len()),
+        ));
+    }
+    for (i, op) in ops.iter().enumerate() {
+        rfc6902(doc, op).map_err(|m| err(i, m))?;
+        within(doc, limits).map_err(|e| Issue::error(format!("/operations/{i}"), e.code(), e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// The document's depth and serialized size, measured without allocating it.
+pub fn within(doc: &Value, limits: &Limits) -> Result<(), aob_limits::LimitError> {
+    limits.check_value("the patched workflow", doc)?;
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    let _ = serde_json::to_writer(&mut n, doc);
+    if n.0 > limits.workflow_bytes {
+        return Err(aob_limits::LimitError::too_large("the patched workflow", n.0, limits.workflow_bytes, "bytes"));
+    }
+    Ok(())
 }
 
 fn rfc6902(doc: &mut Value, op: &Value) -> Result<(), String> {
@@ -157,5 +215,20 @@ mod tests {
         );
         let out = apply(&doc, &[json!({"op": "remove_node", "id": "b"})]).unwrap();
         assert_eq!(out["edges"], json!([]));
+    }
+
+    #[test]
+    fn copies_cannot_amplify_a_document() {
+        let doc = json!({"nodes": [{"id": "a", "type": "noop", "config": {"output": "x".repeat(10_000)}}], "edges": []});
+        let ops: Vec<Value> = (0..60)
+            .map(|_| json!({"op": "copy", "from": "/nodes", "path": "/nodes/0/config/more"}))
+            .collect();
+        let issues = apply(&doc, &ops).unwrap_err();
+        assert!(issues.iter().any(|i| i.code == "too_large" || i.code == "too_deep"), "{issues:?}");
+        let many: Vec<Value> = (0..500).map(|_| json!({"op": "test", "path": "/edges", "value": []})).collect();
+        assert_eq!(apply(&doc, &many).unwrap_err()[0].code, "too_large");
+        let mut d = doc.clone();
+        let copy: Vec<Value> = (0..40).map(|i| json!({"op": "copy", "from": "", "path": format!("/x{i}")})).collect();
+        assert!(apply_rfc6902(&mut d, &copy, &Limits::default()).is_err());
     }
 }

@@ -5,6 +5,8 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 use serde_json::Value;
 
+use aob_limits::Limits;
+
 use crate::condition::Condition;
 use crate::config::{NodeConfig, parse_instant_ms};
 use crate::refs::{self, Root};
@@ -44,13 +46,46 @@ impl Issue {
     }
 }
 
+/// Longest duration a workflow may name (timeouts, retry delays, waits): 366 days.
+/// Durations are added to an `i64` millisecond clock and turned into `Duration`s at
+/// run time; a bound far inside both ranges means that arithmetic cannot overflow,
+/// and a year and a day is longer than any timer a workflow has a use for.
+pub const MAX_DURATION_MS: u64 = 366 * 24 * 60 * 60 * 1000;
+
+/// An `invalid_config` issue at `pointer` when `ms` exceeds [`MAX_DURATION_MS`].
+fn check_duration(pointer: String, ms: Option<u64>, issues: &mut Vec<Issue>) {
+    if let Some(ms) = ms
+        && ms > MAX_DURATION_MS
+    {
+        issues.push(Issue::error(
+            pointer,
+            "invalid_config",
+            format!("{ms} ms is longer than the maximum duration of {MAX_DURATION_MS} ms (366 days)"),
+        ));
+    }
+}
+
 pub fn has_errors(issues: &[Issue]) -> bool {
     issues.iter().any(|i| i.severity == Severity::Error)
 }
 
-/// Parses and validates a raw document. Structural errors carry the pointer of the
-/// offending node or edge, so a broken file still gets every problem listed.
+/// Parses and validates a raw document within the default [`Limits`].
 pub fn parse_and_validate(doc: &Value) -> Result<(Workflow, Vec<Issue>), Vec<Issue>> {
+    parse_and_validate_with(doc, &Limits::default())
+}
+
+/// Parses and validates a raw document. Structural errors carry the pointer of the
+/// offending node or edge, so a broken file still gets every problem listed. The
+/// document's depth and size are checked first, before anything walks it.
+pub fn parse_and_validate_with(doc: &Value, limits: &Limits) -> Result<(Workflow, Vec<Issue>), Vec<Issue>> {
+    if let Err(e) = limits.check_value("the workflow", doc) {
+        return Err(vec![Issue::error("", e.code(), e.to_string())]);
+    }
+    let size = serde_json::to_vec(doc).map_or(usize::MAX, |b| b.len());
+    if size > limits.workflow_bytes {
+        let e = aob_limits::LimitError::too_large("the workflow", size, limits.workflow_bytes, "bytes");
+        return Err(vec![Issue::error("", e.code(), e.to_string())]);
+    }
     let mut issues = Vec::new();
     let Some(obj) = doc.as_object() else {
         return Err(vec![Issue::error("", "invalid_document", "a workflow must be a JSON object")]);
@@ -78,10 +113,10 @@ pub fn parse_and_validate(doc: &Value) -> Result<(Workflow, Vec<Issue>), Vec<Iss
         Some(_) => issues.push(Issue::error("/edges", "invalid_document", "edges must be an array")),
     }
     if !issues.is_empty() {
-        return Err(issues);
+        return Err(cap(issues, limits));
     }
     let wf = Workflow::from_value(doc.clone()).map_err(|e| vec![Issue::error("", "invalid_document", e.to_string())])?;
-    let issues = validate(&wf);
+    let issues = validate_with(&wf, limits);
     if has_errors(&issues) {
         return Err(issues);
     }
@@ -92,15 +127,58 @@ fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-/// Validates a parsed workflow. Warnings (unreachable nodes) do not make it invalid.
+/// Validates a parsed workflow within the default [`Limits`]. Warnings (unreachable
+/// nodes) do not make it invalid.
 pub fn validate(wf: &Workflow) -> Vec<Issue> {
-    validate_at(wf, "")
+    validate_with(wf, &Limits::default())
 }
 
-fn validate_at(wf: &Workflow, base: &str) -> Vec<Issue> {
+/// Validates a parsed workflow; the report lists at most `limits.validation_issues`
+/// issues (and says how many more there were).
+pub fn validate_with(wf: &Workflow, limits: &Limits) -> Vec<Issue> {
+    cap(validate_at(wf, "", &Scope { limits, nesting: 0 }), limits)
+}
+
+/// What validation of one (possibly inline child) workflow knows besides the workflow.
+struct Scope<'a> {
+    limits: &'a Limits,
+    /// How many inline child workflows enclose this one.
+    nesting: usize,
+}
+
+/// Keeps a report within `limits.validation_issues`, errors first.
+fn cap(mut issues: Vec<Issue>, limits: &Limits) -> Vec<Issue> {
+    let max = limits.validation_issues;
+    if issues.len() <= max {
+        return issues;
+    }
+    issues.sort_by_key(|i| i.severity != Severity::Error);
+    let more = issues.len() - max;
+    issues.truncate(max);
+    issues.push(Issue::error("", "too_many_issues", format!("{more} more issues are not listed")));
+    issues
+}
+
+fn validate_at(wf: &Workflow, base: &str, scope: &Scope<'_>) -> Vec<Issue> {
     let mut issues = Vec::new();
+    let limits = scope.limits;
     if wf.nodes.is_empty() {
         issues.push(Issue::error(format!("{base}/nodes"), "no_nodes", "a workflow needs at least one node"));
+        return issues;
+    }
+    // Size first: everything below is linear or worse in the node and edge counts.
+    if wf.nodes.len() > limits.workflow_nodes || wf.edges.len() > limits.workflow_edges {
+        issues.push(Issue::error(
+            format!("{base}/nodes"),
+            "too_large",
+            format!(
+                "the workflow has {} nodes and {} edges; the limits are {} and {}",
+                wf.nodes.len(),
+                wf.edges.len(),
+                limits.workflow_nodes,
+                limits.workflow_edges
+            ),
+        ));
         return issues;
     }
     let mut index: HashMap<&str, usize> = HashMap::new();
@@ -151,10 +229,13 @@ fn validate_at(wf: &Workflow, base: &str) -> Vec<Issue> {
                     "backoff_multiplier must be between 1.0 and 100.0",
                 ));
             }
+            check_duration(format!("{p}/retry/backoff_ms"), Some(r.backoff_ms), &mut issues);
+            check_duration(format!("{p}/retry/max_backoff_ms"), r.max_backoff_ms, &mut issues);
         }
+        check_duration(format!("{p}/timeout_ms"), node.timeout_ms, &mut issues);
         match NodeConfig::parse(kind, &node.config) {
             Ok(cfg) => {
-                check_config(&format!("{base}/nodes/{i}/config"), &cfg, &index, &mut issues);
+                check_config(&format!("{base}/nodes/{i}/config"), &cfg, &index, scope, &mut issues);
                 if let NodeConfig::Loop(l) = &cfg {
                     if let Some(&t) = index.get(l.loop_back_to.as_str()) {
                         loop_back.insert((i, t));
@@ -194,7 +275,7 @@ fn validate_at(wf: &Workflow, base: &str) -> Vec<Issue> {
             issues.push(Issue::error(format!("{p}/to"), "dangling_edge", format!("edge to unknown node '{}'", e.to)));
         }
         if let Some(c) = &e.condition
-            && let Err(msg) = Condition::compile(c)
+            && let Err(msg) = Condition::compile_with(c, limits)
         {
             issues.push(Issue::error(
                 format!("{p}/condition"),
@@ -213,12 +294,7 @@ fn validate_at(wf: &Workflow, base: &str) -> Vec<Issue> {
     }
 
     // Cycles not declared as loops.
-    let mut color = vec![0u8; n];
-    for start in 0..n {
-        if color[start] == 0 {
-            find_cycles(start, &succ, &mut color, &mut Vec::new(), wf, base, &mut issues);
-        }
-    }
+    find_cycles(&succ, wf, base, &mut issues);
 
     let entries: Vec<usize> = (0..n).filter(|&i| !has_incoming[i]).collect();
     if entries.is_empty() {
@@ -308,43 +384,76 @@ fn ancestors_of(i: usize, pred: &[Vec<usize>]) -> HashSet<usize> {
     seen
 }
 
-fn find_cycles(v: usize, succ: &[Vec<usize>], color: &mut [u8], path: &mut Vec<usize>, wf: &Workflow, base: &str, issues: &mut Vec<Issue>) {
-    color[v] = 1;
-    path.push(v);
-    for &w in &succ[v] {
-        if color[w] == 1 {
-            let start = path.iter().position(|&x| x == w).unwrap_or(0);
-            let names: Vec<&str> = path[start..].iter().map(|&x| wf.nodes[x].id.as_str()).collect();
-            let edge = wf
-                .edges
-                .iter()
-                .position(|e| e.from == wf.nodes[v].id && e.to == wf.nodes[w].id)
-                .map(|j| format!("{base}/edges/{j}"))
-                .unwrap_or_else(|| format!("{base}/nodes/{v}"));
-            issues.push(Issue::error(
-                edge,
-                "cycle",
-                format!(
-                    "cycle {} → {} is not declared as a loop (use a loop node with loop_back_to)",
-                    names.join(" → "),
-                    wf.nodes[w].id
-                ),
-            ));
-        } else if color[w] == 0 {
-            find_cycles(w, succ, color, path, wf, base, issues);
+/// Reports every edge that closes a cycle, by an iterative depth-first search (a chain
+/// of thousands of nodes must not turn into thousands of stack frames).
+fn find_cycles(succ: &[Vec<usize>], wf: &Workflow, base: &str, issues: &mut Vec<Issue>) {
+    // 0 = unseen, 1 = on the current path, 2 = done.
+    let mut color = vec![0u8; succ.len()];
+    let mut path: Vec<usize> = Vec::new();
+    for root in 0..succ.len() {
+        if color[root] != 0 {
+            continue;
+        }
+        // Each frame: a node and the index of its next successor to look at.
+        let mut stack: Vec<(usize, usize)> = vec![(root, 0)];
+        color[root] = 1;
+        path.push(root);
+        while let Some(&mut (v, ref mut next)) = stack.last_mut() {
+            let Some(&w) = succ[v].get(*next) else {
+                color[v] = 2;
+                path.pop();
+                stack.pop();
+                continue;
+            };
+            *next += 1;
+            match color[w] {
+                1 => {
+                    let start = path.iter().position(|&x| x == w).unwrap_or(0);
+                    let names: Vec<&str> = path[start..].iter().map(|&x| wf.nodes[x].id.as_str()).collect();
+                    let edge = wf
+                        .edges
+                        .iter()
+                        .position(|e| e.from == wf.nodes[v].id && e.to == wf.nodes[w].id)
+                        .map(|j| format!("{base}/edges/{j}"))
+                        .unwrap_or_else(|| format!("{base}/nodes/{v}"));
+                    issues.push(Issue::error(
+                        edge,
+                        "cycle",
+                        format!(
+                            "cycle {} → {} is not declared as a loop (use a loop node with loop_back_to)",
+                            names.join(" → "),
+                            wf.nodes[w].id
+                        ),
+                    ));
+                }
+                0 => {
+                    color[w] = 1;
+                    path.push(w);
+                    stack.push((w, 0));
+                }
+                _ => {}
+            }
         }
     }
-    path.pop();
-    color[v] = 2;
 }
 
 /// Checks a parsed config; `p` is the JSON pointer of the config object.
-fn check_config(p: &str, cfg: &NodeConfig, index: &HashMap<&str, usize>, issues: &mut Vec<Issue>) {
+fn check_config(p: &str, cfg: &NodeConfig, index: &HashMap<&str, usize>, scope: &Scope<'_>, issues: &mut Vec<Issue>) {
     let p = p.to_string();
+    let limits = scope.limits;
     match cfg {
         NodeConfig::Http(h) => {
             if h.url.trim().is_empty() {
                 issues.push(Issue::error(format!("{p}/url"), "invalid_config", "url is required"));
+            }
+            if let Some(max) = h.max_response_bytes
+                && max > limits.response_bytes
+            {
+                issues.push(Issue::error(
+                    format!("{p}/max_response_bytes"),
+                    "invalid_config",
+                    format!("max_response_bytes may be at most {}", limits.response_bytes),
+                ));
             }
             if http_method(&h.method).is_none() {
                 issues.push(Issue::error(
@@ -353,18 +462,26 @@ fn check_config(p: &str, cfg: &NodeConfig, index: &HashMap<&str, usize>, issues:
                     format!("unsupported HTTP method '{}'", h.method),
                 ));
             }
+            for name in h.headers.keys().filter(|n| aob_transform::forbidden_request_header(n)) {
+                issues.push(Issue::error(
+                    format!("{p}/headers/{}", name.replace('~', "~0").replace('/', "~1")),
+                    "invalid_config",
+                    format!("header '{name}' is managed by the HTTP client and may not be set (hop-by-hop headers and Host)"),
+                ));
+            }
+            check_duration(format!("{p}/timeout_ms"), h.timeout_ms, issues);
         }
         NodeConfig::Transform(t) => {
-            for (ptr, msg) in aob_transform::validate_pipeline(&Value::Array(t.pipeline.clone())) {
+            for (ptr, msg) in aob_transform::validate_pipeline_with(&Value::Array(t.pipeline.clone()), limits) {
                 issues.push(Issue::error(format!("{p}/pipeline{ptr}"), "invalid_config", msg));
             }
         }
         NodeConfig::Loop(l) => {
-            if l.max_iterations == 0 {
+            if l.max_iterations == 0 || l.max_iterations > limits.loop_iterations {
                 issues.push(Issue::error(
                     format!("{p}/max_iterations"),
                     "invalid_config",
-                    "max_iterations must be at least 1",
+                    format!("max_iterations must be between 1 and {}", limits.loop_iterations),
                 ));
             }
             if !index.contains_key(l.loop_back_to.as_str()) {
@@ -386,7 +503,7 @@ fn check_config(p: &str, cfg: &NodeConfig, index: &HashMap<&str, usize>, issues:
                 }
             }
             if let Some(c) = &l.condition
-                && let Err(msg) = Condition::compile(c)
+                && let Err(msg) = Condition::compile_with(c, limits)
             {
                 issues.push(Issue::error(
                     format!("{p}/condition"),
@@ -396,13 +513,26 @@ fn check_config(p: &str, cfg: &NodeConfig, index: &HashMap<&str, usize>, issues:
             }
         }
         NodeConfig::Map(m) => {
-            if m.concurrency == 0 {
-                issues.push(Issue::error(format!("{p}/concurrency"), "invalid_config", "concurrency must be at least 1"));
+            if m.concurrency == 0 || m.concurrency > limits.map_concurrency {
+                issues.push(Issue::error(
+                    format!("{p}/concurrency"),
+                    "invalid_config",
+                    format!("concurrency must be between 1 and {}", limits.map_concurrency),
+                ));
+            }
+            if let Value::Array(items) = &m.items
+                && items.len() > limits.map_items
+            {
+                issues.push(Issue::error(
+                    format!("{p}/items"),
+                    "invalid_config",
+                    format!("a map may fan out over at most {} items", limits.map_items),
+                ));
             }
             match NodeKind::parse(&m.node.kind) {
                 Some(k @ (NodeKind::Http | NodeKind::Transform | NodeKind::Noop | NodeKind::Subworkflow | NodeKind::Agent)) => {
                     match NodeConfig::parse(k, &m.node.config) {
-                        Ok(inner) => check_config(&format!("{p}/node/config"), &inner, index, issues),
+                        Ok(inner) => check_config(&format!("{p}/node/config"), &inner, index, scope, issues),
                         Err(e) => issues.push(Issue::error(
                             format!("{p}/node/config"),
                             "invalid_config",
@@ -419,14 +549,25 @@ fn check_config(p: &str, cfg: &NodeConfig, index: &HashMap<&str, usize>, issues:
         }
         NodeConfig::Subworkflow(s) => match (&s.tag, &s.workflow) {
             (Some(_), None) => {}
+            (None, Some(_)) if scope.nesting >= limits.subworkflow_nesting => issues.push(Issue::error(
+                format!("{p}/workflow"),
+                "too_deep",
+                format!("inline child workflows may nest at most {} deep", limits.subworkflow_nesting),
+            )),
             (None, Some(child)) => match Workflow::from_value(child.clone()) {
-                Ok(child) => issues.extend(validate_at(&child, &format!("{p}/workflow"))),
+                Ok(child) => {
+                    let inner = Scope {
+                        limits,
+                        nesting: scope.nesting + 1,
+                    };
+                    issues.extend(validate_at(&child, &format!("{p}/workflow"), &inner));
+                }
                 Err(e) => issues.push(Issue::error(format!("{p}/workflow"), "invalid_config", e.to_string())),
             },
             _ => issues.push(Issue::error(p.clone(), "invalid_config", "subworkflow needs exactly one of tag or workflow")),
         },
         NodeConfig::Wait(w) => match (&w.duration_ms, &w.until) {
-            (Some(_), None) => {}
+            (Some(ms), None) => check_duration(format!("{p}/duration_ms"), Some(*ms), issues),
             (None, Some(u)) => {
                 if !u.starts_with('$') && !u.contains("${") && parse_instant_ms(u).is_none() {
                     issues.push(Issue::error(
@@ -438,7 +579,8 @@ fn check_config(p: &str, cfg: &NodeConfig, index: &HashMap<&str, usize>, issues:
             }
             _ => issues.push(Issue::error(p.clone(), "invalid_config", "wait needs exactly one of duration_ms or until")),
         },
-        NodeConfig::Noop(_) | NodeConfig::Agent(_) | NodeConfig::Hitl(_) | NodeConfig::Conditional(_) | NodeConfig::Aggregate => {}
+        NodeConfig::Hitl(h) => check_duration(format!("{p}/timeout_ms"), h.timeout_ms, issues),
+        NodeConfig::Noop(_) | NodeConfig::Agent(_) | NodeConfig::Conditional(_) | NodeConfig::Aggregate => {}
     }
 }
 
@@ -513,6 +655,58 @@ mod tests {
         });
         let got = codes(ok);
         assert!(got.is_empty(), "{got:?}");
+    }
+
+    #[test]
+    fn durations_beyond_the_maximum_are_refused_with_their_pointer() {
+        let over = MAX_DURATION_MS + 1;
+        let doc = json!({
+            "nodes": [
+                {"id": "a", "type": "http", "timeout_ms": over, "retry": {"backoff_ms": over, "max_backoff_ms": u64::MAX},
+                 "config": {"url": "https://x", "timeout_ms": over}},
+                {"id": "w", "type": "wait", "config": {"duration_ms": over}},
+                {"id": "h", "type": "hitl", "config": {"timeout_ms": over}},
+                {"id": "m", "type": "map", "config": {"items": [1], "node": {"type": "http", "config": {"url": "https://x", "timeout_ms": over}}}}
+            ],
+            "edges": [{"from": "a", "to": "w"}, {"from": "w", "to": "h"}, {"from": "h", "to": "m"}]
+        });
+        let got = codes(doc);
+        for want in [
+            "/nodes/0/timeout_ms",
+            "/nodes/0/retry/backoff_ms",
+            "/nodes/0/retry/max_backoff_ms",
+            "/nodes/0/config/timeout_ms",
+            "/nodes/1/config/duration_ms",
+            "/nodes/2/config/timeout_ms",
+            "/nodes/3/config/node/config/timeout_ms",
+        ] {
+            assert!(got.iter().any(|(c, p)| *c == "invalid_config" && p == want), "missing {want} in {got:?}");
+        }
+        let at_max = json!({"nodes": [{"id": "w", "type": "wait", "timeout_ms": MAX_DURATION_MS, "config": {"duration_ms": MAX_DURATION_MS}}]});
+        assert!(codes(at_max).is_empty());
+    }
+
+    #[test]
+    fn http_nodes_may_not_set_hop_by_hop_headers_or_host() {
+        let doc = json!({"nodes": [{"id": "a", "type": "http", "config": {"url": "https://x", "headers": {
+            "Host": "internal", "Connection": "close", "Keep-Alive": "1", "TE": "trailers", "Upgrade": "h2c",
+            "Proxy-Authorization": "x", "Trailer": "t", "Transfer-Encoding": "chunked", "Accept": "a/b", "X-Ok": "1"
+        }}}]});
+        let mut got: Vec<String> = codes(doc).into_iter().filter(|(c, _)| *c == "invalid_config").map(|(_, p)| p).collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                "/nodes/0/config/headers/Connection",
+                "/nodes/0/config/headers/Host",
+                "/nodes/0/config/headers/Keep-Alive",
+                "/nodes/0/config/headers/Proxy-Authorization",
+                "/nodes/0/config/headers/TE",
+                "/nodes/0/config/headers/Trailer",
+                "/nodes/0/config/headers/Transfer-Encoding",
+                "/nodes/0/config/headers/Upgrade",
+            ]
+        );
     }
 
     #[test]

@@ -184,11 +184,18 @@ pub enum ParseError {
     Json(#[from] serde_json::Error),
     #[error("invalid YAML: {0}")]
     Yaml(#[from] serde_yaml_ng::Error),
+    #[error("the document is nested {0} levels deep; the limit is {max}", max = aob_limits::MAX_JSON_DEPTH)]
+    TooDeep(usize),
 }
 
 impl Workflow {
     /// Parses JSON, or YAML when the text does not start like JSON.
     pub fn parse(text: &str) -> Result<Workflow, ParseError> {
+        // Flow collections (`[[[…`) nest the YAML loader as deep as they go: measured first.
+        let depth = aob_limits::depth_of_text(text.as_bytes());
+        if depth > aob_limits::MAX_JSON_DEPTH {
+            return Err(ParseError::TooDeep(depth));
+        }
         let trimmed = text.trim_start();
         if trimmed.starts_with('{') {
             Ok(serde_json::from_str(text)?)
@@ -243,5 +250,13 @@ mod tests {
         let yaml = "name: y\nnodes:\n  - id: a\n    type: http\n    config: {url: 'https://x'}\nedges: []\n";
         let wf = Workflow::parse(yaml).unwrap();
         assert_eq!(wf.nodes[0].kind(), Some(NodeKind::Http));
+    }
+
+    #[test]
+    fn deeply_nested_text_is_refused_before_parsing() {
+        let yaml = format!("nodes: {}", "[".repeat(60_000));
+        assert!(matches!(Workflow::parse(&yaml), Err(ParseError::TooDeep(60_000))));
+        let json = format!(r#"{{"nodes": {}}}"#, "[".repeat(60_000));
+        assert!(matches!(Workflow::parse(&json), Err(ParseError::TooDeep(_))));
     }
 }

@@ -17,6 +17,17 @@ pub struct PatchRequest {
     pub description: String,
     pub node_id: Option<String>,
     pub by: String,
+    /// Set by the handle: the workflow the operations make, materialized and validated
+    /// before the request reached the engine loop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepared: Option<Prepared>,
+}
+
+/// A patch materialized off the engine loop: valid while the run is still on `base`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Prepared {
+    pub base: String,
+    pub result: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -136,6 +147,7 @@ impl From<&RuntimeError> for WireError {
             RuntimeError::Store(aob_store::StoreError::Unavailable(m)) => ("unavailable", m.clone()),
             RuntimeError::Store(aob_store::StoreError::Conflict(m)) => ("conflict", m.clone()),
             RuntimeError::Store(aob_store::StoreError::NotFound(m)) => ("not_found", m.clone()),
+            RuntimeError::Store(aob_store::StoreError::Full(m)) => ("storage_full", m.clone()),
             RuntimeError::Store(other) => ("store", other.to_string()),
             RuntimeError::NotFound(m) => ("not_found", m.clone()),
             RuntimeError::Invalid(m) => ("invalid", m.clone()),
@@ -170,6 +182,7 @@ impl From<WireError> for RuntimeError {
             "stopped" => RuntimeError::Stopped,
             "not_owner" => RuntimeError::NotOwner(w.message),
             "unavailable" => RuntimeError::Unavailable(w.message),
+            "storage_full" => RuntimeError::Store(aob_store::StoreError::Full(w.message)),
             "rejected" => RuntimeError::Rejected {
                 code: rejection_code(w.code.as_deref().unwrap_or_default()),
                 issues: w.issues,

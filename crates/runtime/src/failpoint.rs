@@ -9,6 +9,10 @@
 //! Points: `before_commit` (a batch is applied in memory, nothing written),
 //! `after_commit` (the batch is durable, nothing dispatched, published or replied),
 //! `after_effect` (a task ran, its completion is not yet sent to the loop).
+//!
+//! `in_attempt:<node id>` (a poisoned attempt) aborts every time an attempt of that
+//! node starts executing, from the Nth hit on with `@N`: it stays armed across
+//! restarts as long as the variable is set, which is what a crash loop looks like.
 
 /// One armed point: abort on hit number `nth` of `name`.
 #[cfg(any(feature = "failpoints", test))]
@@ -38,18 +42,37 @@ fn parse(spec: &str) -> Vec<Armed> {
 }
 
 #[cfg(feature = "failpoints")]
-pub fn hit(name: &str) {
+fn armed() -> &'static [(Armed, std::sync::atomic::AtomicU64)] {
     use std::sync::OnceLock;
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::AtomicU64;
     static ARMED: OnceLock<Vec<(Armed, AtomicU64)>> = OnceLock::new();
-    let armed = ARMED.get_or_init(|| {
+    ARMED.get_or_init(|| {
         let spec = std::env::var("AOB_FAILPOINTS").unwrap_or_default();
         parse(&spec).into_iter().map(|a| (a, AtomicU64::new(0))).collect()
-    });
-    for (a, seen) in armed.iter().filter(|(a, _)| a.name == name) {
+    })
+}
+
+#[cfg(feature = "failpoints")]
+pub fn hit(name: &str) {
+    use std::sync::atomic::Ordering;
+    for (a, seen) in armed().iter().filter(|(a, _)| a.name == name) {
         let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
         if n == a.nth {
             eprintln!("failpoint {name} hit #{n}: aborting");
+            std::process::abort();
+        }
+    }
+}
+
+/// An attempt of `node_id` starts executing: aborts if `in_attempt:<node_id>` is armed
+/// (on every hit from the Nth on, unlike the other points).
+#[cfg(feature = "failpoints")]
+pub fn in_attempt(node_id: &str) {
+    use std::sync::atomic::Ordering;
+    for (a, seen) in armed().iter().filter(|(a, _)| a.name.strip_prefix("in_attempt:") == Some(node_id)) {
+        let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
+        if n >= a.nth {
+            eprintln!("failpoint in_attempt:{node_id} hit #{n}: aborting");
             std::process::abort();
         }
     }

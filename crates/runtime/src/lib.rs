@@ -17,6 +17,7 @@ pub mod cluster;
 #[doc(hidden)]
 pub mod failpoint;
 mod hub;
+mod journal;
 mod metrics;
 mod plans;
 mod reads;
@@ -27,6 +28,7 @@ pub use calls::PatchRequest;
 pub use clock::{Clock, SystemClock};
 pub use cluster::{ClusterOptions, Roles};
 pub use hub::{EventHub, HubEvent};
+pub use journal::AttemptJournal;
 pub use metrics::Metrics;
 pub use plans::Plans;
 pub use reads::RunReads;

@@ -30,6 +30,15 @@ pub struct Options {
     pub max_batch: usize,
     /// How long a pulled attempt stays leased without a heartbeat.
     pub visibility: Duration,
+    pub limits: Arc<aob_limits::Limits>,
+    /// The `aob` binary jq programs run in (`aob __jq`); in this process when `None`.
+    pub jq_sandbox: Option<std::path::PathBuf>,
+    /// An attempt that was executing during this many process crashes is not run again:
+    /// it fails with `attempt_crashed` (not retryable). 0 turns the guard off.
+    pub crash_limit: u32,
+    /// Embedded mode: the attempts journal in the data dir, which counts the crashes
+    /// each attempt was running at (scale-out workers keep none).
+    pub journal: Option<Arc<crate::AttemptJournal>>,
 }
 
 impl Default for Options {
@@ -38,6 +47,10 @@ impl Default for Options {
             max_tasks: 512,
             max_batch: 1024,
             visibility: Duration::from_secs(30),
+            limits: Arc::new(aob_limits::Limits::default()),
+            jq_sandbox: None,
+            crash_limit: 3,
+            journal: None,
         }
     }
 }
@@ -131,9 +144,15 @@ pub struct Handle {
     pub clock: Arc<dyn Clock>,
     pub reads: RunReads,
     pub metrics: Metrics,
+    limits: Arc<aob_limits::Limits>,
 }
 
 impl Handle {
+    /// The quotas of this server.
+    pub fn limits(&self) -> &aob_limits::Limits {
+        &self.limits
+    }
+
     /// Validates, stores (content-addressed) and compiles a workflow, and lets `owner` read it.
     pub async fn register(&self, wf: Workflow, owner: &str) -> Result<Arc<Plan>, RuntimeError> {
         let plan = self
@@ -169,6 +188,7 @@ impl Handle {
     pub async fn start(&self, req: StartRun) -> Result<RunState, RuntimeError> {
         // The loop finds the plan by hash; it is in the cache (and the store) already.
         self.plans.insert(req.plan.clone());
+        let settings = req.settings.with_limits(&self.limits.for_tenant(&req.owner));
         self.call(Call::Start {
             run_id: req.run_id,
             owner: req.owner,
@@ -177,7 +197,7 @@ impl Handle {
             tag: req.tag,
             parent_run_id: req.parent_run_id,
             idempotency_key: req.idempotency_key,
-            settings: req.settings,
+            settings,
         })
         .await?
         .state()
@@ -209,13 +229,33 @@ impl Handle {
     }
 
     /// Validates and applies (or, under review, records) a run patch.
-    pub async fn patch(&self, run_id: &str, request: PatchRequest) -> Result<PatchRecord, RuntimeError> {
+    pub async fn patch(&self, run_id: &str, mut request: PatchRequest) -> Result<PatchRecord, RuntimeError> {
+        request.prepared = Some(self.prepare_patch(run_id, &request.operations).await?);
         self.call(Call::Patch {
             run_id: run_id.to_string(),
             request,
         })
         .await?
         .patch()
+    }
+
+    /// Materializes and validates the workflow a patch makes of the run's current one,
+    /// here on the caller's side (the CPU work on a blocking thread), so the engine loop
+    /// only checks that the run is still on the same version. The new version is stored
+    /// and its plan cached, as any registered workflow.
+    async fn prepare_patch(&self, run_id: &str, ops: &[Value]) -> Result<crate::calls::Prepared, RuntimeError> {
+        let rec = self.store.get_run(run_id).await?.ok_or_else(|| RuntimeError::NotFound(run_id.to_string()))?;
+        let base = self.plans.get(&*self.store, rec.plan_hash()).await?;
+        let (plans, ops, owner) = (self.plans.clone(), ops.to_vec(), rec.owner.clone());
+        let work = base.clone();
+        let plan = tokio::task::spawn_blocking(move || materialize(&plans, &work, &ops))
+            .await
+            .map_err(|_| RuntimeError::Invalid("patch validation stopped unexpectedly".into()))??;
+        self.register(plan.workflow.clone(), &owner).await?;
+        Ok(crate::calls::Prepared {
+            base: base.hash.clone(),
+            result: plan.hash.clone(),
+        })
     }
 
     /// Approves (applies, if it still applies) or rejects a pending patch.
@@ -301,7 +341,7 @@ impl Runtime {
     /// recovery of unfinished runs happens before the first command.
     pub fn start(opts: Options, store: Arc<dyn Store>, dispatch: Arc<dyn Dispatch>, guard: aob_ssrf::Guard, clock: Arc<dyn Clock>) -> Runtime {
         let (tx, rx) = mpsc::channel(65_536);
-        let handle = Handle::new(Router::Local(tx.clone()), store, clock);
+        let handle = Handle::new(Router::Local(tx.clone()), store, clock, opts.limits.clone());
         let shutdown = CancellationToken::new();
         let running = Running::default();
         let mut tasks = vec![Pool::new(&opts, &handle, dispatch.clone(), guard, Completions::Local(tx), running.clone(), vec![]).spawn(shutdown.clone())];
@@ -324,7 +364,7 @@ impl Runtime {
         let roles = cluster.roles.clone();
         let (tx, rx) = mpsc::channel(65_536);
         let link = Arc::new(Link::new(cluster, roles.engine.then(|| tx.clone())));
-        let handle = Handle::new(Router::Cluster(link.clone()), store.clone(), clock.clone());
+        let handle = Handle::new(Router::Cluster(link.clone()), store.clone(), clock.clone(), opts.limits.clone());
         let shutdown = CancellationToken::new();
         link.listen(handle.hub.clone(), handle.reads.clone(), shutdown.clone()).await?;
         let running = Running::default();
@@ -361,12 +401,13 @@ impl Runtime {
 }
 
 impl Handle {
-    fn new(router: Router, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Handle {
+    fn new(router: Router, store: Arc<dyn Store>, clock: Arc<dyn Clock>, limits: Arc<aob_limits::Limits>) -> Handle {
         Handle {
             router,
             store,
             hub: EventHub::new(4096),
-            plans: Plans::default(),
+            plans: Plans::new(&limits),
+            limits,
             clock,
             reads: RunReads::default(),
             metrics: Metrics::default(),
@@ -398,7 +439,9 @@ fn refresh_deadlines(plan: &Plan, st: &mut RunState, now: i64) {
             continue;
         }
         let Some(timeout) = node.timeout_ms else { continue };
-        let fresh = now.saturating_add(timeout as i64).saturating_add(RECOVERY_DEADLINE_GRACE_MS);
+        let fresh = now
+            .saturating_add(i64::try_from(timeout).unwrap_or(i64::MAX))
+            .saturating_add(RECOVERY_DEADLINE_GRACE_MS);
         let bump = |d: &mut Option<i64>| {
             if let Some(t) = d {
                 *t = (*t).max(fresh);
@@ -419,6 +462,7 @@ fn batch_error(e: &RuntimeError) -> RuntimeError {
         RuntimeError::Conflict(m) => RuntimeError::Conflict(m.clone()),
         RuntimeError::NotOwner(m) => RuntimeError::NotOwner(m.clone()),
         RuntimeError::Unavailable(m) | RuntimeError::Store(StoreError::Unavailable(m)) => RuntimeError::Unavailable(m.clone()),
+        RuntimeError::Store(StoreError::Full(m)) => RuntimeError::Store(StoreError::Full(m.clone())),
         other => RuntimeError::Store(StoreError::Backend(other.to_string())),
     }
 }
@@ -440,6 +484,9 @@ struct Live {
 #[derive(Default)]
 struct Pending {
     create: Option<NewRun>,
+    /// Completions applied in this batch: acknowledged once the run's write is
+    /// committed, applied again later if it fails.
+    done: Vec<Completion>,
     events: Vec<aob_engine::Event>,
     actions: Vec<Action>,
     current_hash: Option<String>,
@@ -449,8 +496,27 @@ struct Pending {
 enum Reply {
     State(String, Answering),
     /// Whether the input changed the run (a decision on a node no longer waiting does not).
-    Applied(bool, Answering),
+    Applied(String, bool, Answering),
     Patch(Box<PatchRecord>, Answering),
+}
+
+impl Reply {
+    fn run_id(&self) -> &str {
+        match self {
+            Reply::State(id, _) | Reply::Applied(id, _, _) => id,
+            Reply::Patch(rec, _) => &rec.run_id,
+        }
+    }
+}
+
+/// The first retry of a run whose write failed comes after this long, doubling up to
+/// [`RETRY_MAX_MS`]: a full disk or an unreachable database is retried every few
+/// seconds, so the run moves on soon after the store is back, without a restart.
+const RETRY_FIRST_MS: i64 = 250;
+const RETRY_MAX_MS: i64 = 5_000;
+
+fn retry_delay(failures: u32) -> i64 {
+    (RETRY_FIRST_MS << failures.saturating_sub(1).min(5)).min(RETRY_MAX_MS)
 }
 
 struct Service {
@@ -473,6 +539,12 @@ struct Service {
     /// attempt still queued or leased), so an attempt whose queue entry or completion
     /// Redis lost is re-run even when its node has no deadline.
     sweep: Option<Duration>,
+    /// Completions whose run's write failed, by run: applied again (and only then
+    /// acknowledged) when the run's retry timer fires.
+    deferred: HashMap<String, Vec<Completion>>,
+    /// Consecutive failed writes per run (the retry backoff).
+    failures: HashMap<String, u32>,
+    journal: Option<Arc<crate::AttemptJournal>>,
 }
 
 impl Service {
@@ -490,6 +562,9 @@ impl Service {
             running,
             outbox: Vec::new(),
             max_batch: opts.max_batch.max(1),
+            deferred: HashMap::new(),
+            failures: HashMap::new(),
+            journal: opts.journal.clone(),
         }
     }
 
@@ -545,6 +620,9 @@ impl Service {
             }
         }
         self.running.abort_all();
+        if let Some(j) = &self.journal {
+            j.close();
+        }
     }
 
     async fn load(&mut self, run_id: &str) -> Result<(), RuntimeError> {
@@ -595,6 +673,13 @@ impl Service {
             }
         }
         tracing::info!(tasks = tasks.len(), runs = self.runs.len(), "recovered in-flight work");
+        // Embedded (every run recovered at once): crash counts of attempts no longer in
+        // flight are stale.
+        if let Some(j) = &self.journal
+            && self.shards.is_none()
+        {
+            j.retain(&tasks.iter().map(Task::idempotency_key).collect());
+        }
         for t in tasks {
             self.dispatch(t);
         }
@@ -624,6 +709,9 @@ impl Service {
             for id in timed {
                 self.set_timer(&id, None);
             }
+            // Their control entries go to the new owner, unacknowledged.
+            self.deferred.retain(|id, _| !lost.contains(&sh.of(id)));
+            self.failures.retain(|id, _| !lost.contains(&sh.of(id)));
         }
         if !change.gained.is_empty() {
             let gained: BTreeSet<u32> = change.gained.iter().copied().collect();
@@ -643,8 +731,16 @@ impl Service {
         }
     }
 
-    async fn process(&mut self, cmds: Vec<Command>) {
+    async fn process(&mut self, mut cmds: Vec<Command>) {
         let now = self.handle.clock.now_ms();
+        // Runs whose write failed are retried when their timer fires: their deferred
+        // completions go in first, the tick that follows fires whatever else is due.
+        let due: Vec<String> = self.timers.iter().take_while(|(t, _)| *t <= now).map(|(_, id)| id.clone()).collect();
+        for id in due {
+            if let Some(done) = self.deferred.remove(&id) {
+                cmds.extend(done.into_iter().map(|d| Command::Done(Box::new(d))));
+            }
+        }
         let mut order: Vec<String> = Vec::new();
         let mut pending: HashMap<String, Pending> = HashMap::new();
         let mut replies: Vec<Reply> = Vec::new();
@@ -701,15 +797,35 @@ impl Service {
                             continue;
                         }
                         Err(e) => {
-                            // Not acknowledged: the completion comes again, and is not lost
-                            // to a store that failed for a moment.
+                            // Not acknowledged, and kept: applied again when the store
+                            // answers, so it is not lost to a store that failed for a moment.
                             tracing::warn!(run_id = %run_id, error = %e, "cannot load the run of a completion");
+                            self.deferred.entry(run_id.clone()).or_default().push(Completion {
+                                run_id: run_id.clone(),
+                                task,
+                                outcome,
+                                lease,
+                                work,
+                            });
+                            self.retry_later(&run_id, now);
                             continue;
                         }
                     }
-                    acks.extend(lease);
-                    work_acks.extend(work);
+                    let kept = Completion {
+                        run_id: run_id.clone(),
+                        task,
+                        outcome: outcome.clone(),
+                        lease,
+                        work,
+                    };
                     self.step(&run_id, Input::Done { task, outcome }, now, &mut order, &mut pending);
+                    match pending.get_mut(&run_id) {
+                        Some(p) => p.done.push(kept),
+                        None => {
+                            acks.extend(kept.lease);
+                            work_acks.extend(kept.work);
+                        }
+                    }
                 }
             }
         }
@@ -719,8 +835,15 @@ impl Service {
             }
             self.timers.remove(&(t, id.clone()));
             self.wake.remove(&id);
-            if self.load(&id).await.is_err() {
-                continue;
+            match self.load(&id).await {
+                Ok(()) => {}
+                Err(RuntimeError::NotFound(_)) => continue,
+                Err(e) => {
+                    // The store is away: the timer is not dropped, it fires again later.
+                    tracing::warn!(run_id = %id, error = %e, "cannot load a run whose timer is due");
+                    self.retry_later(&id, now);
+                    continue;
+                }
             }
             let input = match self.runs.get(&id).map(|l| l.state.status) {
                 Some(RunStatus::Queued) => Input::Start,
@@ -729,13 +852,15 @@ impl Service {
             self.step(&id, input, now, &mut order, &mut pending);
         }
         if order.is_empty() {
-            self.finish_replies(replies, None);
+            self.finish_replies(replies, &HashMap::new());
             self.ack(acks, work_acks).await;
             return;
         }
         let fenced = self.fence(&order, &pending);
 
         let mut writes = Vec::with_capacity(order.len());
+        // The run of each write, in order.
+        let mut written: Vec<String> = Vec::with_capacity(order.len());
         // Rendered once: the same bodies are stored and then published.
         let mut rendered: HashMap<String, Vec<aob_store::StoredEvent>> = HashMap::with_capacity(order.len());
         for id in &order {
@@ -747,6 +872,7 @@ impl Service {
             }
             let events = stored_events(id, &p.events);
             rendered.insert(id.clone(), events.clone());
+            written.push(id.clone());
             writes.push(RunWrite {
                 create: p.create.take(),
                 state_json: serde_json::to_string(&live.state).unwrap_or_default(),
@@ -759,35 +885,31 @@ impl Service {
         }
         failpoint!("before_commit");
         let began = std::time::Instant::now();
-        let committed = match fenced {
-            Ok(_) => self.handle.store.commit(writes).await,
-            Err(e) => Err(e),
+        // One result per run: a bad write fails its own run only.
+        let results = match fenced {
+            Ok(_) => self.handle.store.commit_each(writes).await,
+            Err(e) => written.iter().map(|_| Err(e.clone())).collect(),
         };
+        let failed: HashMap<String, StoreError> = written.into_iter().zip(results).filter_map(|(id, r)| r.err().map(|e| (id, e))).collect();
         let m = &self.handle.metrics.0;
         Metrics::add(&m.commits, 1);
         Metrics::add(&m.commit_micros, began.elapsed().as_micros() as u64);
-        if committed.is_err() {
+        if !failed.is_empty() {
             Metrics::add(&m.commit_failures, 1);
-        }
-        if let Err(e) = committed {
-            tracing::error!(error = %e, "commit failed; dropping in-memory state of the batch");
-            for id in &order {
-                self.runs.remove(id);
-            }
-            let err = match e {
-                StoreError::Conflict(m) => RuntimeError::Conflict(m),
-                StoreError::Fenced(m) => RuntimeError::NotOwner(m),
-                other => RuntimeError::Store(other),
-            };
-            self.finish_replies(replies, Some(err));
-            return;
+            self.writes_failed(&failed, &mut pending, now);
         }
         failpoint!("after_commit");
+        order.retain(|id| !failed.contains_key(id));
         self.handle.reads.invalidate(order.iter());
 
         let mut published = Vec::new();
         for id in &order {
             let Some(p) = pending.remove(id) else { continue };
+            self.failures.remove(id);
+            for d in p.done {
+                acks.extend(d.lease);
+                work_acks.extend(d.work);
+            }
             let Some(live) = self.runs.get(id) else { continue };
             let owner = live.owner.clone();
             let m = &self.handle.metrics.0;
@@ -830,12 +952,13 @@ impl Service {
             Some(link) => link.publish(&published).await,
             None => self.handle.hub.publish(published),
         }
-        self.finish_replies(replies, None);
+        self.finish_replies(replies, &failed);
         self.ack(acks, work_acks).await;
 
         for id in &order {
             let Some(live) = self.runs.get(id) else { continue };
-            let wake = live.state.next_wake();
+            // Completions still deferred from an earlier failed write go in at once.
+            let wake = if self.deferred.contains_key(id) { Some(now) } else { live.state.next_wake() };
             let keep = !live.state.status.is_terminal() && live.state.has_tasks_in_flight(&live.plan);
             self.set_timer(id, wake);
             if !keep {
@@ -895,7 +1018,7 @@ impl Service {
                     decision,
                 };
                 let applied = self.step(&run_id, input, now, order, pending) > 0;
-                Ok(Reply::Applied(applied, reply))
+                Ok(Reply::Applied(run_id, applied, reply))
             }
             Call::Patch { request, .. } => match self.patch(&run_id, request, now, order, pending).await {
                 Ok(rec) => Ok(Reply::Patch(Box::new(rec), reply)),
@@ -1036,23 +1159,24 @@ impl Service {
         n
     }
 
-    /// The workflow `ops` make of the run's current one, validated as a plan.
+    /// The workflow `ops` make of the run's current one, validated as a plan (bounded by
+    /// the limits; patches from the API arrive prepared and skip this).
     fn patched_plan(&self, run_id: &str, ops: &[Value]) -> Result<(Arc<Plan>, Workflow), RuntimeError> {
         let live = self.runs.get(run_id).ok_or_else(|| RuntimeError::NotFound(run_id.to_string()))?;
-        let doc = serde_json::to_value(&live.plan.workflow).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
-        let doc = aob_model::patch::apply(&doc, ops).map_err(|issues| RuntimeError::Rejected {
-            code: "invalid_patch",
-            issues: issue_values(issues),
-        })?;
-        let (wf, _) = aob_model::validate::parse_and_validate(&doc).map_err(|issues| RuntimeError::Rejected {
-            code: "validation_failed",
-            issues: issue_values(issues),
-        })?;
-        let plan = self.handle.plans.compile(wf.clone()).map_err(|issues| RuntimeError::Rejected {
-            code: "validation_failed",
-            issues: issue_values(issues),
-        })?;
+        let plan = materialize(&self.handle.plans, &live.plan, ops)?;
+        let wf = plan.workflow.clone();
         Ok((plan, wf))
+    }
+
+    /// The plan of a prepared patch, when the run is still on the version it was made from.
+    async fn prepared_plan(&self, run_id: &str, prepared: &crate::calls::Prepared) -> Option<(Arc<Plan>, Workflow)> {
+        let live = self.runs.get(run_id)?;
+        if live.plan.hash != prepared.base {
+            return None;
+        }
+        let plan = self.handle.plans.get(&*self.handle.store, &prepared.result).await.ok()?;
+        let wf = plan.workflow.clone();
+        Some((plan, wf))
     }
 
     /// Moves the run onto `plan` and records the patch as applied.
@@ -1102,7 +1226,15 @@ impl Service {
         order: &mut Vec<String>,
         pending: &mut HashMap<String, Pending>,
     ) -> Result<PatchRecord, RuntimeError> {
-        let (plan, wf) = self.patched_plan(run_id, &req.operations)?;
+        let prepared = match &req.prepared {
+            Some(p) => self.prepared_plan(run_id, p).await,
+            None => None,
+        };
+        let (plan, wf) = match prepared {
+            Some(done) => done,
+            // The run moved on since (another patch): materialize again, within the limits.
+            None => self.patched_plan(run_id, &req.operations)?,
+        };
         let live = self.runs.get_mut(run_id).ok_or_else(|| RuntimeError::NotFound(run_id.to_string()))?;
         let limit = live.state.settings.agent_limit.map_or(aob_engine::patch::DEFAULT_AGENT_LIMIT, |l| l as usize);
         let issues = aob_engine::patch::check(&live.plan, &live.state, &plan, limit);
@@ -1258,8 +1390,47 @@ impl Service {
         Ok(())
     }
 
-    fn finish_replies(&mut self, replies: Vec<Reply>, err: Option<RuntimeError>) {
+    /// The writes of `failed` runs were refused (nothing of them is stored): forget
+    /// their in-memory state (the store has the last committed one), keep their
+    /// completions for later, and re-arm each run's timer with a backoff, so a timer,
+    /// retry or approval timeout that was due fires again once the store takes writes.
+    fn writes_failed(&mut self, failed: &HashMap<String, StoreError>, pending: &mut HashMap<String, Pending>, now: i64) {
+        let first = failed.values().next().map(ToString::to_string).unwrap_or_default();
+        tracing::error!(runs = failed.len(), error = %first, "commit failed for some runs; their inputs are retried");
+        for (id, e) in failed {
+            self.runs.remove(id);
+            let Some(p) = pending.remove(id) else { continue };
+            // A run this process no longer owns is its new owner's (which recovers its
+            // timers, and gets the unacknowledged completions), and a run whose
+            // creation failed does not exist.
+            let ours = !matches!(e, StoreError::Fenced(_)) && self.shards.as_ref().is_none_or(|sh| sh.owns(id));
+            if !ours || p.create.is_some() {
+                continue;
+            }
+            tracing::debug!(run_id = %id, error = %e, "write of the run failed");
+            if !p.done.is_empty() {
+                self.deferred.entry(id.clone()).or_default().extend(p.done);
+            }
+            self.retry_later(id, now);
+        }
+    }
+
+    /// Re-arms the run's timer after one more failure, with a growing delay.
+    fn retry_later(&mut self, run_id: &str, now: i64) {
+        let n = self.failures.entry(run_id.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        let at = now.saturating_add(retry_delay(*n));
+        self.set_timer(run_id, Some(at));
+    }
+
+    /// Answers the batch's callers: an error for those whose run's write failed.
+    fn finish_replies(&mut self, replies: Vec<Reply>, failed: &HashMap<String, StoreError>) {
         for r in replies {
+            let failed = failed.get(r.run_id()).map(|e| match e {
+                StoreError::Conflict(m) => RuntimeError::Conflict(m.clone()),
+                StoreError::Fenced(m) => RuntimeError::NotOwner(m.clone()),
+                other => RuntimeError::Store(other.clone()),
+            });
             let (answer, tx) = match r {
                 Reply::State(id, tx) => (
                     match self.runs.get(&id) {
@@ -1269,16 +1440,19 @@ impl Service {
                     tx,
                 ),
                 Reply::Patch(rec, tx) => (Ok(Answer::Patch(rec)), tx),
-                Reply::Applied(applied, tx) => (Ok(Answer::Applied(applied)), tx),
+                Reply::Applied(_, applied, tx) => (Ok(Answer::Applied(applied)), tx),
             };
-            let _ = tx.send(match &err {
-                Some(e) => Err(batch_error(e)),
+            let _ = tx.send(match failed {
+                Some(e) => Err(batch_error(&e)),
                 None => answer,
             });
         }
     }
 
-    fn dispatch(&mut self, task: Task) {
+    fn dispatch(&mut self, mut task: Task) {
+        if let Some(live) = self.runs.get(&task.run_id) {
+            task.owner = live.owner.to_string();
+        }
         let id = task.idempotency_key();
         let queue = format!("{:?}", task.kind).to_ascii_lowercase();
         match serde_json::to_value(&task) {
@@ -1329,4 +1503,22 @@ impl Service {
         }
         Ok(out)
     }
+}
+
+/// The workflow `ops` make of `base`'s, validated and compiled within the plans' limits.
+fn materialize(plans: &Plans, base: &Plan, ops: &[Value]) -> Result<Arc<Plan>, RuntimeError> {
+    let doc = serde_json::to_value(&base.workflow).map_err(|e| RuntimeError::Invalid(e.to_string()))?;
+    let limits = plans.limits();
+    let doc = aob_model::patch::apply_with(&doc, ops, limits).map_err(|issues| RuntimeError::Rejected {
+        code: "invalid_patch",
+        issues: issue_values(issues),
+    })?;
+    let (wf, _) = aob_model::validate::parse_and_validate_with(&doc, limits).map_err(|issues| RuntimeError::Rejected {
+        code: "validation_failed",
+        issues: issue_values(issues),
+    })?;
+    plans.compile(wf).map_err(|issues| RuntimeError::Rejected {
+        code: "validation_failed",
+        issues: issue_values(issues),
+    })
 }

@@ -354,9 +354,46 @@ impl Guard {
     }
 }
 
+/// Headers a request's author never sets. The hop-by-hop ones (RFC 9110 §7.6.1) govern
+/// the connection between the client and the next hop, so a user who sets them can
+/// smuggle requests or desynchronise a proxy in front of the target; `Host` chosen
+/// apart from the URL would route around the guard's checks on virtual hosts behind
+/// an allowed address. `aob_transform::FORBIDDEN_REQUEST_HEADERS` is the same list
+/// (validation refuses them at submission); here they are dropped, whatever the caller.
+pub const DROPPED_REQUEST_HEADERS: [&str; 10] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+
+/// Whether a request header named `name` is dropped: one of
+/// [`DROPPED_REQUEST_HEADERS`], any other `Proxy-*` header, or a header the request's
+/// `Connection` header names (those are hop-by-hop by declaration).
+fn dropped(name: &str, connection_named: &[String]) -> bool {
+    let lower = name.to_ascii_lowercase();
+    DROPPED_REQUEST_HEADERS.contains(&lower.as_str()) || lower.starts_with("proxy-") || connection_named.contains(&lower)
+}
+
 fn build_headers(pairs: &[(String, String)]) -> Result<HeaderMap, FetchError> {
+    let connection_named: Vec<String> = pairs
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, v)| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
+        .filter(|t| !t.is_empty())
+        .collect();
     let mut map = HeaderMap::with_capacity(pairs.len());
     for (name, value) in pairs {
+        if dropped(name, &connection_named) {
+            tracing::debug!(header = %name, "dropping a hop-by-hop or Host header from an outbound request");
+            continue;
+        }
         let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| FetchError::InvalidRequest(format!("invalid header name '{name}'")))?;
         let v = HeaderValue::from_str(value).map_err(|_| FetchError::InvalidRequest(format!("invalid value for header '{name}'")))?;
         map.append(n, v);
@@ -547,5 +584,86 @@ mod tests {
         req.headers.push(("bad header".into(), "v".into()));
         let err = g.send(req).await.unwrap_err();
         assert!(matches!(err, FetchError::InvalidRequest(_)), "{err:?}");
+    }
+
+    #[test]
+    fn hop_by_hop_and_host_headers_are_dropped() {
+        let pairs: Vec<(String, String)> = [
+            ("Connection", "close, X-Secret-Hop"),
+            ("Keep-Alive", "timeout=5"),
+            ("Proxy-Authorization", "Basic eA=="),
+            ("Proxy-Anything", "1"),
+            ("TE", "trailers"),
+            ("Trailer", "X-T"),
+            ("Transfer-Encoding", "chunked"),
+            ("Upgrade", "websocket"),
+            ("Host", "internal.example"),
+            ("x-secret-hop", "1"),
+            ("Accept", "application/json"),
+            ("X-Custom", "kept"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let map = build_headers(&pairs).unwrap();
+        let mut names: Vec<&str> = map.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["accept", "x-custom"]);
+    }
+
+    /// What actually goes on the wire to an allowed loopback server: none of the
+    /// dropped headers, and the Host of the URL rather than the caller's.
+    #[tokio::test]
+    async fn dropped_headers_never_reach_the_target() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = sock.read(&mut buf).await.unwrap();
+                assert!(n > 0, "connection closed before the end of the request head");
+                head.extend_from_slice(&buf[..n]);
+            }
+            sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&head).to_ascii_lowercase()
+        });
+        let mut policy = Policy::default();
+        policy.allow.push(format!("127.0.0.1:{port}").parse().unwrap());
+        let mut req = Request::get(format!("http://127.0.0.1:{port}/x"));
+        for (k, v) in [
+            ("Host", "metadata.internal"),
+            ("Connection", "x-hop"),
+            ("X-Hop", "1"),
+            ("Keep-Alive", "timeout=5"),
+            ("Proxy-Authorization", "Basic eA=="),
+            ("TE", "trailers"),
+            ("Trailer", "x-t"),
+            ("Upgrade", "websocket"),
+            ("X-Kept", "yes"),
+        ] {
+            req.headers.push((k.into(), v.into()));
+        }
+        let resp = Guard::new(policy).send(req).await.unwrap();
+        assert_eq!(resp.status, 200);
+        let head = server.await.unwrap();
+        assert!(head.contains(&format!("\r\nhost: 127.0.0.1:{port}\r\n")), "{head}");
+        assert!(head.contains("\r\nx-kept: yes\r\n"), "{head}");
+        for gone in [
+            "metadata.internal",
+            "x-hop",
+            "keep-alive",
+            "proxy-",
+            "\r\nte:",
+            "trailer",
+            "upgrade",
+            "connection",
+        ] {
+            assert!(!head.contains(gone), "{gone} reached the target: {head}");
+        }
     }
 }

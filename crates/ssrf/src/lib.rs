@@ -18,6 +18,6 @@ mod ip;
 
 pub use allow::AllowRule;
 pub use error::{FetchError, GuardError, find_guard_error};
-pub use guard::{Guard, Policy, Request, Resolver, Response, SystemResolver};
+pub use guard::{DROPPED_REQUEST_HEADERS, Guard, Policy, Request, Resolver, Response, SystemResolver};
 pub use ip::is_blocked_ip;
 pub use url::Url;

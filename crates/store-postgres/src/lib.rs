@@ -79,6 +79,9 @@ fn db_err(e: sqlx_core::Error) -> StoreError {
             let code = d.code().unwrap_or_default();
             if code == "23505" {
                 StoreError::Conflict(e.to_string())
+            } else if code == "53100" {
+                // disk_full: nothing was written; the same write succeeds once space is back.
+                StoreError::Full(e.to_string())
             } else if code.starts_with("08") || code.starts_with("53") || code.starts_with("57P") {
                 StoreError::Unavailable(e.to_string())
             } else {
@@ -145,6 +148,16 @@ async fn set_search_path(c: &mut PgConnection, schema: &str) -> std::result::Res
 }
 
 impl PgStore {
+    async fn commit_slice(&self, writes: &[RunWrite]) -> Result<()> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        check_fences(&mut tx, writes).await?;
+        write_batch(&mut tx, writes, self.events_lock).await?;
+        tx.commit().await.map_err(db_err)
+    }
+
     /// Connects, creates the schema if needed and applies pending migrations. Fails with
     /// [`StoreError::Unavailable`] (naming host, port and database) when the server cannot
     /// be reached.
@@ -934,13 +947,25 @@ impl Store for PgStore {
     }
 
     async fn commit(&self, writes: Vec<RunWrite>) -> Result<()> {
-        if writes.is_empty() {
-            return Ok(());
+        self.commit_slice(&writes).await
+    }
+
+    /// One transaction for the batch, as `commit`; only when it fails for a reason of
+    /// one write (not an unreachable or full server) is each write committed on its
+    /// own, so the good ones land and only the bad one fails. The happy path stays one
+    /// transaction; per-write savepoints would cost a round trip each.
+    async fn commit_each(&self, writes: Vec<RunWrite>) -> Vec<Result<()>> {
+        match self.commit_slice(&writes).await {
+            Ok(()) => writes.iter().map(|_| Ok(())).collect(),
+            Err(e) if writes.len() > 1 && e.is_write_specific() => {
+                let mut out = Vec::with_capacity(writes.len());
+                for w in &writes {
+                    out.push(self.commit_slice(std::slice::from_ref(w)).await);
+                }
+                out
+            }
+            Err(e) => writes.iter().map(|_| Err(e.clone())).collect(),
         }
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        check_fences(&mut tx, &writes).await?;
-        write_batch(&mut tx, &writes, self.events_lock).await?;
-        tx.commit().await.map_err(db_err)
     }
 
     async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>> {

@@ -42,10 +42,13 @@ impl Options {
     }
 }
 
-type Job = Box<dyn FnOnce(&Connection) -> std::result::Result<(), String> + Send>;
+/// A write job; its error is what the caller gets (see [`job_err`]).
+type Job = Box<dyn FnOnce(&Connection) -> Result<()> + Send>;
 
 enum Msg {
     Commit(Vec<RunWrite>, oneshot::Sender<Result<()>>),
+    /// Each write in its own savepoint, one result per write (`Store::commit_each`).
+    CommitEach(Vec<RunWrite>, oneshot::Sender<Vec<Result<()>>>),
     /// Any other write, run inside the next group transaction.
     Exec(Job, oneshot::Sender<Result<()>>),
 }
@@ -73,6 +76,27 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+/// Whether SQLite refused the write for lack of space (`SQLITE_FULL`: the file system
+/// answered ENOSPC, or the database reached its size limit).
+fn is_full(e: &rusqlite::Error) -> bool {
+    e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+}
+
+/// A SQLite error of a write: `Full` when out of space, else `Backend`.
+fn db(e: rusqlite::Error) -> StoreError {
+    if is_full(&e) { StoreError::Full(e.to_string()) } else { backend(e) }
+}
+
+/// A SQLite error inside a write job: `Full` when out of space, else a `Conflict` (what a
+/// job's constraint violations mean to its caller).
+fn job_err(e: rusqlite::Error) -> StoreError {
+    if is_full(&e) {
+        StoreError::Full(e.to_string())
+    } else {
+        StoreError::Conflict(e.to_string())
+    }
+}
+
 fn open(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
     let c = Connection::open(path)?;
     c.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -82,13 +106,49 @@ fn open(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
     Ok(c)
 }
 
+/// The database holds every tenant's workflows, runs and key hashes: its files are the
+/// owner's only (0600). SQLite creates the `-wal` and `-shm` files with the database
+/// file's mode, so creating the database file 0600 before SQLite opens it covers them;
+/// files left by an older version are tightened.
+fn private_files(path: &Path) -> std::io::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    match opts.open(path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    #[cfg(unix)]
+    for suffix in ["", "-wal", "-shm"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = std::path::PathBuf::from(name);
+        // Never chmod through a link: it could point at someone else's file.
+        match std::fs::symlink_metadata(&file) {
+            Ok(m) if m.file_type().is_file() && m.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     pub fn open(opts: Options) -> Result<SqliteStore> {
         if let Some(dir) = opts.path.parent()
             && !dir.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(dir).map_err(backend)?;
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            builder.create(dir).map_err(backend)?;
         }
+        private_files(&opts.path).map_err(backend)?;
         let mut writer = open(&opts.path, opts.durability).map_err(backend)?;
         schema::migrate(&mut writer).map_err(backend)?;
         let mut readers = Vec::new();
@@ -167,25 +227,27 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>) {
                 Err(_) => break,
             }
         }
-        // One transaction for the whole group; each message gets its own savepoint so
-        // one bad write fails alone without undoing the others.
-        let result = (|| -> rusqlite::Result<Vec<Result<()>>> {
+        // One transaction for the whole group; each message (each write of a
+        // `CommitEach`) gets its own savepoint so one bad write fails alone without
+        // undoing the others.
+        let result = (|| -> rusqlite::Result<Vec<Outcome>> {
             let mut tx = conn.transaction()?;
             let mut results = Vec::with_capacity(batch.len());
             for m in &mut batch {
-                let sp = tx.savepoint()?;
                 let r = match m {
-                    Msg::Commit(writes, _) => apply_writes(&sp, writes),
+                    Msg::Commit(writes, _) => Outcome::One(in_savepoint(&mut tx, |sp| apply_writes(sp, writes))?),
+                    Msg::CommitEach(writes, _) => {
+                        let mut each = Vec::with_capacity(writes.len());
+                        for w in writes.iter() {
+                            each.push(in_savepoint(&mut tx, |sp| apply_writes(sp, std::slice::from_ref(w)))?);
+                        }
+                        Outcome::Each(each)
+                    }
                     Msg::Exec(job, _) => {
                         let job = std::mem::replace(job, Box::new(|_| Ok(())));
-                        job(&sp).map_err(StoreError::Conflict)
+                        Outcome::One(in_savepoint(&mut tx, |sp| job(sp))?)
                     }
                 };
-                if r.is_ok() {
-                    sp.commit()?;
-                } else {
-                    drop(sp);
-                }
                 results.push(r);
             }
             tx.commit()?;
@@ -198,13 +260,40 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>) {
                 }
             }
             Err(e) => {
+                // The transaction itself failed (typically at its commit, where WAL
+                // frames are written: ENOSPC shows up here): nothing of the group was
+                // written, and every message is told why.
                 tracing::error!(error = %e, "sqlite group commit failed");
+                let err = db(e);
                 for m in batch {
-                    reply(m, Err(backend(&e)));
+                    let r = match &m {
+                        Msg::CommitEach(writes, _) => Outcome::Each(writes.iter().map(|_| Err(err.clone())).collect()),
+                        _ => Outcome::One(Err(err.clone())),
+                    };
+                    reply(m, r);
                 }
             }
         }
     }
+}
+
+/// What one message of a group gets back.
+enum Outcome {
+    One(Result<()>),
+    Each(Vec<Result<()>>),
+}
+
+/// Runs `f` in a savepoint, kept when it succeeds and rolled back when it fails. The
+/// outer error is a failure of the savepoint itself (the transaction is unusable).
+fn in_savepoint(tx: &mut rusqlite::Transaction<'_>, f: impl FnOnce(&Connection) -> Result<()>) -> rusqlite::Result<Result<()>> {
+    let sp = tx.savepoint()?;
+    let r = f(&sp);
+    if r.is_ok() {
+        sp.commit()?;
+    } else {
+        drop(sp);
+    }
+    Ok(r)
 }
 
 /// Drops a tag from the cache once a write to it is over, however it ended.
@@ -216,10 +305,25 @@ impl Drop for ForgetOnDrop<'_> {
     }
 }
 
-fn reply(m: Msg, r: Result<()>) {
-    match m {
-        Msg::Commit(_, tx) | Msg::Exec(_, tx) => {
+fn reply(m: Msg, r: Outcome) {
+    match (m, r) {
+        (Msg::Commit(_, tx) | Msg::Exec(_, tx), Outcome::One(r)) => {
             let _ = tx.send(r);
+        }
+        (Msg::CommitEach(_, tx), Outcome::Each(r)) => {
+            let _ = tx.send(r);
+        }
+        // Built by the writer loop from the message's own kind: cannot happen.
+        (Msg::Commit(_, tx) | Msg::Exec(_, tx), Outcome::Each(_)) => {
+            let _ = tx.send(Err(StoreError::Backend("sqlite writer: mismatched reply".into())));
+        }
+        (Msg::CommitEach(writes, tx), Outcome::One(_)) => {
+            let _ = tx.send(
+                writes
+                    .iter()
+                    .map(|_| Err(StoreError::Backend("sqlite writer: mismatched reply".into())))
+                    .collect(),
+            );
         }
     }
 }
@@ -236,9 +340,9 @@ fn check_fences(tx: &Connection, writes: &[RunWrite]) -> Result<()> {
     if fences.is_empty() {
         return Ok(());
     }
-    let mut st = tx.prepare_cached("SELECT epoch FROM shard_leases WHERE shard = ?1").map_err(backend)?;
+    let mut st = tx.prepare_cached("SELECT epoch FROM shard_leases WHERE shard = ?1").map_err(db)?;
     for (shard, epoch) in fences {
-        let have: Option<i64> = st.query_row([shard], |r| r.get(0)).optional().map_err(backend)?;
+        let have: Option<i64> = st.query_row([shard], |r| r.get(0)).optional().map_err(db)?;
         match have {
             Some(e) if e as u64 == epoch => {}
             Some(e) => return Err(StoreError::Fenced(format!("shard {shard} is at epoch {e}, the write holds epoch {epoch}"))),
@@ -255,18 +359,18 @@ fn apply_writes(tx: &Connection, writes: &[RunWrite]) -> Result<()> {
             "INSERT INTO runs (run_id, owner, workflow_hash, tag, parent_run_id, idempotency_key, status, active, created_at, started_at, completed_at, state)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )
-        .map_err(backend)?;
+        .map_err(db)?;
     let mut upd_run = tx
         .prepare_cached("UPDATE runs SET status = ?2, active = ?3, started_at = ?4, completed_at = ?5, state = ?6 WHERE run_id = ?1")
-        .map_err(backend)?;
+        .map_err(db)?;
     let mut ins_ev = tx
         .prepare_cached("INSERT INTO events (run_id, seq, owner, kind, body) VALUES (?1, ?2, ?3, ?4, ?5)")
-        .map_err(backend)?;
+        .map_err(db)?;
     let many = format!(
         "INSERT INTO events (run_id, seq, owner, kind, body) VALUES {}",
         vec!["(?, ?, ?, ?, ?)"; EVENT_ROWS].join(", ")
     );
-    let mut ins_ev_many = tx.prepare_cached(&many).map_err(backend)?;
+    let mut ins_ev_many = tx.prepare_cached(&many).map_err(db)?;
     for w in writes {
         let st = &w.state;
         let active = !is_terminal(st.status);
@@ -287,12 +391,12 @@ fn apply_writes(tx: &Connection, writes: &[RunWrite]) -> Result<()> {
                         st.completed_at,
                         w.state_json
                     ])
-                    .map_err(|e| StoreError::Conflict(e.to_string()))?;
+                    .map_err(job_err)?;
             }
             None => {
                 let n = upd_run
                     .execute(params![st.run_id, st.status.as_str(), active, st.started_at, st.completed_at, w.state_json])
-                    .map_err(backend)?;
+                    .map_err(db)?;
                 if n == 0 {
                     return Err(StoreError::NotFound(format!("run {}", st.run_id)));
                 }
@@ -301,7 +405,7 @@ fn apply_writes(tx: &Connection, writes: &[RunWrite]) -> Result<()> {
         project_approvals(tx, &st.run_id, &w.events)?;
         if let Some(h) = &w.current_hash {
             tx.execute("UPDATE runs SET current_hash = ?2 WHERE run_id = ?1", params![st.run_id, h])
-                .map_err(backend)?;
+                .map_err(db)?;
         }
         for p in &w.patches {
             tx.execute(
@@ -309,7 +413,7 @@ fn apply_writes(tx: &Connection, writes: &[RunWrite]) -> Result<()> {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 params![p.run_id, p.seq as i64, p.status, p.author, p.description, p.node_id, p.operations.to_string(), p.base_hash, p.result_hash, p.created_at, p.decided_at, p.decided_by, p.reason],
             )
-            .map_err(backend)?;
+            .map_err(db)?;
         }
         // Events go in as multi-row statements, EVENT_ROWS at a time: the cost per
         // statement, not per row, dominated the writer thread.
@@ -317,7 +421,7 @@ fn apply_writes(tx: &Connection, writes: &[RunWrite]) -> Result<()> {
             Some(c) => c.owner.clone(),
             None => tx
                 .query_row("SELECT owner FROM runs WHERE run_id = ?1", [&st.run_id], |r| r.get(0))
-                .map_err(backend)?,
+                .map_err(db)?,
         };
         for chunk in w.events.chunks(EVENT_ROWS) {
             if chunk.len() == EVENT_ROWS {
@@ -326,14 +430,22 @@ fn apply_writes(tx: &Connection, writes: &[RunWrite]) -> Result<()> {
                 for (e, seq) in chunk.iter().zip(&seqs) {
                     args.extend([&e.run_id as &dyn rusqlite::ToSql, seq, &owner, &e.kind, &e.body]);
                 }
-                ins_ev_many
-                    .execute(args.as_slice())
-                    .map_err(|err| StoreError::Conflict(format!("events of {}: {err}", st.run_id)))?;
+                ins_ev_many.execute(args.as_slice()).map_err(|err| {
+                    if is_full(&err) {
+                        db(err)
+                    } else {
+                        StoreError::Conflict(format!("events of {}: {err}", st.run_id))
+                    }
+                })?;
             } else {
                 for e in chunk {
-                    ins_ev
-                        .execute(params![e.run_id, e.seq as i64, owner, e.kind, e.body])
-                        .map_err(|err| StoreError::Conflict(format!("event {}#{}: {err}", e.run_id, e.seq)))?;
+                    ins_ev.execute(params![e.run_id, e.seq as i64, owner, e.kind, e.body]).map_err(|err| {
+                        if is_full(&err) {
+                            db(err)
+                        } else {
+                            StoreError::Conflict(format!("event {}#{}: {err}", e.run_id, e.seq))
+                        }
+                    })?;
                 }
             }
         }
@@ -365,7 +477,7 @@ fn project_approvals(tx: &Connection, run_id: &str, events: &[StoredEvent]) -> R
                         d["timeout_at_ms"].as_i64(),
                     ],
                 )
-                .map_err(backend)?;
+                .map_err(db)?;
             }
             "approval_decided" => {
                 let v: serde_json::Value = serde_json::from_str(&e.body).map_err(backend)?;
@@ -381,11 +493,11 @@ fn project_approvals(tx: &Connection, run_id: &str, events: &[StoredEvent]) -> R
                         d["data"].to_string(),
                     ],
                 )
-                .map_err(backend)?;
+                .map_err(db)?;
             }
             "workflow_completed" | "workflow_failed" | "workflow_cancelled" => {
                 tx.execute("UPDATE approvals SET status = 'cancelled' WHERE run_id = ?1 AND status = 'pending'", [run_id])
-                    .map_err(backend)?;
+                    .map_err(db)?;
             }
             _ => {}
         }
@@ -447,7 +559,7 @@ impl Store for SqliteStore {
                 params![blob.hash, blob.kind, content, blob.created_at],
             )
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(job_err)
         }))
         .await
     }
@@ -479,12 +591,12 @@ impl Store for SqliteStore {
                         r.get(0)
                     })
                     .optional()
-                    .map_err(|e| e.to_string())?;
+                    .map_err(job_err)?;
                 let have = current.unwrap_or(0) as u64;
                 if let Some(expected) = u.expected_version
                     && expected != have
                 {
-                    return Err(format!("tag {} is at version {have}, expected {expected}", u.name));
+                    return Err(StoreError::Conflict(format!("tag {} is at version {have}, expected {expected}", u.name)));
                 }
                 let next = have + 1;
                 if current.is_some() {
@@ -498,19 +610,19 @@ impl Store for SqliteStore {
                         params![u.owner, u.name, u.hash, next as i64, u.by, u.at],
                     )
                 }
-                .map_err(|e| e.to_string())?;
+                .map_err(job_err)?;
                 let seq: i64 = tx
                     .query_row(
                         "SELECT COALESCE(MAX(seq) + 1, 0) FROM tag_history WHERE owner = ?1 AND name = ?2",
                         params![u.owner, u.name],
                         |r| r.get(0),
                     )
-                    .map_err(|e| e.to_string())?;
+                    .map_err(job_err)?;
                 tx.execute(
                     "INSERT INTO tag_history (owner, name, seq, hash, op, by, at, description) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                     params![u.owner, u.name, seq, u.hash, u.op, u.by, u.at, u.description],
                 )
-                .map_err(|e| e.to_string())?;
+                .map_err(job_err)?;
                 Ok(())
             }))
             .await;
@@ -579,9 +691,9 @@ impl Store for SqliteStore {
         let _forget = ForgetOnDrop(self, owner.clone(), name.clone());
         self.exec(Box::new(move |tx| {
             tx.execute("DELETE FROM tags WHERE owner = ?1 AND name = ?2", params![owner, name])
-                .map_err(|e| e.to_string())?;
+                .map_err(job_err)?;
             tx.execute("DELETE FROM tag_history WHERE owner = ?1 AND name = ?2", params![owner, name])
-                .map_err(|e| e.to_string())?;
+                .map_err(job_err)?;
             Ok(())
         }))
         .await?;
@@ -593,6 +705,19 @@ impl Store for SqliteStore {
             return Ok(());
         }
         self.send(|tx| Msg::Commit(writes, tx)).await
+    }
+
+    async fn commit_each(&self, writes: Vec<RunWrite>) -> Vec<Result<()>> {
+        if writes.is_empty() {
+            return Vec::new();
+        }
+        let n = writes.len();
+        let stopped = || (0..n).map(|_| Err(StoreError::Unavailable("sqlite writer stopped".into()))).collect();
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::CommitEach(writes, tx)).is_err() {
+            return stopped();
+        }
+        rx.await.unwrap_or_else(|_| stopped())
     }
 
     async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>> {
@@ -710,7 +835,7 @@ impl Store for SqliteStore {
         self.exec(Box::new(move |tx| {
             tx.execute("INSERT OR IGNORE INTO blob_owners (hash, owner) VALUES (?1, ?2)", params![hash, owner])
                 .map(|_| ())
-                .map_err(|e| e.to_string())
+                .map_err(job_err)
         }))
         .await
     }
@@ -783,7 +908,7 @@ impl Store for SqliteStore {
                 params![k.id, k.tenant, k.user, k.role, k.name, k.hash, k.created_at, k.revoked_at],
             )
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(job_err)
         }))
         .await
     }
@@ -818,7 +943,7 @@ impl Store for SqliteStore {
         self.exec(Box::new(move |tx| {
             tx.execute("UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL", params![id, at])
                 .map(|_| ())
-                .map_err(|e| e.to_string())
+                .map_err(job_err)
         }))
         .await?;
         Ok(true)
@@ -835,7 +960,7 @@ impl Store for SqliteStore {
                     idem_row,
                 )
                 .optional()
-                .map_err(|e| e.to_string())?;
+                .map_err(job_err)?;
             if let Some(e) = existing {
                 let live = if e.status.is_some() {
                     e.created_at >= completed_since
@@ -852,7 +977,7 @@ impl Store for SqliteStore {
                 params![rec.tenant, rec.key, rec.request, rec.body_hash, rec.created_at],
             )
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(job_err)
         }))
         .await?;
         Ok(found.lock().unwrap_or_else(|p| p.into_inner()).take())
@@ -866,7 +991,7 @@ impl Store for SqliteStore {
                 params![tenant, key, at, status as i64, response],
             )
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(job_err)
         }))
         .await
     }
@@ -879,7 +1004,7 @@ impl Store for SqliteStore {
                 params![tenant, key, at],
             )
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(job_err)
         }))
         .await
     }
@@ -888,9 +1013,7 @@ impl Store for SqliteStore {
         let n: Arc<Mutex<u64>> = Arc::default();
         let out = n.clone();
         self.exec(Box::new(move |tx| {
-            let k = tx
-                .execute("DELETE FROM idempotency WHERE created_at < ?1", [before])
-                .map_err(|e| e.to_string())?;
+            let k = tx.execute("DELETE FROM idempotency WHERE created_at < ?1", [before]).map_err(job_err)?;
             *out.lock().unwrap_or_else(|p| p.into_inner()) = k as u64;
             Ok(())
         }))
@@ -916,14 +1039,14 @@ impl Store for SqliteStore {
                          epoch = CASE WHEN shard_leases.owner = excluded.owner THEN shard_leases.epoch ELSE shard_leases.epoch + 1 END
                      WHERE shard_leases.owner = excluded.owner OR shard_leases.expires_at <= ?4",
                 )
-                .map_err(|e| e.to_string())?;
+                .map_err(job_err)?;
             let mut get = tx
                 .prepare_cached("SELECT shard, owner, epoch, expires_at FROM shard_leases WHERE shard = ?1 AND owner = ?2")
-                .map_err(|e| e.to_string())?;
+                .map_err(job_err)?;
             let mut leases = Vec::new();
             for shard in shards {
-                claim.execute(params![shard, owner, expires_at, now]).map_err(|e| e.to_string())?;
-                if let Some(l) = get.query_row(params![shard, owner], lease_row).optional().map_err(|e| e.to_string())? {
+                claim.execute(params![shard, owner, expires_at, now]).map_err(job_err)?;
+                if let Some(l) = get.query_row(params![shard, owner], lease_row).optional().map_err(job_err)? {
                     leases.push(l);
                 }
             }
@@ -943,9 +1066,9 @@ impl Store for SqliteStore {
         self.exec(Box::new(move |tx| {
             let mut st = tx
                 .prepare_cached("UPDATE shard_leases SET expires_at = 0 WHERE shard = ?1 AND owner = ?2")
-                .map_err(|e| e.to_string())?;
+                .map_err(job_err)?;
             for shard in shards {
-                st.execute(params![shard, owner]).map_err(|e| e.to_string())?;
+                st.execute(params![shard, owner]).map_err(job_err)?;
             }
             Ok(())
         }))
@@ -969,7 +1092,7 @@ impl Store for SqliteStore {
                 params![m.id, m.roles, m.addr, m.started_at, m.seen_at],
             )
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(job_err)
         }))
         .await
     }
@@ -985,7 +1108,7 @@ impl Store for SqliteStore {
     async fn leave(&self, id: &str) -> Result<()> {
         let id = id.to_string();
         self.exec(Box::new(move |tx| {
-            tx.execute("DELETE FROM members WHERE id = ?1", [id]).map(|_| ()).map_err(|e| e.to_string())
+            tx.execute("DELETE FROM members WHERE id = ?1", [id]).map(|_| ()).map_err(job_err)
         }))
         .await
     }
@@ -1227,5 +1350,29 @@ mod tests {
             assert!(t.await.unwrap().unwrap().is_none());
         }
         assert!(s.readers.lock().unwrap().len() <= s.max_readers);
+    }
+
+    /// The database, its WAL and shared-memory files are the owner's only, whatever
+    /// the umask, and a database left world-readable by an older version is tightened.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn database_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data/aob.db");
+        let s = SqliteStore::open(Options::new(&path)).unwrap();
+        s.claim_shards("a", &[1], 0, 10).await.unwrap();
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        for suffix in ["", "-wal", "-shm"] {
+            let f = PathBuf::from(format!("{}{suffix}", path.display()));
+            assert_eq!(mode(&f), 0o600, "{}", f.display());
+        }
+
+        let old = dir.path().join("old.db");
+        drop(Connection::open(&old).unwrap());
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(SqliteStore::open(Options::new(&old)).unwrap());
+        assert_eq!(mode(&old), 0o600);
     }
 }

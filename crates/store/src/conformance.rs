@@ -149,6 +149,30 @@ pub async fn commit_is_atomic(s: &dyn Store) {
     assert_eq!(s.events("a1", 0, 100).await.unwrap().len(), 3);
 }
 
+/// `commit_each`: a write with a duplicate event seq fails alone; the writes before
+/// and after it in the same batch are stored, and the failed run is left as it was.
+pub async fn commit_each_isolates_writes(s: &dyn Store) {
+    s.commit(vec![write("e1", "alice", true, RunStatus::Running, 1..=2, 100)]).await.unwrap();
+    assert!(s.commit_each(vec![]).await.is_empty());
+    let results = s
+        .commit_each(vec![
+            write("e2", "alice", true, RunStatus::Running, 1..=1, 100),
+            write("e1", "alice", false, RunStatus::Completed, 2..=3, 100),
+            write("e3", "alice", true, RunStatus::Completed, 1..=2, 100),
+        ])
+        .await;
+    assert_eq!(results.len(), 3);
+    assert!(results[0].is_ok(), "{results:?}");
+    assert!(matches!(results[1], Err(StoreError::Conflict(_))), "{results:?}");
+    assert!(results[2].is_ok(), "{results:?}");
+    let r = s.get_run("e1").await.unwrap().unwrap();
+    assert_eq!((r.state.seq, r.state.status), (2, RunStatus::Running));
+    assert_eq!(s.events("e1", 0, 100).await.unwrap().len(), 2);
+    assert_eq!(s.events("e2", 0, 100).await.unwrap().len(), 1);
+    assert_eq!(s.get_run("e3").await.unwrap().unwrap().state.status, RunStatus::Completed);
+    assert_eq!(s.events("e3", 0, 100).await.unwrap().len(), 2);
+}
+
 pub async fn listing(s: &dyn Store) {
     for i in 0..5 {
         let status = if i % 2 == 0 { RunStatus::Completed } else { RunStatus::Running };
@@ -434,6 +458,11 @@ macro_rules! store_conformance {
             async fn commit_is_atomic() {
                 let s = $make.await;
                 $crate::conformance::commit_is_atomic(&*s).await;
+            }
+            #[tokio::test]
+            async fn commit_each_isolates_writes() {
+                let s = $make.await;
+                $crate::conformance::commit_each_isolates_writes(&*s).await;
             }
             #[tokio::test]
             async fn keys_and_grants() {

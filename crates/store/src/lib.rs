@@ -11,7 +11,7 @@ pub use types::*;
 
 use async_trait::async_trait;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// An optimistic check failed (tag version, duplicate key).
     #[error("conflict: {0}")]
@@ -27,6 +27,19 @@ pub enum StoreError {
     /// process took the shard over. Nothing of the batch was written.
     #[error("fenced: {0}")]
     Fenced(String),
+    /// The disk (or the database server's) is out of space: nothing was written; the
+    /// same write succeeds once space is back.
+    #[error("storage full: {0}")]
+    Full(String),
+}
+
+impl StoreError {
+    /// Whether the failure belongs to the write itself (a conflict, a missing run, a
+    /// stale fence, a constraint), rather than to the store as a whole (unreachable,
+    /// out of space), which every other write of the moment would meet as well.
+    pub fn is_write_specific(&self) -> bool {
+        !matches!(self, StoreError::Unavailable(_) | StoreError::Full(_))
+    }
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -50,6 +63,19 @@ pub trait Store: Send + Sync + 'static {
     /// A write with a [`Fence`] is checked against the shard's current lease inside the
     /// transaction: if any fence is stale, the whole batch fails with `Fenced`.
     async fn commit(&self, writes: Vec<RunWrite>) -> Result<()>;
+    /// Writes each [`RunWrite`] atomically on its own and returns one result per write,
+    /// in order: a write that fails (a conflict, a stale fence, a constraint) leaves the
+    /// others of the batch written. This is the group commit of the engine loop, where
+    /// each write is one run's transition and one bad run must not fail its neighbours.
+    ///
+    /// The default commits the batch as one (no isolation); backends override it.
+    async fn commit_each(&self, writes: Vec<RunWrite>) -> Vec<Result<()>> {
+        let n = writes.len();
+        match self.commit(writes).await {
+            Ok(()) => (0..n).map(|_| Ok(())).collect(),
+            Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+        }
+    }
     async fn get_run(&self, run_id: &str) -> Result<Option<RunRecord>>;
     async fn list_runs(&self, filter: RunFilter) -> Result<Vec<RunSummary>>;
     /// Ids of runs that are not terminal: what recovery resumes.

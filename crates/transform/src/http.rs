@@ -8,6 +8,30 @@ use crate::{FetchRequest, Fetcher};
 
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 
+/// Request headers a workflow may not set: the hop-by-hop ones (RFC 9110 §7.6.1),
+/// which belong to one connection and let a sender smuggle requests past a proxy, and
+/// `Host`, which must follow the URL the SSRF guard checked. Also any `Proxy-*`
+/// header. Workflow validation refuses them (http nodes and `http_request` steps);
+/// the guard (`aob_ssrf::DROPPED_REQUEST_HEADERS`) drops them again at run time.
+pub const FORBIDDEN_REQUEST_HEADERS: [&str; 10] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+
+/// Whether a workflow may not set the request header `name` (case-insensitive).
+pub fn forbidden_request_header(name: &str) -> bool {
+    let lower = name.trim().to_ascii_lowercase();
+    FORBIDDEN_REQUEST_HEADERS.contains(&lower.as_str()) || lower.starts_with("proxy-")
+}
+
 pub(crate) struct HttpRequest {
     method: &'static str,
     url: String,
@@ -48,6 +72,13 @@ impl HttpRequest {
             None => {}
             Some(Value::Object(map)) => {
                 for (name, value) in map {
+                    if forbidden_request_header(name) {
+                        p.problem(
+                            &format!("/headers/{}", crate::params::escape(name)),
+                            format!("header `{name}` is managed by the HTTP client and may not be set (hop-by-hop headers and Host)"),
+                        );
+                        continue;
+                    }
                     match value {
                         Value::String(v) => headers.push((name.clone(), v.clone())),
                         other => p.problem(
@@ -208,6 +239,9 @@ mod tests {
         assert_eq!(pointers(json!({"url": "u", "params": [1]})), vec!["/params"]);
         assert_eq!(pointers(json!({"url": "u", "headers": {"A": 1, "B": "ok"}})), vec!["/headers/A"]);
         assert_eq!(pointers(json!({"url": "u", "headers": "x"})), vec!["/headers"]);
+        let mut got = pointers(json!({"url": "u", "headers": {"Host": "x", "transfer-encoding": "chunked", "Proxy-Foo": "1", "Accept": "a"}}));
+        got.sort();
+        assert_eq!(got, vec!["/headers/Host", "/headers/Proxy-Foo", "/headers/transfer-encoding"]);
         assert_eq!(pointers(json!({"url": "u", "body": {}})), vec!["/body"]);
         assert_eq!(pointers(json!({"url": "u", "timeout": 3})), vec!["/timeout"]);
     }

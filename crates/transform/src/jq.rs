@@ -6,6 +6,8 @@ use jaq_json::{Num, Val};
 use serde::Deserialize as _;
 use serde_json::{Number, Value};
 
+use aob_limits::{Limits, deep};
+
 use crate::params::Params;
 
 /// Generators such as `repeat(.)` never end; collecting them must stop somewhere.
@@ -20,36 +22,105 @@ type JqFilter = jaq_core::Filter<data::JustLut<Val>>;
 pub(crate) struct JqTransform {
     /// Kept as source: a compiled filter holds `Rc`s, which would make the pipeline
     /// future non-`Send`. Recompiling per run is cheap next to running.
-    filter: String,
+    pub(crate) filter: String,
 }
 
 impl JqTransform {
-    pub(crate) fn parse(p: &mut Params<'_>) -> Option<Self> {
+    pub(crate) fn parse(p: &mut Params<'_>, limits: &Limits) -> Option<Self> {
         let filter = p.required_str("filter")?;
-        if let Err(message) = compile_filter(filter) {
+        if let Err(message) = check(filter, limits) {
             p.problem_at("filter", message);
             return None;
         }
         Some(Self { filter: filter.to_owned() })
     }
+}
 
-    pub(crate) fn run(&self, input: Value) -> Result<Value, String> {
-        let filter = compile_filter(&self.filter)?;
-        let input = Val::deserialize(input).map_err(|e| format!("cannot pass input to jq: {e}"))?;
-        let ctx = Ctx::<data::JustLut<Val>>::new(&filter.lut, Vars::new([]));
-        let mut outputs = Vec::new();
-        for result in filter.id.run((ctx, input)) {
-            let value = result.map_err(describe_exception)?;
-            if outputs.len() >= MAX_OUTPUTS {
-                return Err(format!("jq program produced more than {MAX_OUTPUTS} outputs"));
+/// Checks a filter's size and nesting, then compiles it on a [`deep`] stack: jaq's parser
+/// and compiler recurse as deep as the filter nests.
+pub fn check(filter: &str, limits: &Limits) -> Result<(), String> {
+    precheck(filter, limits)?;
+    let code = filter.to_owned();
+    deep(move || compile_filter(&code).map(drop)).map_err(|e| e.to_string())?
+}
+
+fn precheck(filter: &str, limits: &Limits) -> Result<(), String> {
+    if filter.len() > limits.jq_bytes {
+        return Err(format!("the jq filter is {} bytes long; the limit is {}", filter.len(), limits.jq_bytes));
+    }
+    let nesting = nesting(filter);
+    if nesting > limits.jq_depth {
+        return Err(format!("the jq filter nests {nesting} deep; the limit is {}", limits.jq_depth));
+    }
+    Ok(())
+}
+
+/// Deepest nesting of brackets and `if … end` outside strings and comments. Together with
+/// the length limit it bounds how deep jaq's parser recurses (other constructs recurse
+/// at most once per token, which the length bounds and the deep stack absorbs).
+fn nesting(code: &str) -> usize {
+    let bytes = code.as_bytes();
+    let (mut depth, mut max, mut i) = (0usize, 0usize, 0usize);
+    let mut word = String::new();
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'"' {
+            // Skip the string, escapes included.
+            i += 1;
+            while i < bytes.len() && bytes[i] != b'"' {
+                i += if bytes[i] == b'\\' { 2 } else { 1 };
             }
-            outputs.push(to_json(&value)?);
-        }
-        if outputs.len() == 1 {
-            Ok(outputs.pop().unwrap_or(Value::Null))
+        } else if b == b'#' {
+            while i < bytes.len() && bytes[i] != b'\n' {
+                i += 1;
+            }
+        } else if b.is_ascii_alphanumeric() || b == b'_' {
+            word.push(b as char);
         } else {
-            Ok(Value::Array(outputs))
+            word.clear();
         }
+        match b {
+            b'(' | b'[' | b'{' => depth += 1,
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        let word_ends = !bytes.get(i + 1).is_some_and(|n| n.is_ascii_alphanumeric() || *n == b'_');
+        if word_ends && word == "if" {
+            depth += 1;
+        } else if word_ends && word == "end" {
+            depth = depth.saturating_sub(1);
+        }
+        max = max.max(depth);
+        i += 1;
+    }
+    max
+}
+
+/// Runs a jq program in this process, on a [`deep`] stack. It cannot stop a program
+/// that never ends: servers run jq in a sandbox process instead (see `aob-exec`), and
+/// this is what that process calls.
+pub fn run_in_process(filter: &str, input: Value, limits: &Limits) -> Result<Value, String> {
+    precheck(filter, limits)?;
+    let (code, max_depth) = (filter.to_owned(), limits.json_depth);
+    deep(move || run_compiled(&code, input, max_depth)).map_err(|e| e.to_string())?
+}
+
+fn run_compiled(code: &str, input: Value, max_depth: usize) -> Result<Value, String> {
+    let filter = compile_filter(code)?;
+    let input = Val::deserialize(input).map_err(|e| format!("cannot pass input to jq: {e}"))?;
+    let ctx = Ctx::<data::JustLut<Val>>::new(&filter.lut, Vars::new([]));
+    let mut outputs = Vec::new();
+    for result in filter.id.run((ctx, input)) {
+        let value = result.map_err(describe_exception)?;
+        if outputs.len() >= MAX_OUTPUTS {
+            return Err(format!("jq program produced more than {MAX_OUTPUTS} outputs"));
+        }
+        outputs.push(to_json_at(&value, 0, max_depth)?);
+    }
+    if outputs.len() == 1 {
+        Ok(outputs.pop().unwrap_or(Value::Null))
+    } else {
+        Ok(Value::Array(outputs))
     }
 }
 
@@ -139,18 +210,12 @@ fn describe_exception(exception: jaq_core::Exn<'_, Val>) -> String {
 }
 
 /// jq can build arbitrarily deep values (`reduce range(n) as $_ (null; [.])`); converting
-/// them recursively must not overflow the stack.
-const MAX_DEPTH: usize = 256;
-
-fn to_json(value: &Val) -> Result<Value, String> {
-    to_json_at(value, 0)
-}
-
-fn to_json_at(value: &Val, depth: usize) -> Result<Value, String> {
-    if depth > MAX_DEPTH {
-        return Err(format!("jq output is nested deeper than {MAX_DEPTH} levels"));
+/// them stops at the depth limit, so what comes out can be stored and read back.
+fn to_json_at(value: &Val, depth: usize, max_depth: usize) -> Result<Value, String> {
+    if depth > max_depth {
+        return Err(format!("jq output is nested deeper than {max_depth} levels"));
     }
-    let to_json = |v: &Val| to_json_at(v, depth + 1);
+    let to_json = |v: &Val| to_json_at(v, depth + 1, max_depth);
     Ok(match value {
         Val::Null => Value::Null,
         Val::Bool(b) => Value::Bool(*b),
@@ -190,7 +255,7 @@ mod tests {
 
     fn jq(filter: &str, input: Value) -> Result<Value, String> {
         compile_filter(filter)?;
-        JqTransform { filter: filter.to_owned() }.run(input)
+        run_in_process(filter, input, &Limits::default())
     }
 
     #[test]
@@ -277,7 +342,7 @@ mod tests {
         assert!(err.contains("non-string key 1"), "{err}");
         let err = jq("reduce range(1000) as $_ (null; [.])", json!(null)).unwrap_err();
         assert!(err.contains("nested deeper"), "{err}");
-        assert!(jq("reduce range(200) as $_ (null; [.])", json!(null)).is_ok());
+        assert!(jq("reduce range(60) as $_ (null; [.])", json!(null)).is_ok());
     }
 
     #[test]
@@ -292,7 +357,7 @@ mod tests {
         let check = |step: Value| {
             let obj = step.as_object().unwrap().clone();
             let mut p = Params::step(&obj);
-            let parsed = JqTransform::parse(&mut p);
+            let parsed = JqTransform::parse(&mut p, &Limits::default());
             (parsed.is_some(), p.finish())
         };
         let (ok, problems) = check(json!({"filter": ".a"}));
@@ -303,5 +368,21 @@ mod tests {
         let (ok, problems) = check(json!({}));
         assert!(!ok);
         assert_eq!(problems[0].0, "/filter");
+    }
+
+    #[test]
+    fn hostile_filters_are_refused_or_contained() {
+        let limits = Limits::default();
+        let brackets = format!("{}.{}", "[".repeat(5_000), "]".repeat(5_000));
+        assert!(check(&brackets, &limits).unwrap_err().contains("nests"));
+        let ifs = format!("{}1{}", "if true then ".repeat(100), " else 0 end".repeat(100));
+        assert!(check(&ifs, &limits).unwrap_err().contains("nests"));
+        let long = ".a".repeat(20_000);
+        assert!(check(&long, &limits).unwrap_err().contains("bytes long"));
+        // A long flat chain is within the limits and compiles on the deep stack.
+        let chain = format!("1{}", " + 1".repeat(3_000));
+        check(&chain, &limits).unwrap();
+        assert_eq!(run_in_process(&chain, json!(null), &limits).unwrap(), json!(3001));
+        assert_eq!(nesting(r#""((((" | [(.a)] # ((((("#), 2);
     }
 }

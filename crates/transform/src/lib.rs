@@ -25,11 +25,15 @@ mod regex_extract;
 mod table;
 mod value;
 
+pub use http::{FORBIDDEN_REQUEST_HEADERS, forbidden_request_header};
+
 use std::future::Future;
 use std::pin::Pin;
 
+use aob_limits::Limits;
 use serde_json::Value;
 
+pub use crate::jq::{check as check_jq, run_in_process as run_jq_in_process};
 use crate::params::{Params, Problem};
 use crate::value::type_name;
 
@@ -65,6 +69,29 @@ pub struct FetchRequest {
     pub body: Option<Value>,
 }
 
+/// Runs `jq_transform` programs. A jq program can loop or recurse forever and nothing
+/// inside jaq can stop it, so a server runs them in a process it can kill (`aob-exec`);
+/// [`InProcessJq`] is for tests and tools.
+pub trait JqRunner: Send + Sync {
+    fn run<'a>(&'a self, filter: &'a str, input: Value, limits: &'a Limits) -> Pin<Box<dyn Future<Output = Result<Value, String>> + Send + 'a>>;
+}
+
+/// jq on a deep-stack thread of this process: bounded in size and nesting, not in time.
+pub struct InProcessJq;
+
+impl JqRunner for InProcessJq {
+    fn run<'a>(&'a self, filter: &'a str, input: Value, limits: &'a Limits) -> Pin<Box<dyn Future<Output = Result<Value, String>> + Send + 'a>> {
+        Box::pin(async move { run_jq_in_process(filter, input, limits) })
+    }
+}
+
+/// What running a pipeline needs from its caller.
+pub struct Env<'a> {
+    pub fetch: &'a dyn Fetcher,
+    pub jq: &'a dyn JqRunner,
+    pub limits: &'a Limits,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TransformError {
     /// A step is invalid or failed while running.
@@ -80,6 +107,11 @@ pub enum TransformError {
 /// `http_request.params`) is accepted as an unresolved reference the caller substitutes
 /// before running.
 pub fn validate_pipeline(steps: &Value) -> Vec<(String, String)> {
+    validate_pipeline_with(steps, &Limits::default())
+}
+
+/// [`validate_pipeline`] within `limits` (jq filter size and nesting).
+pub fn validate_pipeline_with(steps: &Value, limits: &Limits) -> Vec<(String, String)> {
     let Some(steps) = steps.as_array() else {
         return vec![(String::new(), format!("pipeline must be an array of steps, got {}", type_name(steps)))];
     };
@@ -87,7 +119,7 @@ pub fn validate_pipeline(steps: &Value) -> Vec<(String, String)> {
         .iter()
         .enumerate()
         .flat_map(|(index, step)| {
-            let problems = parse_step(step).err().unwrap_or_default();
+            let problems = parse_step(step, limits).err().unwrap_or_default();
             problems.into_iter().map(move |(pointer, message)| (format!("/{index}{pointer}"), message))
         })
         .collect()
@@ -98,11 +130,26 @@ pub fn validate_pipeline(steps: &Value) -> Vec<(String, String)> {
 /// Every step is checked before the first one runs, so an invalid later step cannot leave
 /// the effects of an earlier `http_request` behind.
 pub async fn run_pipeline(steps: &[Value], input: Value, fetch: &dyn Fetcher) -> Result<Value, TransformError> {
+    let limits = Limits::default();
+    run_pipeline_with(
+        steps,
+        input,
+        &Env {
+            fetch,
+            jq: &InProcessJq,
+            limits: &limits,
+        },
+    )
+    .await
+}
+
+/// [`run_pipeline`] with the caller's jq runner and limits.
+pub async fn run_pipeline_with(steps: &[Value], input: Value, env: &Env<'_>) -> Result<Value, TransformError> {
     let parsed = steps
         .iter()
         .enumerate()
         .map(|(index, raw)| {
-            parse_step(raw).map_err(|problems| TransformError::Step {
+            parse_step(raw, env.limits).map_err(|problems| TransformError::Step {
                 index,
                 step: raw_step_name(raw),
                 message: format!("invalid step: {}", join_problems(&problems)),
@@ -113,7 +160,8 @@ pub async fn run_pipeline(steps: &[Value], input: Value, fetch: &dyn Fetcher) ->
     let mut current = input;
     for (index, step) in parsed.iter().enumerate() {
         let result = match step {
-            Step::HttpRequest(http) => http.run(fetch).await,
+            Step::HttpRequest(http) => http.run(env.fetch).await,
+            Step::JqTransform(jq) => env.jq.run(&jq.filter, current, env.limits).await,
             other => other.run_local(current),
         };
         current = result.map_err(|message| TransformError::Step {
@@ -165,7 +213,7 @@ impl Step {
             Step::TopK(s) => s.run(input),
             Step::GroupBy(s) => s.run(input),
             Step::Join(s) => s.run(input),
-            Step::JqTransform(s) => s.run(input),
+            Step::JqTransform(_) => Err("jq_transform must be run through a jq runner".to_owned()),
             Step::RegexExtract(s) => s.run(input),
             Step::ParseDate(s) => s.run(input),
         }
@@ -173,7 +221,7 @@ impl Step {
 }
 
 /// Parses one step, returning problems with pointers relative to the step object.
-fn parse_step(raw: &Value) -> Result<Step, Vec<Problem>> {
+fn parse_step(raw: &Value, limits: &Limits) -> Result<Step, Vec<Problem>> {
     let Some(obj) = raw.as_object() else {
         return Err(vec![(String::new(), format!("step must be an object, got {}", type_name(raw)))]);
     };
@@ -200,7 +248,7 @@ fn parse_step(raw: &Value) -> Result<Step, Vec<Problem>> {
         "top_k" => table::TopK::parse(&mut p).map(Step::TopK),
         "groupby" => groupby::GroupBy::parse(&mut p).map(Step::GroupBy),
         "join" => join::Join::parse(&mut p).map(Step::Join),
-        "jq_transform" => jq::JqTransform::parse(&mut p).map(Step::JqTransform),
+        "jq_transform" => jq::JqTransform::parse(&mut p, limits).map(Step::JqTransform),
         "regex_extract" => regex_extract::RegexExtract::parse(&mut p).map(Step::RegexExtract),
         "parse_date" => date::ParseDate::parse(&mut p).map(Step::ParseDate),
         other => {

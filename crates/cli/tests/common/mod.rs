@@ -39,6 +39,8 @@ pub async fn start_server_with(dir: tempfile::TempDir, configure: impl FnOnce(&m
         addr: "127.0.0.1:0".into(),
         data_dir: dir.path().to_path_buf(),
         durability: "process".into(),
+        // jq runs in a sandbox process, as under `aob serve`.
+        jq_sandbox: Some(env!("CARGO_BIN_EXE_aob").into()),
         ..Default::default()
     };
     cfg.rate_limit.per_route_per_minute = 0;
