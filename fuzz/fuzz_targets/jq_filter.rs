@@ -1,5 +1,7 @@
 //! jq filters through the `transform` node's path: `validate_pipeline` on a one-step
-//! `jq_transform` pipeline, then `run_pipeline` when it validates.
+//! `jq_transform` pipeline (in-process, as the server validates), then the pipeline runs
+//! with jq in a forked, CPU-bounded child, as the server runs it in its jq sandbox
+//! (`aob_fuzz::ForkJq`).
 //!
 //! Input: `filter %% input JSON` (input defaults to a small object).
 #![no_main]
@@ -19,7 +21,7 @@ fuzz_target!(init: aob_fuzz::init(), |data: &[u8]| {
     let input = aob_fuzz::json_or(input, json!({"items": [{"id": 1, "v": "a"}, {"id": 2, "v": null}], "n": 3}));
     let Value::Array(steps) = steps else { unreachable!() };
     if let Err(aob_transform::TransformError::Step { message, .. }) =
-        aob_fuzz::block_on(aob_transform::run_pipeline(&steps, input, &aob_fuzz::NoNetwork))
+        aob_fuzz::block_on(aob_fuzz::run_pipeline(&steps, input))
     {
         assert!(!message.starts_with("invalid step"), "a filter that validates failed to parse at run time: {message}");
     }

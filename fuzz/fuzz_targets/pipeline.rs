@@ -1,6 +1,6 @@
 //! The ten pipeline primitives on arbitrary pipelines and inputs: `validate_pipeline`
-//! then `run_pipeline` (with a fetcher that always fails, so `http_request` never
-//! reaches the network).
+//! then `run_pipeline_with` (with a fetcher that always fails, so `http_request` never
+//! reaches the network, and jq in a forked, CPU-bounded child as in the server).
 //!
 //! Checks the crate's promise that validation and running share one parser: a pipeline
 //! that validates never fails at run time as an invalid step, and one that does not
@@ -30,7 +30,7 @@ fuzz_target!(init: aob_fuzz::init(), |data: &[u8]| {
             {"id": 3, "name": null, "total": "88", "nested": {"a": [1, 2]}}
         ]),
     );
-    let result = aob_fuzz::block_on(aob_transform::run_pipeline(list, input, &aob_fuzz::NoNetwork));
+    let result = aob_fuzz::block_on(aob_fuzz::run_pipeline(list, input));
     match (&result, problems.is_empty()) {
         (Err(TransformError::Step { message, .. }), true) => {
             assert!(!message.starts_with("invalid step"), "a pipeline that validates failed as invalid at run time: {message}");
