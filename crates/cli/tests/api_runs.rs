@@ -605,3 +605,87 @@ async fn openapi_schema_health_readiness_and_version() {
     assert!(v["version"].as_str().is_some_and(|x| !x.is_empty()));
     assert_eq!(v["api"], "v1");
 }
+
+/// Every `$ref` of `v` (recursively), with the JSON pointer of the object holding it.
+fn refs_in(v: &Value, at: &str, out: &mut Vec<(String, String)>) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::String(r)) = m.get("$ref") {
+                out.push((at.to_string(), r.clone()));
+            }
+            for (k, x) in m {
+                refs_in(x, &format!("{at}/{k}"), out);
+            }
+        }
+        Value::Array(a) => a.iter().enumerate().for_each(|(i, x)| refs_in(x, &format!("{at}/{i}"), out)),
+        _ => {}
+    }
+}
+
+/// What schema-driven tools (Schemathesis in `.ci/schemathesis`) need from the document:
+/// every reference resolves inside it (the workflow schema's `$defs` are components),
+/// every path parameter is declared, every operation has an id and documents the error
+/// envelope for 4xx, creations link to the operations on what they create, and the
+/// request examples are accepted as they are.
+#[tokio::test]
+async fn openapi_document_is_self_contained_and_its_examples_work() {
+    let srv = common::start_server(&[]).await;
+    let (s, spec) = srv.get("/openapi.json").await;
+    assert_eq!(s, 200);
+
+    let mut refs = Vec::new();
+    refs_in(&spec, "", &mut refs);
+    assert!(!refs.is_empty());
+    for (at, r) in &refs {
+        let pointer = r.strip_prefix('#').unwrap_or_else(|| panic!("{at}: external reference {r}"));
+        assert!(spec.pointer(pointer).is_some(), "{at}: {r} does not resolve");
+    }
+    let error = &spec["components"]["schemas"]["Error"]["properties"]["error"];
+    assert_eq!(error["required"], json!(["code", "message", "details"]));
+
+    let mut ids = HashSet::new();
+    for (path, ops) in spec["paths"].as_object().unwrap() {
+        let templated: Vec<&str> = path.split('/').filter_map(|s| s.strip_prefix('{')?.strip_suffix('}')).collect();
+        for (method, op) in ops.as_object().unwrap() {
+            let id = op["operationId"].as_str().unwrap_or_else(|| panic!("{method} {path}: no operationId"));
+            assert!(ids.insert(id.to_string()), "{method} {path}: operationId {id} is not unique");
+            let params = op["parameters"].as_array().cloned().unwrap_or_default();
+            for name in &templated {
+                assert!(
+                    params.iter().any(|p| p["name"] == *name && p["in"] == "path" && p["required"] == true),
+                    "{method} {path}: path parameter {name} is not declared"
+                );
+            }
+            assert_eq!(
+                op["responses"]["4XX"]["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/Error",
+                "{method} {path}: 4xx is not the error envelope"
+            );
+        }
+    }
+
+    let links = &spec["paths"]["/api/v1/runs"]["post"]["responses"]["201"]["links"];
+    assert_eq!(links["get_api_v1_runs_id"]["parameters"]["id"], "$response.body#/run_id", "{links}");
+    let links = &spec["paths"]["/api/v1/workflows"]["post"]["responses"]["201"]["links"];
+    assert_eq!(links["get_api_v1_workflows_tag"]["parameters"]["tag"], "$request.body#/tag_name", "{links}");
+
+    let example = |path: &str, method: &str| spec["paths"][path][method]["requestBody"]["content"]["application/json"]["example"].clone();
+    let (s, v) = srv.post("/api/v1/workflows/validate", &example("/api/v1/workflows/validate", "post")).await;
+    assert_eq!((s, &v["valid"]), (200, &json!(true)), "{v}");
+    let (s, v) = srv.post("/api/v1/workflows", &example("/api/v1/workflows", "post")).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, run) = srv.post("/api/v1/runs", &example("/api/v1/runs", "post")).await;
+    assert_eq!(s, 201, "{run}");
+    let id = run["run_id"].as_str().unwrap();
+    let (s, v) = srv
+        .post(&format!("/api/v1/runs/{id}/patches"), &example("/api/v1/runs/{id}/patches", "post"))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = srv
+        .post(&format!("/api/v1/runs/{id}/cancel"), &example("/api/v1/runs/{id}/cancel", "post"))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = srv
+        .post("/api/v1/workflows/example/execute", &example("/api/v1/workflows/{tag}/execute", "post"))
+        .await;
+    assert_eq!(s, 201, "{v}");
+}
