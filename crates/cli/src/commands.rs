@@ -182,6 +182,8 @@ pub async fn run(cmd: RunCmd, client: &Client, fmt: Format) -> anyhow::Result<i3
                 let cfg = crate::config::Config {
                     addr: "127.0.0.1:0".into(),
                     data_dir,
+                    // jq in a child of this same binary, as under `aob serve`.
+                    jq_sandbox: std::env::current_exe().ok(),
                     ..Default::default()
                 };
                 let server = crate::serve::start(&cfg).await?;
