@@ -94,33 +94,29 @@ async fn resolve_tag(app: &AppState, owner: &str, tag: &str) -> ApiResult<Arc<Pl
     Ok(app.rt.plans.get(&*app.rt.store, &t.hash).await?)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn start(
-    app: &AppState,
-    owner: &str,
-    plan: Arc<Plan>,
-    tag: Option<String>,
-    inputs: Value,
-    key: Option<String>,
-    settings: aob_engine::RunSettings,
-) -> ApiResult<(StatusCode, Value)> {
-    let inputs = if inputs.is_null() { json!({}) } else { inputs };
-    check_inputs(&plan, &inputs)?;
+/// A run as the API starts it: a new id, no parent; null inputs mean `{}`.
+fn new_run(owner: &str, plan: Arc<Plan>, tag: Option<String>, inputs: Value, key: Option<String>, settings: aob_engine::RunSettings) -> StartRun {
+    StartRun {
+        run_id: uuid::Uuid::now_v7().to_string(),
+        owner: owner.to_string(),
+        plan,
+        inputs: if inputs.is_null() { json!({}) } else { inputs },
+        tag,
+        parent_run_id: None,
+        idempotency_key: key,
+        settings,
+    }
+}
+
+async fn start(app: &AppState, req: StartRun) -> ApiResult<(StatusCode, Value)> {
+    check_inputs(&req.plan, &req.inputs)?;
+    let (owner, plan, tag, key) = (req.owner.clone(), req.plan.clone(), req.tag.clone(), req.idempotency_key.clone());
+    let owner = owner.as_str();
     if let Some(k) = &key
         && let Some(existing) = app.rt.store.run_by_idempotency_key(owner, k).await?
     {
         return replay(app, &existing).await;
     }
-    let req = StartRun {
-        run_id: uuid::Uuid::now_v7().to_string(),
-        owner: owner.to_string(),
-        plan: plan.clone(),
-        inputs,
-        tag: tag.clone(),
-        parent_run_id: None,
-        idempotency_key: key.clone(),
-        settings,
-    };
     match app.rt.start(req).await {
         Ok(st) => Ok((
             StatusCode::CREATED,
@@ -177,7 +173,7 @@ pub async fn create(State(app): State<AppState>, caller: Caller, headers: Header
         agent_limit: body.agent_limit,
         ..Default::default()
     };
-    let (status, body) = start(&app, &caller.owner, plan, tag, body.inputs, key, settings).await?;
+    let (status, body) = start(&app, new_run(&caller.owner, plan, tag, body.inputs, key, settings)).await?;
     Ok((status, axum::Json(body)))
 }
 
@@ -195,7 +191,7 @@ pub async fn execute(
     };
     let plan = resolve_tag(&app, &caller.owner, &tag).await?;
     app.guards.limits.check_tier(&caller, plan.workflow.agent_count())?;
-    let (status, body) = start(&app, &caller.owner, plan, Some(tag), inputs, key, Default::default()).await?;
+    let (status, body) = start(&app, new_run(&caller.owner, plan, Some(tag), inputs, key, Default::default())).await?;
     Ok((status, axum::Json(body)))
 }
 
