@@ -467,11 +467,36 @@ fn batch_error(e: &RuntimeError) -> RuntimeError {
     }
 }
 
-/// Records that `id` takes part in this batch, keeping first-seen order.
-fn note(order: &mut Vec<String>, pending: &mut HashMap<String, Pending>, id: &str) {
-    if !pending.contains_key(id) {
-        order.push(id.to_string());
-        pending.insert(id.to_string(), Pending::default());
+/// What one batch of commands builds up before its group commit.
+struct Batch {
+    /// The batch's one clock reading: every transition in it happens at this time.
+    now: i64,
+    /// The runs the batch touches, in first-seen order (the order of their writes).
+    order: Vec<String>,
+    pending: HashMap<String, Pending>,
+    /// Answers that wait for the commit.
+    replies: Vec<Reply>,
+    /// (owner, idempotency key) → run id, for the starts of this batch.
+    keyed: HashMap<(String, String), String>,
+}
+
+impl Batch {
+    fn new(now: i64) -> Batch {
+        Batch {
+            now,
+            order: Vec::new(),
+            pending: HashMap::new(),
+            replies: Vec::new(),
+            keyed: HashMap::new(),
+        }
+    }
+
+    /// Records that `id` takes part in this batch, keeping first-seen order.
+    fn note(&mut self, id: &str) {
+        if !self.pending.contains_key(id) {
+            self.order.push(id.to_string());
+            self.pending.insert(id.to_string(), Pending::default());
+        }
     }
 }
 
@@ -741,15 +766,11 @@ impl Service {
                 cmds.extend(done.into_iter().map(|d| Command::Done(Box::new(d))));
             }
         }
-        let mut order: Vec<String> = Vec::new();
-        let mut pending: HashMap<String, Pending> = HashMap::new();
-        let mut replies: Vec<Reply> = Vec::new();
+        let mut b = Batch::new(now);
         // Leases of completions (acknowledged where they came from) and leases on the
         // work queues (remote workers' attempts, aborted attempts).
         let mut acks: Vec<Lease> = Vec::new();
         let mut work_acks: Vec<Lease> = Vec::new();
-        // (owner, idempotency key) → run id, for the starts of this batch.
-        let mut keyed: HashMap<(String, String), String> = HashMap::new();
         for cmd in cmds {
             match cmd {
                 Command::Call(call, redelivered, reply) => {
@@ -759,8 +780,7 @@ impl Service {
                         let _ = reply.send(Err(RuntimeError::NotOwner(format!("shard {}", sh.of(call.run_id())))));
                         continue;
                     }
-                    self.call(*call, redelivered, reply, now, &mut order, &mut pending, &mut replies, &mut keyed)
-                        .await;
+                    self.call(*call, redelivered, reply, &mut b).await;
                 }
                 // Taken out of the batch by `run`, applied between batches.
                 Command::Shards(_, done) => {
@@ -818,8 +838,8 @@ impl Service {
                         lease,
                         work,
                     };
-                    self.step(&run_id, Input::Done { task, outcome }, now, &mut order, &mut pending);
-                    match pending.get_mut(&run_id) {
+                    self.step(&run_id, Input::Done { task, outcome }, &mut b);
+                    match b.pending.get_mut(&run_id) {
                         Some(p) => p.done.push(kept),
                         None => {
                             acks.extend(kept.lease);
@@ -849,8 +869,14 @@ impl Service {
                 Some(RunStatus::Queued) => Input::Start,
                 _ => Input::Tick,
             };
-            self.step(&id, input, now, &mut order, &mut pending);
+            self.step(&id, input, &mut b);
         }
+        let Batch {
+            mut order,
+            mut pending,
+            replies,
+            ..
+        } = b;
         if order.is_empty() {
             self.finish_replies(replies, &HashMap::new());
             self.ack(acks, work_acks).await;
@@ -971,20 +997,9 @@ impl Service {
 
     /// One call of a batch: applied to the run's state (not yet committed); the answer
     /// waits in `replies` for the commit, or is sent at once when the call fails.
-    #[allow(clippy::too_many_arguments)]
-    async fn call(
-        &mut self,
-        call: Call,
-        redelivered: bool,
-        reply: Answering,
-        now: i64,
-        order: &mut Vec<String>,
-        pending: &mut HashMap<String, Pending>,
-        replies: &mut Vec<Reply>,
-        keyed: &mut HashMap<(String, String), String>,
-    ) {
+    async fn call(&mut self, call: Call, redelivered: bool, reply: Answering, b: &mut Batch) {
         if let Call::Start { .. } = call {
-            return self.start(call, redelivered, reply, now, order, pending, replies, keyed).await;
+            return self.start(call, redelivered, reply, b).await;
         }
         let run_id = call.run_id().to_string();
         if let Err(e) = self.load(&run_id).await {
@@ -994,15 +1009,15 @@ impl Service {
         let answered = match call {
             Call::Start { .. } => return,
             Call::Cancel { reason, .. } => {
-                self.step(&run_id, Input::Cancel { reason }, now, order, pending);
+                self.step(&run_id, Input::Cancel { reason }, b);
                 Ok(Reply::State(run_id, reply))
             }
             Call::Pause { .. } => {
-                self.step(&run_id, Input::Pause, now, order, pending);
+                self.step(&run_id, Input::Pause, b);
                 Ok(Reply::State(run_id, reply))
             }
             Call::Resume { .. } => {
-                self.step(&run_id, Input::Resume, now, order, pending);
+                self.step(&run_id, Input::Resume, b);
                 Ok(Reply::State(run_id, reply))
             }
             Call::Decide {
@@ -1017,44 +1032,34 @@ impl Service {
                     activation,
                     decision,
                 };
-                let applied = self.step(&run_id, input, now, order, pending) > 0;
+                let applied = self.step(&run_id, input, b) > 0;
                 Ok(Reply::Applied(run_id, applied, reply))
             }
-            Call::Patch { request, .. } => match self.patch(&run_id, request, now, order, pending).await {
+            Call::Patch { request, .. } => match self.patch(&run_id, request, b).await {
                 Ok(rec) => Ok(Reply::Patch(Box::new(rec), reply)),
                 Err(e) => Err((e, reply)),
             },
-            Call::PatchDecision { seq, approve, by, reason, .. } => match self.decide_patch(&run_id, seq, approve, by, reason, now, order, pending).await {
+            Call::PatchDecision { seq, approve, by, reason, .. } => match self.decide_patch(&run_id, seq, approve, by, reason, b).await {
                 Ok(rec) => Ok(Reply::Patch(Box::new(rec), reply)),
                 Err(e) => Err((e, reply)),
             },
             Call::Replay {
                 node_id, config, by, reason, ..
-            } => match self.replay(&run_id, &node_id, config, &by, &reason, now, order, pending).await {
+            } => match self.replay(&run_id, &node_id, config, &by, &reason, b).await {
                 Ok(()) => Ok(Reply::State(run_id, reply)),
                 Err(e) => Err((e, reply)),
             },
         };
         match answered {
-            Ok(r) => replies.push(r),
+            Ok(r) => b.replies.push(r),
             Err((e, reply)) => {
                 let _ = reply.send(Err(e));
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn start(
-        &mut self,
-        call: Call,
-        redelivered: bool,
-        reply: Answering,
-        now: i64,
-        order: &mut Vec<String>,
-        pending: &mut HashMap<String, Pending>,
-        replies: &mut Vec<Reply>,
-        keyed: &mut HashMap<(String, String), String>,
-    ) {
+    async fn start(&mut self, call: Call, redelivered: bool, reply: Answering, b: &mut Batch) {
+        let now = b.now;
         let Call::Start {
             run_id,
             owner,
@@ -1068,7 +1073,7 @@ impl Service {
         else {
             return;
         };
-        if self.runs.contains_key(&run_id) || pending.contains_key(&run_id) {
+        if self.runs.contains_key(&run_id) || b.pending.contains_key(&run_id) {
             let _ = reply.send(Err(RuntimeError::Conflict(format!("run {run_id} exists"))));
             return;
         }
@@ -1103,8 +1108,8 @@ impl Service {
         // Conflict, which the API resolves to the stored run.
         if let Some(k) = &idempotency_key {
             let slot = (owner.clone(), k.clone());
-            if let Some(first) = keyed.get(&slot) {
-                replies.push(Reply::State(first.clone(), reply));
+            if let Some(first) = b.keyed.get(&slot) {
+                b.replies.push(Reply::State(first.clone(), reply));
                 return;
             }
             match self.handle.store.run_by_idempotency_key(&owner, k).await {
@@ -1118,13 +1123,13 @@ impl Service {
                     return;
                 }
             }
-            keyed.insert(slot, run_id.clone());
+            b.keyed.insert(slot, run_id.clone());
         }
         let mut state = RunState::new(run_id.clone(), &plan, inputs, now);
         state.settings = settings;
         let step = apply(&plan, &mut state, Input::Start, now);
-        note(order, pending, &run_id);
-        if let Some(p) = pending.get_mut(&run_id) {
+        b.note(&run_id);
+        if let Some(p) = b.pending.get_mut(&run_id) {
             p.create = Some(NewRun {
                 owner: owner.clone(),
                 workflow_hash: plan.hash.clone(),
@@ -1143,16 +1148,17 @@ impl Service {
                 owner: owner.as_str().into(),
             },
         );
-        replies.push(Reply::State(run_id, reply));
+        b.replies.push(Reply::State(run_id, reply));
     }
 
     /// Applies one input; returns how many events it produced.
-    fn step(&mut self, run_id: &str, input: Input, now: i64, order: &mut Vec<String>, pending: &mut HashMap<String, Pending>) -> usize {
+    fn step(&mut self, run_id: &str, input: Input, b: &mut Batch) -> usize {
+        let now = b.now;
         let Some(live) = self.runs.get_mut(run_id) else { return 0 };
         let step = apply(&live.plan, &mut live.state, input, now);
         let n = step.events.len();
-        note(order, pending, run_id);
-        if let Some(p) = pending.get_mut(run_id) {
+        b.note(run_id);
+        if let Some(p) = b.pending.get_mut(run_id) {
             p.events.extend(step.events);
             p.actions.extend(step.actions);
         }
@@ -1180,16 +1186,8 @@ impl Service {
     }
 
     /// Moves the run onto `plan` and records the patch as applied.
-    #[allow(clippy::too_many_arguments)]
-    async fn apply_patch(
-        &mut self,
-        run_id: &str,
-        wf: Workflow,
-        mut rec: PatchRecord,
-        now: i64,
-        order: &mut Vec<String>,
-        pending: &mut HashMap<String, Pending>,
-    ) -> Result<PatchRecord, RuntimeError> {
+    async fn apply_patch(&mut self, run_id: &str, wf: Workflow, mut rec: PatchRecord, b: &mut Batch) -> Result<PatchRecord, RuntimeError> {
+        let now = b.now;
         let owner = self.runs.get(run_id).map(|l| l.owner.to_string()).unwrap_or_default();
         let plan = self.handle.register(wf, &owner).await?;
         let Some(live) = self.runs.get_mut(run_id) else {
@@ -1208,8 +1206,8 @@ impl Service {
         live.state = state;
         rec.status = "applied".into();
         rec.result_hash = Some(plan.hash.clone());
-        note(order, pending, run_id);
-        if let Some(p) = pending.get_mut(run_id) {
+        b.note(run_id);
+        if let Some(p) = b.pending.get_mut(run_id) {
             p.events.extend(step.events);
             p.actions.extend(step.actions);
             p.current_hash = Some(plan.hash.clone());
@@ -1218,14 +1216,7 @@ impl Service {
         Ok(rec)
     }
 
-    async fn patch(
-        &mut self,
-        run_id: &str,
-        req: PatchRequest,
-        now: i64,
-        order: &mut Vec<String>,
-        pending: &mut HashMap<String, Pending>,
-    ) -> Result<PatchRecord, RuntimeError> {
+    async fn patch(&mut self, run_id: &str, req: PatchRequest, b: &mut Batch) -> Result<PatchRecord, RuntimeError> {
         let prepared = match &req.prepared {
             Some(p) => self.prepared_plan(run_id, p).await,
             None => None,
@@ -1260,22 +1251,21 @@ impl Service {
             operations: Value::Array(req.operations),
             base_hash: live.plan.hash.clone(),
             result_hash: None,
-            created_at: now,
+            created_at: b.now,
             decided_at: None,
             decided_by: None,
             reason: None,
         };
         if live.state.settings.patch_review {
-            note(order, pending, run_id);
-            if let Some(p) = pending.get_mut(run_id) {
+            b.note(run_id);
+            if let Some(p) = b.pending.get_mut(run_id) {
                 p.patches.push(rec.clone());
             }
             return Ok(rec);
         }
-        self.apply_patch(run_id, wf, rec, now, order, pending).await
+        self.apply_patch(run_id, wf, rec, b).await
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn decide_patch(
         &mut self,
         run_id: &str,
@@ -1283,10 +1273,9 @@ impl Service {
         approve: bool,
         by: String,
         reason: Option<String>,
-        now: i64,
-        order: &mut Vec<String>,
-        pending: &mut HashMap<String, Pending>,
+        b: &mut Batch,
     ) -> Result<PatchRecord, RuntimeError> {
+        let now = b.now;
         let mut rec = self
             .handle
             .store
@@ -1319,14 +1308,14 @@ impl Service {
             Err(RuntimeError::Conflict("rejected by reviewer".into()))
         };
         match outcome {
-            Ok(wf) => self.apply_patch(run_id, wf, rec, now, order, pending).await,
+            Ok(wf) => self.apply_patch(run_id, wf, rec, b).await,
             Err(e) => {
                 rec.status = "rejected".into();
                 if approve {
                     rec.reason = Some(format!("no longer applies: {e}"));
                 }
-                note(order, pending, run_id);
-                if let Some(p) = pending.get_mut(run_id) {
+                b.note(run_id);
+                if let Some(p) = b.pending.get_mut(run_id) {
                     p.patches.push(rec.clone());
                 }
                 Ok(rec)
@@ -1334,18 +1323,7 @@ impl Service {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn replay(
-        &mut self,
-        run_id: &str,
-        node_id: &str,
-        config: Option<Value>,
-        by: &str,
-        reason: &str,
-        now: i64,
-        order: &mut Vec<String>,
-        pending: &mut HashMap<String, Pending>,
-    ) -> Result<(), RuntimeError> {
+    async fn replay(&mut self, run_id: &str, node_id: &str, config: Option<Value>, by: &str, reason: &str, b: &mut Batch) -> Result<(), RuntimeError> {
         let live = self.runs.get(run_id).ok_or_else(|| RuntimeError::NotFound(run_id.to_string()))?;
         if !live.state.status.is_terminal() {
             return Err(RuntimeError::Conflict(format!(
@@ -1367,8 +1345,8 @@ impl Service {
             };
             live.state = aob_engine::patch::rebase(&live.plan, &live.state, &plan);
             live.plan = plan.clone();
-            note(order, pending, run_id);
-            if let Some(p) = pending.get_mut(run_id) {
+            b.note(run_id);
+            if let Some(p) = b.pending.get_mut(run_id) {
                 p.current_hash = Some(plan.hash.clone());
             }
         }
@@ -1383,9 +1361,7 @@ impl Service {
                 by: by.to_string(),
                 reason: reason.to_string(),
             },
-            now,
-            order,
-            pending,
+            b,
         );
         Ok(())
     }
