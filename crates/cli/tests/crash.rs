@@ -15,6 +15,8 @@
 // Test support panics on any unexpected error, helpers included.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -356,16 +358,7 @@ impl Harness {
 }
 
 fn client(api_key: Option<&str>) -> reqwest::Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    if let Some(k) = api_key {
-        headers.insert("x-api-key", k.parse().unwrap());
-    }
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .default_headers(headers)
-        .build()
-        .unwrap()
+    common::client(api_key, Some(Duration::from_secs(10)))
 }
 
 impl Drop for Harness {

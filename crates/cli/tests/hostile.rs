@@ -5,6 +5,8 @@
 // Helpers outside `#[test]` functions: a failed setup is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -23,14 +25,7 @@ struct Server {
 }
 
 fn client(key: &str) -> reqwest::Client {
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert("x-api-key", key.parse().unwrap());
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .default_headers(headers)
-        .build()
-        .unwrap()
+    common::client(Some(key), Some(Duration::from_secs(30)))
 }
 
 impl Server {

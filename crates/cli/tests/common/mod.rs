@@ -62,9 +62,21 @@ pub fn admin_key(data_dir: &std::path::Path) -> String {
 
 /// A client whose every request carries `key`, as the CLI sends it.
 pub fn client_with_key(key: &str) -> reqwest::Client {
+    client(Some(key), None)
+}
+
+/// A client sending `key` (if any) on every request, with a per-request `timeout` (if any):
+/// tests against a process that may hang need one to fail instead of waiting.
+pub fn client(key: Option<&str>, timeout: Option<Duration>) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert("x-api-key", reqwest::header::HeaderValue::from_str(key).unwrap());
-    reqwest::Client::builder().no_proxy().default_headers(headers).build().unwrap()
+    if let Some(k) = key {
+        headers.insert("x-api-key", reqwest::header::HeaderValue::from_str(k).unwrap());
+    }
+    let mut b = reqwest::Client::builder().no_proxy().default_headers(headers);
+    if let Some(t) = timeout {
+        b = b.timeout(t);
+    }
+    b.build().unwrap()
 }
 
 /// Every request of a test carries the bootstrap admin key, as the local CLI does.
