@@ -491,12 +491,13 @@ impl Batch {
         }
     }
 
-    /// Records that `id` takes part in this batch, keeping first-seen order.
-    fn note(&mut self, id: &str) {
+    /// Records that `id` takes part in this batch, keeping first-seen order; its pending
+    /// write.
+    fn note(&mut self, id: &str) -> &mut Pending {
         if !self.pending.contains_key(id) {
             self.order.push(id.to_string());
-            self.pending.insert(id.to_string(), Pending::default());
         }
+        self.pending.entry(id.to_string()).or_default()
     }
 }
 
@@ -1128,18 +1129,16 @@ impl Service {
         let mut state = RunState::new(run_id.clone(), &plan, inputs, now);
         state.settings = settings;
         let step = apply(&plan, &mut state, Input::Start, now);
-        b.note(&run_id);
-        if let Some(p) = b.pending.get_mut(&run_id) {
-            p.create = Some(NewRun {
-                owner: owner.clone(),
-                workflow_hash: plan.hash.clone(),
-                tag,
-                parent_run_id,
-                idempotency_key,
-            });
-            p.events.extend(step.events);
-            p.actions.extend(step.actions);
-        }
+        let p = b.note(&run_id);
+        p.create = Some(NewRun {
+            owner: owner.clone(),
+            workflow_hash: plan.hash.clone(),
+            tag,
+            parent_run_id,
+            idempotency_key,
+        });
+        p.events.extend(step.events);
+        p.actions.extend(step.actions);
         self.runs.insert(
             run_id.clone(),
             Live {
@@ -1157,11 +1156,9 @@ impl Service {
         let Some(live) = self.runs.get_mut(run_id) else { return 0 };
         let step = apply(&live.plan, &mut live.state, input, now);
         let n = step.events.len();
-        b.note(run_id);
-        if let Some(p) = b.pending.get_mut(run_id) {
-            p.events.extend(step.events);
-            p.actions.extend(step.actions);
-        }
+        let p = b.note(run_id);
+        p.events.extend(step.events);
+        p.actions.extend(step.actions);
         n
     }
 
@@ -1206,13 +1203,11 @@ impl Service {
         live.state = state;
         rec.status = "applied".into();
         rec.result_hash = Some(plan.hash.clone());
-        b.note(run_id);
-        if let Some(p) = b.pending.get_mut(run_id) {
-            p.events.extend(step.events);
-            p.actions.extend(step.actions);
-            p.current_hash = Some(plan.hash.clone());
-            p.patches.push(rec.clone());
-        }
+        let p = b.note(run_id);
+        p.events.extend(step.events);
+        p.actions.extend(step.actions);
+        p.current_hash = Some(plan.hash.clone());
+        p.patches.push(rec.clone());
         Ok(rec)
     }
 
@@ -1257,10 +1252,8 @@ impl Service {
             reason: None,
         };
         if live.state.settings.patch_review {
-            b.note(run_id);
-            if let Some(p) = b.pending.get_mut(run_id) {
-                p.patches.push(rec.clone());
-            }
+            let p = b.note(run_id);
+            p.patches.push(rec.clone());
             return Ok(rec);
         }
         self.apply_patch(run_id, wf, rec, b).await
@@ -1314,10 +1307,8 @@ impl Service {
                 if approve {
                     rec.reason = Some(format!("no longer applies: {e}"));
                 }
-                b.note(run_id);
-                if let Some(p) = b.pending.get_mut(run_id) {
-                    p.patches.push(rec.clone());
-                }
+                let p = b.note(run_id);
+                p.patches.push(rec.clone());
                 Ok(rec)
             }
         }
@@ -1345,10 +1336,8 @@ impl Service {
             };
             live.state = aob_engine::patch::rebase(&live.plan, &live.state, &plan);
             live.plan = plan.clone();
-            b.note(run_id);
-            if let Some(p) = b.pending.get_mut(run_id) {
-                p.current_hash = Some(plan.hash.clone());
-            }
+            let p = b.note(run_id);
+            p.current_hash = Some(plan.hash.clone());
         }
         let Some(live) = self.runs.get(run_id) else {
             return Err(RuntimeError::NotFound(run_id.to_string()));
